@@ -1,0 +1,236 @@
+// broadcast.js — the /broadcast/{name} page: camera + mic through
+// getUserMedia, recorded by MediaRecorder as fragmented MP4, every chunk sent
+// as a binary WebSocket message to /publish/{name} (the relay's WebSocket
+// ingest: binary messages = consecutive bytes of the fMP4 stream).
+// Query: ?key=K is passed on as the publish key; ?gop=MS asks for a keyframe
+// (hence a fragment: Chromium cuts one per GOP) every MS ms; ?autostart=1.
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const name = decodeURIComponent(location.pathname.replace(/^\/broadcast\//, '').replace(/\/+$/, '')) || 'browser';
+const gopMs = Math.max(200, Number(params.get('gop')) || 1000);
+const MIMES = ['video/mp4;codecs=avc1,opus', 'video/mp4;codecs=avc1', 'video/mp4'];
+
+document.title = `${name} · broadcast · relaycast`;
+$('name').textContent = name;
+$('watch-link').href = `/watch/${encodeURIComponent(name)}`;
+
+const s = {
+  state: 'idle',
+  mime: null,
+  bytes: 0,
+  chunks: 0,
+  startedAt: 0,
+  reconnects: 0,
+  closeInfo: '',
+  track: '',
+};
+let media = null;
+let ws = null;
+let rec = null;
+let wanted = false; // the user wants to be live (reconnect on drops)
+let retryTimer = null;
+let backoff = 500;
+
+function setError(text) {
+  $('error').classList.toggle('hidden', !text);
+  $('error').textContent = text || '';
+}
+function setInfo(text, ok = false) {
+  $('info').classList.toggle('hidden', !text);
+  $('info').className = `msg${ok ? ' ok' : ''}${text ? '' : ' hidden'}`;
+  $('info').innerHTML = text || '';
+}
+function setState(st) {
+  s.state = st;
+  const live = st === 'live';
+  $('badge').className = `badge ${live ? 'live' : st === 'idle' ? '' : 'off'}`;
+  $('badge').textContent = st;
+  $('rec-badge').className = `badge ${live ? 'live' : ''}`;
+  $('rec-badge').textContent = live ? 'on air' : media ? 'preview' : 'preview off';
+  $('start').disabled = wanted || !s.mime;
+  $('stop').disabled = !wanted;
+  draw();
+}
+
+const fmtBytes = (n) => (n > 1e6 ? `${(n / 1e6).toFixed(2)} MB` : `${(n / 1e3).toFixed(1)} kB`);
+function draw() {
+  const up = s.startedAt && s.state === 'live' ? (Date.now() - s.startedAt) / 1000 : 0;
+  const rows = [
+    ['state', s.state],
+    ['stream', name],
+    ['format', s.mime || 'none supported'],
+    ['source', s.track || '–'],
+    ['keyframe every', `${gopMs} ms`],
+    ['bytes sent', fmtBytes(s.bytes)],
+    ['rate', up > 1 ? `${((s.bytes * 8) / up / 1e6).toFixed(2)} Mb/s` : '–'],
+    ['send queue', ws ? fmtBytes(ws.bufferedAmount) : '–'],
+    ['reconnects', String(s.reconnects)],
+    ['last close', s.closeInfo || '–'],
+  ];
+  $('rows').innerHTML = rows.map(([k, v]) => `<span class="k">${k}</span><span class="v">${String(v).replace(/</g, '&lt;')}</span>`).join('');
+}
+setInterval(draw, 500);
+
+function pickMime(hasAudio) {
+  if (typeof MediaRecorder === 'undefined') return null;
+  const order = hasAudio ? MIMES : MIMES.filter((m) => !m.includes('opus'));
+  return order.find((m) => MediaRecorder.isTypeSupported(m)) || null;
+}
+
+function publishUrl() {
+  const u = new URL(`/publish/${encodeURIComponent(name)}`, location.href);
+  u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
+  if (params.get('key')) u.searchParams.set('key', params.get('key'));
+  return u.href;
+}
+
+async function getMedia() {
+  if (media) return media;
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw new Error('This page cannot use the camera: getUserMedia is unavailable (the page must be served over HTTPS or from localhost).');
+  }
+  const video = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
+  try {
+    media = await navigator.mediaDevices.getUserMedia({ video, audio: true });
+  } catch (e) {
+    // No microphone (or it was refused): go on with video only.
+    media = await navigator.mediaDevices.getUserMedia({ video, audio: false });
+  }
+  const vt = media.getVideoTracks()[0];
+  const set = vt ? vt.getSettings() : {};
+  s.track = `${set.width || '?'}×${set.height || '?'}@${Math.round(set.frameRate || 0)}${media.getAudioTracks().length ? ' + audio' : ''}`;
+  $('preview').srcObject = media;
+  return media;
+}
+
+function startRecorder() {
+  const opts = {
+    mimeType: s.mime,
+    videoBitsPerSecond: 2_500_000,
+    audioBitsPerSecond: 128_000,
+    // Chromium writes one fragment per GOP: ask for short GOPs (ignored where unsupported).
+    videoKeyFrameIntervalDuration: gopMs,
+  };
+  rec = new MediaRecorder(media, opts);
+  const mine = rec;
+  rec.ondataavailable = (e) => {
+    if (!e.data || !e.data.size || !ws || ws.readyState !== WebSocket.OPEN || rec !== mine) return;
+    ws.send(e.data); // Blob: sent in order, as binary
+    s.bytes += e.data.size;
+    s.chunks++;
+    if (s.state !== 'live') {
+      s.startedAt = Date.now();
+      backoff = 500;
+      setState('live');
+      setInfo(`You are live. Watch at <a href="/watch/${encodeURIComponent(name)}" target="_blank" rel="noopener">${location.origin}/watch/${name.replace(/</g, '&lt;')}</a>`, true);
+    }
+  };
+  rec.onerror = (e) => setError(`Recorder error: ${e.error ? e.error.message : e}`);
+  rec.start(100);
+}
+
+function stopRecorder() {
+  if (rec && rec.state !== 'inactive') {
+    try { rec.stop(); } catch { /* ignore */ }
+  }
+  rec = null;
+}
+
+function connect() {
+  clearTimeout(retryTimer);
+  setState('connecting');
+  const sock = new WebSocket(publishUrl());
+  ws = sock;
+  sock.onopen = () => {
+    if (ws !== sock) return;
+    setError('');
+    try {
+      startRecorder();
+    } catch (e) {
+      setError(`Cannot start MediaRecorder with ${s.mime}: ${e.message}`);
+      wanted = false;
+      sock.close(1000, 'recorder failed');
+    }
+  };
+  sock.onerror = () => {
+    if (ws === sock) s.closeInfo = 'connection error';
+  };
+  sock.onclose = (e) => {
+    if (ws !== sock) return;
+    ws = null;
+    stopRecorder();
+    s.closeInfo = `${e.code}${e.reason ? ` ${e.reason}` : ''}`;
+    if (!wanted) {
+      setState('idle');
+      return;
+    }
+    if (e.code === 1008 || e.code === 4001 || e.code === 4003 || e.code === 4009) {
+      // Not allowed (bad key) or the name is taken: retrying will not help.
+      wanted = false;
+      setError(`The relay refused the broadcast: ${e.reason || `close code ${e.code}`}${e.code === 1008 && !params.get('key') ? ' (a publish key may be needed: add ?key=… to this page’s address)' : ''}`);
+      setState('refused');
+      return;
+    }
+    setError(`Connection closed (${s.closeInfo || 'no reason given'}); reconnecting…`);
+    s.reconnects++;
+    setState('reconnecting');
+    retryTimer = setTimeout(connect, backoff);
+    backoff = Math.min(8000, backoff * 2);
+  };
+}
+
+async function start() {
+  setError('');
+  try {
+    await getMedia();
+  } catch (e) {
+    setError(`Camera/microphone unavailable: ${e.message || e}`);
+    return;
+  }
+  s.mime = pickMime(media.getAudioTracks().length > 0);
+  if (!s.mime) {
+    noMp4();
+    return;
+  }
+  wanted = true;
+  s.bytes = 0;
+  connect();
+}
+
+function stop() {
+  wanted = false;
+  clearTimeout(retryTimer);
+  const sock = ws;
+  if (rec && rec.state !== 'inactive') {
+    // Let the recorder hand over its last chunk, then close cleanly.
+    rec.addEventListener('stop', () => setTimeout(() => sock && sock.close(1000, 'broadcast ended'), 50), { once: true });
+    stopRecorder();
+  } else if (sock) {
+    sock.close(1000, 'broadcast ended');
+  }
+  setState('stopped');
+  setInfo('');
+}
+
+function noMp4() {
+  setError('This browser cannot record MP4: MediaRecorder supports none of ' + MIMES.join(', ') +
+    '. relaycast ingests fragmented MP4 only. Use a recent Chrome/Chromium/Edge (or Safari), or publish with ffmpeg.');
+  setState('unsupported');
+}
+
+$('start').onclick = start;
+$('stop').onclick = stop;
+
+// Check up front so an unsupported browser says so before any click.
+if (typeof MediaRecorder === 'undefined') {
+  setError('This browser has no MediaRecorder, so it cannot broadcast. Publish with ffmpeg instead.');
+  setState('unsupported');
+} else {
+  s.mime = pickMime(true);
+  if (!s.mime) noMp4();
+  else setState('idle');
+  if (params.get('autostart') && s.mime) start();
+}
+
+window.relaycastBroadcast = { stats: () => ({ ...s, wsBuffered: ws ? ws.bufferedAmount : 0, recorder: rec ? rec.state : null }) };

@@ -1,0 +1,73 @@
+// index.js — the stream list: GET /api/streams every 2 s, one card per stream
+// linking to /watch/{name}; a form that opens /broadcast/{name}.
+
+const $ = (id) => document.getElementById(id);
+const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
+const fmtRate = (bps) => (!bps ? '–' : bps >= 1e6 ? `${(bps / 1e6).toFixed(1)} Mb/s` : `${Math.round(bps / 1e3)} kb/s`);
+const fmtDur = (s) => {
+  s = Math.max(0, Math.floor(s || 0));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const sec = String(s % 60).padStart(2, '0');
+  return h ? `${h}:${String(m).padStart(2, '0')}:${sec}` : `${m}:${sec}`;
+};
+
+// A stable two-colour gradient per stream name, so cards are told apart at a glance.
+function hue(name) {
+  let h = 2166136261;
+  for (const c of name) h = Math.imul(h ^ c.charCodeAt(0), 16777619);
+  return (h >>> 0) % 360;
+}
+
+const PLAY = '<svg viewBox="0 0 24 24"><path d="M8 5v14l11-7z"/></svg>';
+
+function card(s) {
+  const h = hue(s.name);
+  const bg = `radial-gradient(120% 90% at 15% 10%, hsl(${h} 70% 42%) 0%, transparent 60%),` +
+    `radial-gradient(120% 100% at 90% 100%, hsl(${(h + 70) % 360} 65% 30%) 0%, transparent 65%), #0f1218`;
+  const live = s.live !== false;
+  return `<a class="card" href="/watch/${encodeURIComponent(s.name)}" data-name="${esc(s.name)}">
+    <div class="thumb" style="background:${bg}">
+      <span class="badge ${live ? 'live' : 'off'}">${live ? 'live' : 'publisher gone'}</span>
+      <span class="viewers">👁 ${esc(s.viewers ?? 0)}</span>
+      <span class="play">${PLAY}</span>
+      <span class="uptime">${fmtDur(s.uptime_s)}</span>
+    </div>
+    <div class="body">
+      <div class="name">${esc(s.name)}</div>
+      <div class="sub"><span>${esc(s.codecs || '–')}</span><span>${fmtRate(s.bitrate_bps)}</span></div>
+    </div>
+  </a>`;
+}
+
+async function refresh() {
+  try {
+    const res = await fetch('/api/streams', { cache: 'no-store' });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const { streams = [] } = await res.json();
+    streams.sort((a, b) => (b.viewers || 0) - (a.viewers || 0) || a.name.localeCompare(b.name));
+    const live = streams.filter((s) => s.live !== false).length;
+    $('summary').textContent = streams.length
+      ? `${live} live stream${live === 1 ? '' : 's'}${streams.length > live ? `, ${streams.length - live} waiting for their publisher` : ''} · updated ${new Date().toLocaleTimeString()}`
+      : 'No streams right now.';
+    $('grid').innerHTML = streams.length
+      ? streams.map(card).join('')
+      : '<div class="empty">Nothing is live. Start one from your camera with the button above, or with ffmpeg (below).</div>';
+  } catch (e) {
+    $('summary').innerHTML = `<span class="err">Cannot reach the relay (${esc(e.message)}); retrying…</span>`;
+  }
+}
+
+$('hint-cmd').textContent =
+  `ffmpeg -re -i input.mp4 -c copy -f mp4 -movflags frag_keyframe+empty_moov+default_base_moof \\\n` +
+  `       -method PUT ${location.origin}/publish/mystream\n` +
+  `ffplay ${location.origin}/live/mystream.mp4`;
+
+$('golive').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const n = $('golive-name').value.trim();
+  if (n) location.href = `/broadcast/${encodeURIComponent(n)}`;
+});
+
+refresh();
+setInterval(refresh, 2000);

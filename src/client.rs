@@ -1,0 +1,445 @@
+//! The command-line clients: `relaycast publish` (a file or stdin to a relay
+//! over HTTP, WebSocket or TCP, paced at real time with `--re`, looped with
+//! `--loop`, reconnecting with backoff) and `relaycast watch` (a stream to a
+//! file or stdout).
+//!
+//! The publisher works on whole items (init, fragments), not raw bytes, so
+//! that after a reconnect it starts the new connection with the init segment
+//! and continues at a fragment boundary.
+
+use crate::media::demo::Demo;
+use crate::media::{Item, Splitter, SplitterConfig};
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How to publish.
+#[derive(Clone, Debug, Default)]
+pub struct PublishOptions {
+    /// Pace fragments at real time by their decode times.
+    pub re: bool,
+    /// Loop the file forever (timestamps keep increasing).
+    pub looped: bool,
+    /// Publish key (`?key=` / `Authorization: Bearer`).
+    pub key: Option<String>,
+    /// Give up after this many failed connection attempts in a row (0 = never).
+    pub max_retries: u32,
+}
+
+/// Where the input comes from.
+pub enum Input {
+    /// A file.
+    File(std::path::PathBuf),
+    /// Standard input.
+    Stdin,
+    /// Bytes already in memory (tests, load).
+    Bytes(Bytes),
+}
+
+/// A source of items to publish, with the time each is due (µs since start).
+enum Source {
+    /// Read and split as it comes.
+    Reader {
+        reader: Box<dyn AsyncRead + Unpin + Send>,
+        splitter: Splitter,
+        eof: bool,
+    },
+    /// A whole file looped with rewritten timestamps.
+    Looped { demo: Demo, n: u64 },
+}
+
+struct Due {
+    item: Item,
+    due_us: Option<u64>,
+}
+
+impl Source {
+    async fn open(input: Input, looped: bool) -> anyhow::Result<Source> {
+        if looped {
+            let bytes = match input {
+                Input::File(p) => Bytes::from(
+                    tokio::fs::read(&p)
+                        .await
+                        .with_context(|| format!("reading {}", p.display()))?,
+                ),
+                Input::Bytes(b) => b,
+                Input::Stdin => bail!("--loop needs a file, not stdin"),
+            };
+            let demo = Demo::from_bytes(&bytes).context("parsing the input for --loop")?;
+            return Ok(Source::Looped { demo, n: 0 });
+        }
+        let reader: Box<dyn AsyncRead + Unpin + Send> = match input {
+            Input::File(p) => Box::new(
+                tokio::fs::File::open(&p)
+                    .await
+                    .with_context(|| format!("opening {}", p.display()))?,
+            ),
+            Input::Stdin => Box::new(tokio::io::stdin()),
+            Input::Bytes(b) => Box::new(std::io::Cursor::new(b)),
+        };
+        Ok(Source::Reader {
+            reader,
+            splitter: Splitter::new(SplitterConfig::default()),
+            eof: false,
+        })
+    }
+
+    /// The current init segment (for reconnects).
+    fn init(&self) -> Option<crate::media::Init> {
+        match self {
+            Source::Reader { splitter, .. } => splitter.init().cloned(),
+            Source::Looped { demo, .. } => Some(demo.init().clone()),
+        }
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Option<Due>> {
+        match self {
+            Source::Looped { demo, n } => {
+                if *n == 0 {
+                    *n = 1;
+                    return Ok(Some(Due {
+                        item: Item::Init(demo.init().clone()),
+                        due_us: Some(0),
+                    }));
+                }
+                let (frag, due) = demo.fragment(*n - 1);
+                *n += 1;
+                let due = due + frag.duration_us();
+                Ok(Some(Due {
+                    item: Item::Fragment(frag),
+                    due_us: Some(due),
+                }))
+            }
+            Source::Reader {
+                reader,
+                splitter,
+                eof,
+            } => loop {
+                if let Some(item) = splitter.next_item()? {
+                    let due_us = match &item {
+                        Item::Fragment(f) => Some(f.decode_time_us() + f.duration_us()),
+                        Item::Init(_) => None,
+                    };
+                    return Ok(Some(Due { item, due_us }));
+                }
+                if *eof {
+                    splitter.finish()?;
+                    return Ok(None);
+                }
+                let mut buf = vec![0u8; 64 << 10];
+                let n = reader.read(&mut buf).await.context("reading input")?;
+                if n == 0 {
+                    *eof = true;
+                } else {
+                    buf.truncate(n);
+                    splitter.push_bytes(Bytes::from(buf));
+                }
+            },
+        }
+    }
+}
+
+/// Pacing by decode time: the first fragment after an init sets the origin.
+struct Pacer {
+    start: Instant,
+    base_us: Option<u64>,
+}
+
+impl Pacer {
+    async fn wait(&mut self, due: &Due) {
+        let Some(due_us) = due.due_us else { return };
+        let base = *self.base_us.get_or_insert(due_us);
+        let target = self.start + Duration::from_micros(due_us.saturating_sub(base));
+        // A jump of over 10 s (a new timeline) resets the clock rather than stalling.
+        if target > Instant::now() + Duration::from_secs(10) {
+            self.start = Instant::now();
+            self.base_us = Some(due_us);
+            return;
+        }
+        tokio::time::sleep_until(target).await;
+    }
+}
+
+/// A connection to a relay that takes stream bytes.
+enum Conn {
+    Http {
+        tx: mpsc::Sender<Bytes>,
+        done: tokio::task::JoinHandle<anyhow::Result<(u16, String)>>,
+    },
+    Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    async fn connect(to: &url::Url, key: Option<&str>) -> anyhow::Result<Conn> {
+        match to.scheme() {
+            "http" => {
+                let host = to.host_str().context("URL without host")?;
+                let port = to.port_or_known_default().unwrap_or(80);
+                let tcp = TcpStream::connect((host, port))
+                    .await
+                    .with_context(|| format!("connecting to {host}:{port}"))?;
+                tcp.set_nodelay(true)?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                        .await?;
+                tokio::spawn(conn);
+                let (tx, rx) = mpsc::channel::<Bytes>(16);
+                let body = http_body_util::StreamBody::new(
+                    tokio_stream_from(rx)
+                        .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))),
+                );
+                let mut req = hyper::Request::put(&to[url::Position::BeforePath..])
+                    .header(hyper::header::HOST, format!("{host}:{port}"))
+                    .header(hyper::header::CONTENT_TYPE, "video/mp4")
+                    .header(hyper::header::USER_AGENT, "relaycast-publish");
+                if let Some(k) = key {
+                    req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {k}"));
+                }
+                let req = req.body(body)?;
+                let done = tokio::spawn(async move {
+                    let resp = sender.send_request(req).await?;
+                    let status = resp.status().as_u16();
+                    let body = resp.into_body().collect().await?.to_bytes();
+                    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+                });
+                Ok(Conn::Http { tx, done })
+            }
+            "ws" => {
+                let mut url = to.clone();
+                if let Some(k) = key {
+                    url.query_pairs_mut().append_pair("key", k);
+                }
+                let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                    .await
+                    .with_context(|| format!("connecting to {url}"))?;
+                Ok(Conn::Ws(Box::new(ws)))
+            }
+            "tcp" => {
+                let host = to.host_str().context("URL without host")?;
+                let port = to.port().context("tcp:// URL without port")?;
+                let tcp = TcpStream::connect((host, port))
+                    .await
+                    .with_context(|| format!("connecting to {host}:{port}"))?;
+                tcp.set_nodelay(true)?;
+                Ok(Conn::Tcp(tcp))
+            }
+            s => bail!("unsupported scheme {s:?}: use http://, ws:// or tcp://"),
+        }
+    }
+
+    async fn send(&mut self, bytes: Bytes) -> anyhow::Result<()> {
+        match self {
+            Conn::Http { tx, done } => {
+                if tx.send(bytes).await.is_err() {
+                    // The request ended: the relay answered (an error) or the connection broke.
+                    return Err(match done.await {
+                        Ok(Ok((status, body))) => {
+                            anyhow::anyhow!("relay answered {status}: {body}")
+                        }
+                        Ok(Err(e)) => e,
+                        Err(e) => anyhow::anyhow!("{e}"),
+                    });
+                }
+                Ok(())
+            }
+            Conn::Ws(ws) => Ok(ws.send(Message::Binary(bytes)).await?),
+            Conn::Tcp(t) => Ok(t.write_all(&bytes).await?),
+        }
+    }
+
+    async fn finish(self) -> anyhow::Result<String> {
+        match self {
+            Conn::Http { tx, done } => {
+                drop(tx);
+                let (status, body) = done.await??;
+                if status != 200 {
+                    bail!("relay answered {status}: {body}");
+                }
+                Ok(body)
+            }
+            Conn::Ws(mut ws) => {
+                ws.as_mut().close(None).await.ok();
+                let mut summary = String::new();
+                while let Some(Ok(m)) = ws.next().await {
+                    if let Message::Text(t) = m {
+                        summary = t.to_string();
+                    }
+                }
+                Ok(summary)
+            }
+            Conn::Tcp(mut t) => {
+                t.shutdown().await.ok();
+                Ok(String::new())
+            }
+        }
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Bytes>,
+) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Publish `input` to `to` until the input ends (never, with `--loop`).
+/// Returns the relay's summary of the last connection.
+pub async fn publish(to: &str, input: Input, opts: PublishOptions) -> anyhow::Result<String> {
+    let url = url::Url::parse(to).with_context(|| format!("bad URL {to:?}"))?;
+    let mut source = Source::open(input, opts.looped).await?;
+    let mut pacer = Pacer {
+        start: Instant::now(),
+        base_us: None,
+    };
+    let mut conn: Option<Conn> = None;
+    let mut failures = 0u32;
+    let mut pending: Option<Due> = None;
+    loop {
+        let due = match pending.take() {
+            Some(d) => d,
+            None => match source.next().await? {
+                Some(d) => d,
+                None => break,
+            },
+        };
+        if opts.re {
+            pacer.wait(&due).await;
+        }
+        if conn.is_none() {
+            match Conn::connect(&url, opts.key.as_deref()).await {
+                Ok(mut c) => {
+                    // A new connection starts with the init segment.
+                    let init_first = match (&due.item, source.init()) {
+                        (Item::Fragment(_), Some(init)) => c.send(init.bytes).await,
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = init_first {
+                        tracing::warn!(error = %e, "publish: connection failed");
+                    } else {
+                        if failures > 0 {
+                            tracing::info!(to, "publish: reconnected");
+                        }
+                        failures = 0;
+                        conn = Some(c);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "publish: cannot connect"),
+            }
+            if conn.is_none() {
+                failures += 1;
+                if opts.max_retries > 0 && failures >= opts.max_retries {
+                    bail!("giving up after {failures} failed connection attempts to {to}");
+                }
+                let backoff = Duration::from_millis(250 * 2u64.pow(failures.min(5)));
+                tokio::time::sleep(backoff.min(Duration::from_secs(5))).await;
+                pending = Some(due);
+                continue;
+            }
+        }
+        let bytes = match &due.item {
+            Item::Init(i) => i.bytes.clone(),
+            Item::Fragment(f) => f.bytes.clone(),
+        };
+        if let Some(c) = conn.as_mut()
+            && let Err(e) = c.send(bytes).await
+        {
+            tracing::warn!(error = %e, "publish: connection lost; reconnecting");
+            conn = None;
+            failures += 1;
+            if opts.max_retries > 0 && failures >= opts.max_retries {
+                return Err(e.context(format!("publishing to {to}")));
+            }
+            if matches!(due.item, Item::Fragment(_)) {
+                // Resend this fragment on the next connection, after the init.
+                pending = Some(due);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    match conn {
+        Some(c) => c.finish().await,
+        None => Ok(String::new()),
+    }
+}
+
+/// Write a stream (`http://…/live/NAME.mp4` or `ws://…/live/NAME`) to `out`
+/// until it ends.
+pub async fn watch(
+    from: &str,
+    out: &mut (dyn AsyncWrite + Unpin + Send),
+    max_bytes: Option<u64>,
+) -> anyhow::Result<u64> {
+    let url = url::Url::parse(from).with_context(|| format!("bad URL {from:?}"))?;
+    let mut written = 0u64;
+    match url.scheme() {
+        "ws" => {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+            while let Some(m) = ws.next().await {
+                match m? {
+                    Message::Binary(b) => {
+                        out.write_all(&b).await?;
+                        written += b.len() as u64;
+                    }
+                    Message::Close(f) => {
+                        if let Some(f) = f
+                            && u16::from(f.code) != 1000
+                        {
+                            bail!(
+                                "relay closed the stream: {} {}",
+                                u16::from(f.code),
+                                f.reason
+                            );
+                        }
+                        break;
+                    }
+                    _ => {}
+                }
+                if max_bytes.is_some_and(|m| written >= m) {
+                    break;
+                }
+            }
+        }
+        "http" => {
+            let host = url.host_str().context("URL without host")?;
+            let port = url.port_or_known_default().unwrap_or(80);
+            let tcp = TcpStream::connect((host, port)).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            let req = hyper::Request::get(&url[url::Position::BeforePath..])
+                .header(hyper::header::HOST, format!("{host}:{port}"))
+                .body(http_body_util::Empty::<Bytes>::new())?;
+            let resp = sender.send_request(req).await?;
+            if resp.status() != 200 {
+                let status = resp.status();
+                let body = resp.into_body().collect().await?.to_bytes();
+                bail!(
+                    "relay answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            let mut body = resp.into_body();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame?.into_data() {
+                    out.write_all(&data).await?;
+                    written += data.len() as u64;
+                }
+                if max_bytes.is_some_and(|m| written >= m) {
+                    break;
+                }
+            }
+        }
+        s => bail!("unsupported scheme {s:?}: use http:// or ws://"),
+    }
+    out.flush().await?;
+    Ok(written)
+}

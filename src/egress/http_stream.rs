@@ -1,0 +1,111 @@
+//! HTTP streaming viewers: `GET /live/{name}.mp4`, one never-ending
+//! `video/mp4` response (init, then fragments from the newest keyframe).
+//! Plays as it is in ffplay, VLC, mpv and GStreamer. With `?meta=1` every
+//! control message travels in-band in a top-level `free` box.
+
+use super::{Transport, WatchQuery, event_parts, hello_json, meta_box, payload};
+use crate::fanout::{Event, Viewer, ViewerStart};
+use crate::server::AppState;
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+/// Serve one viewer.
+pub async fn serve(app: AppState, name: String, q: WatchQuery) -> Response {
+    let start = ViewerStart {
+        after: q.after,
+        transport: Transport::HttpStream,
+    };
+    let viewer = match app
+        .registry
+        .subscribe(&name, start, app.wait_for(q.wait))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return crate::server::error_response(&e),
+    };
+    let meta = q.meta.unwrap_or(0) != 0;
+    let stream = viewer.stream().clone();
+    let mut queue = VecDeque::new();
+    if meta {
+        let hello = hello_json(
+            stream.name(),
+            stream.epoch(),
+            stream.is_live(),
+            viewer.resumed(),
+            viewer.cursor(),
+        );
+        queue.push_back(meta_box(hello.as_bytes()));
+    }
+    let first_seq = viewer.cursor();
+    let state = Body2 {
+        viewer,
+        app: app.clone(),
+        meta,
+        queue,
+        done: false,
+    };
+    let body = futures_util::stream::unfold(state, |mut s| async move {
+        let next = s.next_bytes().await?;
+        Some((Ok::<Bytes, std::io::Error>(next), s))
+    });
+    let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-relaycast-epoch", stream.epoch().into());
+    h.insert("x-relaycast-seq", first_seq.into());
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+struct Body2 {
+    viewer: Viewer,
+    app: AppState,
+    meta: bool,
+    queue: VecDeque<Bytes>,
+    done: bool,
+}
+
+impl Body2 {
+    async fn next_bytes(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(b) = self.queue.pop_front() {
+                return Some(b);
+            }
+            if self.done {
+                return None;
+            }
+            let ev = tokio::select! {
+                ev = self.viewer.next() => ev,
+                // End at a fragment boundary: we are between events here.
+                _ = self.app.shutdown.cancelled() => return None,
+            };
+            self.push(&ev);
+            while let Some(ev) = self.viewer.try_next() {
+                self.push(&ev);
+                if self.queue.len() >= 64 || self.done {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, ev: &Event) {
+        if let Event::End(_) = ev {
+            self.done = true;
+        }
+        if self.meta {
+            let (json, _) = event_parts(ev);
+            self.queue.push_back(meta_box(&json));
+        }
+        if let Some(p) = payload(ev) {
+            self.queue.push_back(p.clone());
+        }
+    }
+}

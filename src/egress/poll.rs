@@ -1,0 +1,180 @@
+//! Long polling and plain polling: `GET /live/{name}/poll?after=SEQ`.
+//!
+//! Answers at once with every fragment after SEQ still in the ring, or waits
+//! (up to `timeout`, capped by config) for the next one; `wait=0` never waits.
+//! Headers index the body (seqs, sizes, keyframes, arrival times, next
+//! `after`, skips, init version) so a client can cut it back into fragments.
+//! `GET /live/{name}/init.mp4` serves the current init segment.
+
+use super::{Transport, WatchQuery};
+use crate::fanout::{Event, ViewerStart};
+use crate::server::{AppState, error_response};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use std::fmt::Write;
+use std::time::Duration;
+
+/// Most body bytes in one answer (more stays for the next poll).
+const MAX_BODY: usize = 8 << 20;
+
+/// Serve one poll.
+pub async fn serve(app: AppState, name: String, q: WatchQuery) -> Response {
+    let cfg = &app.config.egress;
+    let plain = q.wait == Some(0.0);
+    let wait_stream = if plain {
+        Duration::ZERO
+    } else {
+        app.wait_for(q.wait)
+    };
+    let timeout = q
+        .timeout
+        .and_then(|t| Duration::try_from_secs_f64(t).ok())
+        .unwrap_or(cfg.long_poll_timeout)
+        .min(cfg.long_poll_max);
+    let start = ViewerStart {
+        after: q.after,
+        transport: if plain {
+            Transport::Poll
+        } else {
+            Transport::LongPoll
+        },
+    };
+    let mut viewer = match app.registry.subscribe(&name, start, wait_stream).await {
+        Ok(v) => v,
+        Err(e) => return error_response(&e),
+    };
+    let stream = viewer.stream().clone();
+    let mut batch = Batch::default();
+    let mut first = viewer.try_next();
+    if first.is_none() && !plain {
+        first = tokio::select! {
+            ev = tokio::time::timeout(timeout, viewer.next()) => ev.ok(),
+            _ = app.shutdown.cancelled() => None,
+        };
+    }
+    if let Some(ev) = first {
+        batch.add(ev);
+        while !batch.full {
+            match viewer.try_next() {
+                Some(ev) => batch.add(ev),
+                None => break,
+            }
+        }
+    }
+    let next = batch.last_seq.or(q.after.filter(|_| batch.skipped == 0));
+    let init_version = batch
+        .init_version
+        .or_else(|| stream.init().map(|i| i.version))
+        .unwrap_or(0);
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut put = |k: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    };
+    put("x-relaycast-seqs", batch.seqs);
+    put("x-relaycast-sizes", batch.sizes);
+    put("x-relaycast-keyframes", batch.keyframes);
+    put("x-relaycast-times", batch.times);
+    // The `after` for the next poll; absent when the stream has no fragment yet.
+    if let Some(n) = next.or(viewer.cursor().checked_sub(1)) {
+        put("x-relaycast-next", n.to_string());
+    }
+    put("x-relaycast-skipped", batch.skipped.to_string());
+    put("x-relaycast-init-version", init_version.to_string());
+    put("x-relaycast-epoch", stream.epoch().to_string());
+    put(
+        "x-relaycast-live",
+        if stream.is_live() { "1" } else { "0" }.to_string(),
+    );
+    if batch.ended {
+        put("x-relaycast-end", "1".to_string());
+    }
+    (StatusCode::OK, h, batch.body.freeze()).into_response()
+}
+
+#[derive(Default)]
+struct Batch {
+    body: BytesMut,
+    seqs: String,
+    sizes: String,
+    keyframes: String,
+    times: String,
+    last_seq: Option<u64>,
+    skipped: u64,
+    init_version: Option<u64>,
+    full: bool,
+    ended: bool,
+}
+
+impl Batch {
+    fn add(&mut self, ev: Event) {
+        match ev {
+            Event::Fragment(c) => {
+                // Never mix fragments of two init versions in one answer.
+                if self.init_version.is_some_and(|v| v != c.init.version) {
+                    self.full = true;
+                    return;
+                }
+                self.init_version = Some(c.init.version);
+                let sep = if self.seqs.is_empty() { "" } else { "," };
+                let _ = write!(self.seqs, "{sep}{}", c.seq);
+                let _ = write!(self.sizes, "{sep}{}", c.bytes.len());
+                let _ = write!(self.times, "{sep}{}", c.t_ms);
+                if c.keyframe {
+                    let sep = if self.keyframes.is_empty() { "" } else { "," };
+                    let _ = write!(self.keyframes, "{sep}{}", c.seq);
+                }
+                self.body.extend_from_slice(&c.bytes);
+                self.last_seq = Some(c.seq);
+                self.full = self.body.len() >= MAX_BODY;
+            }
+            Event::Skip { from, to, .. } => {
+                if self.last_seq.is_some() {
+                    // Keep the answer contiguous; the next poll reports the skip.
+                    self.full = true;
+                    return;
+                }
+                self.skipped += to.saturating_sub(from);
+            }
+            Event::Init(i) => {
+                if self.init_version.is_some_and(|v| v != i.version) {
+                    self.full = true;
+                }
+            }
+            Event::Publisher(_) => {}
+            Event::End(_) => {
+                self.ended = true;
+                self.full = true;
+            }
+        }
+    }
+}
+
+/// `GET /live/{name}/init.mp4`.
+pub async fn init(app: AppState, name: String, q: WatchQuery) -> Response {
+    let stream = match app.registry.find(&name, app.wait_for(q.wait)).await {
+        Ok(s) => s,
+        Err(e) => return error_response(&e),
+    };
+    let Some(init) = stream.init() else {
+        return error_response(&crate::Error::NotFound(format!(
+            "{name} (no init segment yet)"
+        )));
+    };
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-relaycast-init-version", init.version.into());
+    h.insert("x-relaycast-epoch", stream.epoch().into());
+    if let Ok(v) = HeaderValue::from_str(&init.init.codecs) {
+        h.insert("x-relaycast-codecs", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&init.init.mime) {
+        h.insert("x-relaycast-mime", v);
+    }
+    (StatusCode::OK, h, Bytes::clone(&init.init.bytes)).into_response()
+}

@@ -1,0 +1,159 @@
+//! `fanout`: the core. One [`Stream`] per name holds the current init segment
+//! and a bounded ring of recent fragments; a [`Publisher`] appends to it and
+//! every [`Viewer`] reads it through its own cursor.
+//!
+//! A fragment is stored once, as a [`Chunk`] whose payload is a
+//! `bytes::Bytes`; handing it to 10,000 viewers is 10,000 reference-count
+//! bumps, never a copy of the payload.
+//!
+//! # Joining
+//!
+//! A new viewer starts at the newest keyframe (the first fragment of the
+//! newest group) that is in the ring, and receives the init segment that
+//! belongs to that fragment first. With `after=SEQ` it resumes at `SEQ + 1`
+//! when that fragment is still in the ring (or is the next one to arrive);
+//! otherwise it starts at the newest keyframe and is told so with a skip.
+//!
+//! # Lagging
+//!
+//! The publisher is never blocked by a viewer: appending takes a short lock
+//! and wakes the waiting viewers, nothing more. The ring is bounded by a
+//! fragment count **and** a byte budget ([`RingConfig`]), but it never drops
+//! a fragment of the two newest groups (unless the hard byte cap, four times
+//! the budget, is reached by a stream that sends no keyframes). A viewer
+//! whose cursor falls behind the oldest fragment in the ring — because its
+//! connection is too slow to take the stream — is moved forward to the newest
+//! keyframe (never into the middle of a group); the skip is counted on the
+//! viewer and the stream, and reported to the viewer as [`Event::Skip`]. A
+//! viewer that skips more than [`LagPolicy::max_skips`] times within
+//! [`LagPolicy::window`] gets [`Event::End`] with [`EndReason::Lagging`] and is
+//! disconnected by its transport. A viewer's memory is its cursor and the
+//! chunks it is writing right now: it does not grow with the stream's length
+//! or with the viewer's slowness.
+//!
+//! # Closing
+//!
+//! When the publisher drops (its connection ends or fails), the stream stays
+//! for a grace period ([`FanoutConfig::grace`]). Viewers get
+//! [`Event::Publisher`]`(false)` and stay connected; when a publisher returns
+//! under the same name within the grace period, they get
+//! [`Event::Publisher`]`(true)`, then the new init segment if it differs, and
+//! continue with the same cursor: sequence numbers keep counting. When the
+//! grace period ends without a publisher, the stream is closed: viewers get
+//! [`Event::End`] with [`EndReason::PublisherGone`] and the registry entry is
+//! removed. A second publisher on a live name is refused with
+//! [`Error::AlreadyLive`](crate::Error::AlreadyLive) (HTTP 409) unless
+//! takeover is configured, in which case the old publisher is cut off.
+
+mod registry;
+mod stream;
+
+pub use registry::{Registry, StreamSource};
+pub use stream::{
+    Chunk, EndReason, Event, InitEntry, Publisher, Source, Stream, StreamInfo, StreamStats, Viewer,
+    ViewerStart,
+};
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Bounds of a stream's ring of recent fragments.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RingConfig {
+    /// Most fragments kept (soft: the two newest groups are always kept).
+    pub max_fragments: usize,
+    /// Most payload bytes kept (soft, as above; hard cap at 4×).
+    pub max_bytes: usize,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        Self {
+            max_fragments: 600,
+            max_bytes: 32 << 20,
+        }
+    }
+}
+
+/// When a slow viewer is disconnected rather than skipped again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LagPolicy {
+    /// Skips tolerated within `window`; one more disconnects the viewer.
+    pub max_skips: u32,
+    /// The sliding window over which skips are counted.
+    #[serde(with = "serde_secs")]
+    pub window: Duration,
+}
+
+impl Default for LagPolicy {
+    fn default() -> Self {
+        Self {
+            max_skips: 3,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Configuration of the fan-out core.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FanoutConfig {
+    /// Ring bounds per stream.
+    pub ring: RingConfig,
+    /// Slow-viewer policy.
+    pub lag: LagPolicy,
+    /// How long viewers wait for a publisher that dropped.
+    #[serde(with = "serde_secs")]
+    pub grace: Duration,
+    /// A second publisher on a live name takes over (instead of 409).
+    pub takeover: bool,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self {
+            ring: RingConfig::default(),
+            lag: LagPolicy::default(),
+            grace: Duration::from_secs(10),
+            takeover: false,
+        }
+    }
+}
+
+/// Durations in config files are given as seconds (a float).
+pub mod serde_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Write a duration as seconds.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    /// Read a duration from seconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Milliseconds since the Unix epoch, the relay's wall clock for latency figures.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Stream names are `[A-Za-z0-9_-]{1,64}`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,180 @@
+//! The registry: every stream of this relay by name.
+
+use super::stream::{Source, Stream, Viewer, ViewerStart};
+use super::{FanoutConfig, Publisher, valid_name};
+use crate::Error;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Where streams this relay does not have come from (the cascade's edge
+/// side implements it): asked when a viewer wants a stream that is missing.
+pub trait StreamSource: Send + Sync + 'static {
+    /// Start pulling `name` from upstream. Returns the stream when it could be
+    /// created (it may not be live yet), or `None` when no upstream has it.
+    fn open(&self, registry: &Registry, name: &str) -> Option<Stream>;
+}
+
+pub(crate) struct RegistryInner {
+    streams: DashMap<String, Stream>,
+    config: FanoutConfig,
+    /// Bumped whenever a stream is created, for viewers waiting with `wait=`.
+    created: watch::Sender<u64>,
+    source: OnceLock<Arc<dyn StreamSource>>,
+}
+
+impl RegistryInner {
+    pub(super) fn remove_stream(&self, stream: &Stream) {
+        self.streams
+            .remove_if(stream.name(), |_, s| Arc::ptr_eq(&s.0, &stream.0));
+    }
+}
+
+/// Every stream of this relay by name (cheap to clone).
+#[derive(Clone)]
+pub struct Registry(Arc<RegistryInner>);
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("streams", &self.0.streams.len())
+            .finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(config: FanoutConfig) -> Registry {
+        Registry(Arc::new(RegistryInner {
+            streams: DashMap::new(),
+            config,
+            created: watch::channel(0).0,
+            source: OnceLock::new(),
+        }))
+    }
+
+    /// The fan-out configuration.
+    pub fn config(&self) -> &FanoutConfig {
+        &self.0.config
+    }
+
+    /// Install the upstream source (an edge's origins). Only the first call counts.
+    pub fn set_source(&self, source: Arc<dyn StreamSource>) {
+        let _ = self.0.source.set(source);
+    }
+
+    /// Attach a publisher to `name`, creating the stream or rejoining one in
+    /// its grace period.
+    pub fn publish(&self, name: &str) -> Result<Publisher, Error> {
+        self.publish_from(name, Source::Local)
+    }
+
+    /// Like [`publish`](Self::publish), recording where the stream comes from.
+    pub fn publish_from(&self, name: &str, source: Source) -> Result<Publisher, Error> {
+        if !valid_name(name) {
+            return Err(Error::BadName(name.to_string()));
+        }
+        let (stream, created) = match self.0.streams.entry(name.to_string()) {
+            Entry::Occupied(mut e) => {
+                if e.get().is_closed() {
+                    let s = self.new_stream(name, source);
+                    e.insert(s.clone());
+                    (s, true)
+                } else {
+                    (e.get().clone(), false)
+                }
+            }
+            Entry::Vacant(e) => {
+                let s = self.new_stream(name, source);
+                e.insert(s.clone());
+                (s, true)
+            }
+        };
+        let publisher = stream.attach_publisher();
+        if created {
+            self.0.created.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        if publisher.is_err() && created {
+            stream.close(super::EndReason::PublisherGone);
+        }
+        publisher
+    }
+
+    fn new_stream(&self, name: &str, source: Source) -> Stream {
+        Stream::new(
+            name.to_string(),
+            self.0.config.clone(),
+            source,
+            Arc::downgrade(&self.0),
+        )
+    }
+
+    /// The stream called `name`, if it exists.
+    pub fn get(&self, name: &str) -> Option<Stream> {
+        self.0
+            .streams
+            .get(name)
+            .map(|s| s.clone())
+            .filter(|s| !s.is_closed())
+    }
+
+    /// Every stream, sorted by name.
+    pub fn list(&self) -> Vec<Stream> {
+        let mut v: Vec<Stream> = self.0.streams.iter().map(|e| e.value().clone()).collect();
+        v.sort_by(|a, b| a.name().cmp(b.name()));
+        v
+    }
+
+    /// Number of streams.
+    pub fn len(&self) -> usize {
+        self.0.streams.len()
+    }
+
+    /// True when there is no stream.
+    pub fn is_empty(&self) -> bool {
+        self.0.streams.is_empty()
+    }
+
+    /// Find `name` locally or upstream, waiting up to `wait` for it to appear.
+    pub async fn find(&self, name: &str, wait: Duration) -> Result<Stream, Error> {
+        if !valid_name(name) {
+            return Err(Error::BadName(name.to_string()));
+        }
+        let mut rx = self.0.created.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            rx.borrow_and_update();
+            if let Some(s) = self.get(name) {
+                return Ok(s);
+            }
+            if let Some(source) = self.0.source.get()
+                && let Some(s) = source.open(self, name)
+            {
+                return Ok(s);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(Error::NotFound(name.to_string())),
+            }
+        }
+    }
+
+    /// Open a viewer on `name` (see [`find`](Self::find)).
+    pub async fn subscribe(
+        &self,
+        name: &str,
+        start: ViewerStart,
+        wait: Duration,
+    ) -> Result<Viewer, Error> {
+        Ok(self.find(name, wait).await?.subscribe(start))
+    }
+
+    /// Close every stream (shutdown).
+    pub fn close_all(&self, reason: super::EndReason) {
+        for s in self.list() {
+            s.close(reason);
+        }
+    }
+}

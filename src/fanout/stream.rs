@@ -1,0 +1,850 @@
+//! One live stream: its init segment, its ring of recent fragments, the
+//! publisher handle that appends and the viewer cursors that read.
+
+use super::registry::RegistryInner;
+use super::{FanoutConfig, unix_ms};
+use crate::Error;
+use crate::media::{Fragment, Init};
+use bytes::Bytes;
+use parking_lot::RwLock;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// One version of a stream's init segment.
+#[derive(Debug)]
+pub struct InitEntry {
+    /// Starts at 1 and grows by one each time the publisher's init bytes change.
+    pub version: u64,
+    /// The parsed init segment (its `bytes` are what a viewer appends).
+    pub init: Init,
+    /// The JSON control message announcing it (`{"type":"init",…}`), built once.
+    pub meta: Bytes,
+}
+
+/// One stored fragment, shared by every viewer (`Arc<Chunk>`).
+#[derive(Debug)]
+pub struct Chunk {
+    /// Stream-wide sequence number.
+    pub seq: u64,
+    /// Opens a group: a viewer may start here.
+    pub keyframe: bool,
+    /// Relay wall clock (Unix ms) when the fragment arrived.
+    pub t_ms: u64,
+    /// Decode time of the fragment, µs.
+    pub dts_us: u64,
+    /// Duration of the fragment, µs.
+    pub dur_us: u64,
+    /// The fragment bytes (moof + mdat, with any styp/prft before).
+    pub bytes: Bytes,
+    /// The init segment this fragment belongs to.
+    pub init: Arc<InitEntry>,
+    /// The JSON control message announcing it (`{"type":"fragment",…}`), built once.
+    pub meta: Bytes,
+}
+
+/// Why a viewer's session ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The publisher left and did not return within the grace period.
+    PublisherGone,
+    /// The viewer kept falling out of the ring.
+    Lagging,
+    /// The relay is shutting down.
+    Shutdown,
+}
+
+impl EndReason {
+    /// A human-readable reason, used as WebSocket close reason.
+    pub fn message(self) -> &'static str {
+        match self {
+            EndReason::PublisherGone => "stream ended: the publisher left",
+            EndReason::Lagging => "disconnected: too slow to keep up with the stream",
+            EndReason::Shutdown => "relay shutting down",
+        }
+    }
+}
+
+/// What a viewer receives next, in order.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// Append this init segment before the following fragments.
+    Init(Arc<InitEntry>),
+    /// The next fragment.
+    Fragment(Arc<Chunk>),
+    /// The viewer jumped forward: fragments `from..to` were not delivered.
+    Skip {
+        /// The seq the viewer expected next.
+        from: u64,
+        /// The seq it continues at (a keyframe).
+        to: u64,
+        /// Total skips of this viewer so far.
+        total: u64,
+    },
+    /// The publisher left (`false`) or came back (`true`).
+    Publisher(bool),
+    /// The session is over.
+    End(EndReason),
+}
+
+/// Whether a stream is published here or pulled from another relay.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    /// A publisher connected to this relay.
+    Local,
+    /// Pulled from an origin relay.
+    Pulled {
+        /// The origin's URL.
+        from: String,
+    },
+}
+
+#[derive(Debug)]
+enum PublisherState {
+    Live(u64),
+    Gone,
+}
+
+#[derive(Debug)]
+struct State {
+    init: Option<Arc<InitEntry>>,
+    ring: VecDeque<Arc<Chunk>>,
+    ring_bytes: usize,
+    /// Seqs of the keyframes in the ring, ascending.
+    keyframes: VecDeque<u64>,
+    next_seq: u64,
+    publisher: PublisherState,
+    /// Bumped on every publisher gone/back transition.
+    publisher_changes: u64,
+    closed: Option<EndReason>,
+    source: Source,
+}
+
+/// Counters of one stream (monotonic).
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Fragment payload bytes received.
+    pub bytes_in: AtomicU64,
+    /// Fragments received.
+    pub fragments_in: AtomicU64,
+    /// Fragment bytes handed to viewers.
+    pub bytes_out: AtomicU64,
+    /// Fragments handed to viewers.
+    pub fragments_out: AtomicU64,
+    /// Viewer skips.
+    pub skips: AtomicU64,
+    /// Viewers disconnected for lagging.
+    pub lag_disconnects: AtomicU64,
+    /// Viewers now, by transport (index: [`Transport`](crate::egress::Transport)).
+    pub viewers: [AtomicU64; crate::egress::Transport::COUNT],
+    /// Publisher (re)connections.
+    pub publishes: AtomicU64,
+}
+
+pub(super) struct Inner {
+    name: String,
+    epoch: u64,
+    created: Instant,
+    config: FanoutConfig,
+    state: RwLock<State>,
+    tx: watch::Sender<u64>,
+    stats: StreamStats,
+    registry: Weak<RegistryInner>,
+    next_publisher_id: AtomicU64,
+}
+
+/// A handle on one stream (cheap to clone).
+#[derive(Clone)]
+pub struct Stream(pub(super) Arc<Inner>);
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("name", &self.0.name)
+            .field("epoch", &self.0.epoch)
+            .finish()
+    }
+}
+
+/// JSON description of a stream, for `/live/{name}/info` and `/api/streams`.
+#[derive(Debug, Serialize)]
+pub struct StreamInfo {
+    /// Stream name.
+    pub name: String,
+    /// A publisher is connected now.
+    pub live: bool,
+    /// MSE type, `video/mp4; codecs="…"` (null before the first init segment).
+    pub mime: Option<String>,
+    /// RFC 6381 codecs.
+    pub codecs: Option<String>,
+    /// Newest fragment's seq.
+    pub seq: Option<u64>,
+    /// Newest keyframe's seq.
+    pub keyframe_seq: Option<u64>,
+    /// Current init version (0 before the first).
+    pub init_version: u64,
+    /// Identifies this life of the stream in this relay process.
+    pub epoch: u64,
+    /// Viewers now.
+    pub viewers: u64,
+    /// Viewers now by transport.
+    pub viewers_by_transport: std::collections::BTreeMap<&'static str, u64>,
+    /// Seconds since the stream was created.
+    pub uptime_s: f64,
+    /// Bitrate over the ring, bits per second.
+    pub bitrate_bps: u64,
+    /// Relay wall clock, Unix ms.
+    pub server_time: u64,
+    /// Fragments and bytes in the ring now.
+    pub ring_fragments: usize,
+    /// Bytes in the ring now.
+    pub ring_bytes: usize,
+    /// Total bytes received.
+    pub bytes_in: u64,
+    /// Total fragments received.
+    pub fragments_in: u64,
+    /// Total bytes sent to viewers.
+    pub bytes_out: u64,
+    /// Total viewer skips.
+    pub skips: u64,
+    /// Total viewers disconnected for lagging.
+    pub lag_disconnects: u64,
+    /// Local or pulled.
+    pub source: Source,
+}
+
+impl Stream {
+    pub(super) fn new(
+        name: String,
+        config: FanoutConfig,
+        source: Source,
+        registry: Weak<RegistryInner>,
+    ) -> Stream {
+        static EPOCH: AtomicU64 = AtomicU64::new(0);
+        // Unique per process and increasing across restarts: ms clock, bumped on collision.
+        let now = unix_ms();
+        let epoch = EPOCH
+            .fetch_update(Relaxed, Relaxed, |e| Some(now.max(e + 1)))
+            .map(|prev| now.max(prev + 1))
+            .unwrap_or(now);
+        Stream(Arc::new(Inner {
+            name,
+            epoch,
+            created: Instant::now(),
+            config,
+            state: RwLock::new(State {
+                init: None,
+                ring: VecDeque::new(),
+                ring_bytes: 0,
+                keyframes: VecDeque::new(),
+                next_seq: 0,
+                publisher: PublisherState::Gone,
+                publisher_changes: 0,
+                closed: None,
+                source,
+            }),
+            tx: watch::channel(0).0,
+            stats: StreamStats::default(),
+            registry,
+            next_publisher_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// This life of the stream.
+    pub fn epoch(&self) -> u64 {
+        self.0.epoch
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &StreamStats {
+        &self.0.stats
+    }
+
+    /// True once the stream is closed (no more events but `End`).
+    pub fn is_closed(&self) -> bool {
+        self.0.state.read().closed.is_some()
+    }
+
+    /// True while a publisher is attached.
+    pub fn is_live(&self) -> bool {
+        matches!(self.0.state.read().publisher, PublisherState::Live(_))
+    }
+
+    /// Viewers attached now (all transports).
+    pub fn viewer_count(&self) -> u64 {
+        self.0.stats.viewers.iter().map(|v| v.load(Relaxed)).sum()
+    }
+
+    /// The current init segment.
+    pub fn init(&self) -> Option<Arc<InitEntry>> {
+        self.0.state.read().init.clone()
+    }
+
+    /// Where the stream comes from.
+    pub fn source(&self) -> Source {
+        self.0.state.read().source.clone()
+    }
+
+    /// Seq of the newest fragment, if any.
+    pub fn newest_seq(&self) -> Option<u64> {
+        self.0.state.read().ring.back().map(|c| c.seq)
+    }
+
+    fn notify(&self) {
+        self.0.tx.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Attach a publisher. Fails with `AlreadyLive` when one is attached and
+    /// takeover is off.
+    pub(super) fn attach_publisher(&self) -> Result<Publisher, Error> {
+        let id = self.0.next_publisher_id.fetch_add(1, Relaxed);
+        {
+            let mut st = self.0.state.write();
+            if st.closed.is_some() {
+                return Err(Error::Internal("stream closed while attaching".into()));
+            }
+            match st.publisher {
+                PublisherState::Live(_) if !self.0.config.takeover => {
+                    return Err(Error::AlreadyLive(self.0.name.clone()));
+                }
+                PublisherState::Live(_) => {
+                    // Takeover: the old publisher's pushes now fail.
+                    st.publisher = PublisherState::Live(id);
+                }
+                PublisherState::Gone => {
+                    st.publisher = PublisherState::Live(id);
+                    st.publisher_changes += 1;
+                }
+            }
+        }
+        self.0.stats.publishes.fetch_add(1, Relaxed);
+        self.notify();
+        Ok(Publisher {
+            stream: self.clone(),
+            id,
+        })
+    }
+
+    fn detach_publisher(&self, id: u64) {
+        let changes = {
+            let mut st = self.0.state.write();
+            match st.publisher {
+                PublisherState::Live(cur) if cur == id => {
+                    st.publisher = PublisherState::Gone;
+                    st.publisher_changes += 1;
+                    st.publisher_changes
+                }
+                _ => return,
+            }
+        };
+        self.notify();
+        let grace = self.0.config.grace;
+        let stream = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    stream.close_if_abandoned(changes);
+                });
+            }
+            Err(_) => stream.close_if_abandoned(changes),
+        }
+    }
+
+    /// Close the stream if no publisher returned since transition `changes`.
+    fn close_if_abandoned(&self, changes: u64) {
+        {
+            let st = self.0.state.read();
+            if st.publisher_changes != changes || st.closed.is_some() {
+                return;
+            }
+        }
+        self.close(EndReason::PublisherGone);
+    }
+
+    /// Close the stream now: viewers get `End(reason)` after what they have
+    /// not read yet; the registry entry is removed.
+    pub fn close(&self, reason: EndReason) {
+        {
+            let mut st = self.0.state.write();
+            if st.closed.is_some() {
+                return;
+            }
+            st.closed = Some(reason);
+        }
+        self.notify();
+        if let Some(reg) = self.0.registry.upgrade() {
+            reg.remove_stream(self);
+        }
+    }
+
+    fn check_publisher(st: &State, id: u64, name: &str) -> Result<(), Error> {
+        match st.publisher {
+            PublisherState::Live(cur) if cur == id => Ok(()),
+            _ => Err(Error::TakenOver(name.to_string())),
+        }
+    }
+
+    fn push_init(&self, id: u64, init: Init) -> Result<u64, Error> {
+        let version = {
+            let mut st = self.0.state.write();
+            Self::check_publisher(&st, id, &self.0.name)?;
+            if let Some(cur) = &st.init
+                && cur.init.bytes == init.bytes
+            {
+                return Ok(cur.version);
+            }
+            let version = st.init.as_ref().map_or(1, |c| c.version + 1);
+            let meta = serde_json::json!({
+                "type": "init",
+                "version": version,
+                "mime": init.mime,
+                "codecs": init.codecs,
+                "size": init.bytes.len(),
+            });
+            st.init = Some(Arc::new(InitEntry {
+                version,
+                meta: Bytes::from(meta.to_string()),
+                init,
+            }));
+            version
+        };
+        self.notify();
+        Ok(version)
+    }
+
+    fn push_fragment(&self, id: u64, frag: Fragment, seq: Option<u64>) -> Result<u64, Error> {
+        let t_ms = unix_ms();
+        let len = frag.bytes.len();
+        let seq = {
+            let mut st = self.0.state.write();
+            Self::check_publisher(&st, id, &self.0.name)?;
+            let Some(init) = st.init.clone() else {
+                return Err(Error::Internal("fragment before init segment".into()));
+            };
+            let seq = match seq {
+                Some(s) if s >= st.next_seq => s,
+                Some(s) => {
+                    return Err(Error::Internal(format!(
+                        "upstream seq {s} went backwards (expected ≥ {})",
+                        st.next_seq
+                    )));
+                }
+                None => st.next_seq,
+            };
+            st.next_seq = seq + 1;
+            let dts_us = frag.decode_time_us();
+            let meta = format!(
+                r#"{{"type":"fragment","seq":{seq},"key":{},"t":{t_ms},"size":{len},"dts":{}.{:06}}}"#,
+                frag.keyframe,
+                dts_us / 1_000_000,
+                dts_us % 1_000_000
+            );
+            let chunk = Arc::new(Chunk {
+                seq,
+                keyframe: frag.keyframe,
+                t_ms,
+                dts_us,
+                dur_us: frag.duration_us(),
+                bytes: frag.bytes,
+                init,
+                meta: Bytes::from(meta),
+            });
+            if chunk.keyframe {
+                st.keyframes.push_back(seq);
+            }
+            st.ring_bytes += len;
+            st.ring.push_back(chunk);
+            self.evict(&mut st);
+            seq
+        };
+        self.0.stats.bytes_in.fetch_add(len as u64, Relaxed);
+        self.0.stats.fragments_in.fetch_add(1, Relaxed);
+        self.notify();
+        Ok(seq)
+    }
+
+    fn evict(&self, st: &mut State) {
+        let ring = &self.0.config.ring;
+        // Never drop a fragment of the two newest groups (soft bounds).
+        let protect_from = match st.keyframes.len() {
+            0 => 0,
+            1 => st.keyframes[0],
+            n => st.keyframes[n - 2],
+        };
+        let hard_bytes = ring.max_bytes.saturating_mul(4);
+        while let Some(front) = st.ring.front() {
+            let over = st.ring.len() > ring.max_fragments.max(1) || st.ring_bytes > ring.max_bytes;
+            let hard = st.ring_bytes > hard_bytes && st.ring.len() > 1;
+            if !(hard || over && front.seq < protect_from) {
+                break;
+            }
+            st.ring_bytes -= front.bytes.len();
+            st.ring.pop_front();
+        }
+        let front_seq = st.ring.front().map_or(st.next_seq, |c| c.seq);
+        while st.keyframes.front().is_some_and(|&k| k < front_seq) {
+            st.keyframes.pop_front();
+        }
+    }
+
+    /// Info for `/live/{name}/info`.
+    pub fn info(&self) -> StreamInfo {
+        let st = self.0.state.read();
+        let bitrate_bps = match (st.ring.front(), st.ring.back()) {
+            (Some(f), Some(b)) => {
+                let span_us = (b.dts_us + b.dur_us).saturating_sub(f.dts_us);
+                let span_ms = b.t_ms.saturating_sub(f.t_ms).max(1);
+                // Prefer the media span when the ring holds one timeline.
+                let us = if span_us > 0 && Arc::ptr_eq(&f.init, &b.init) {
+                    span_us
+                } else {
+                    span_ms * 1000
+                };
+                (st.ring_bytes as u128 * 8 * 1_000_000 / us.max(1) as u128) as u64
+            }
+            _ => 0,
+        };
+        let mut by_transport = std::collections::BTreeMap::new();
+        for t in crate::egress::Transport::ALL {
+            let n = self.0.stats.viewers[t as usize].load(Relaxed);
+            if n > 0 {
+                by_transport.insert(t.name(), n);
+            }
+        }
+        StreamInfo {
+            name: self.0.name.clone(),
+            live: matches!(st.publisher, PublisherState::Live(_)),
+            mime: st.init.as_ref().map(|i| i.init.mime.clone()),
+            codecs: st.init.as_ref().map(|i| i.init.codecs.clone()),
+            seq: st.ring.back().map(|c| c.seq),
+            keyframe_seq: st.keyframes.back().copied(),
+            init_version: st.init.as_ref().map_or(0, |i| i.version),
+            epoch: self.0.epoch,
+            viewers: self.viewer_count(),
+            viewers_by_transport: by_transport,
+            uptime_s: self.0.created.elapsed().as_secs_f64(),
+            bitrate_bps,
+            server_time: unix_ms(),
+            ring_fragments: st.ring.len(),
+            ring_bytes: st.ring_bytes,
+            bytes_in: self.0.stats.bytes_in.load(Relaxed),
+            fragments_in: self.0.stats.fragments_in.load(Relaxed),
+            bytes_out: self.0.stats.bytes_out.load(Relaxed),
+            skips: self.0.stats.skips.load(Relaxed),
+            lag_disconnects: self.0.stats.lag_disconnects.load(Relaxed),
+            source: st.source.clone(),
+        }
+    }
+
+    /// Open a cursor on this stream.
+    pub fn subscribe(&self, start: ViewerStart) -> Viewer {
+        let st = self.0.state.read();
+        let newest_key = st.keyframes.back().copied();
+        let (cursor, need_key) = match newest_key {
+            Some(k) => (k, false),
+            None => (st.next_seq, true),
+        };
+        let mut viewer = Viewer {
+            stream: self.clone(),
+            rx: self.0.tx.subscribe(),
+            cursor,
+            need_key,
+            init_version: 0,
+            publisher_changes: st.publisher_changes,
+            total_skips: 0,
+            recent_skips: VecDeque::new(),
+            pending: None,
+            ended: false,
+            resumed: false,
+            transport: start.transport,
+        };
+        if let Some(after) = start.after {
+            let front = st.ring.front().map_or(st.next_seq, |c| c.seq);
+            let want = after.saturating_add(1);
+            if want >= front && want <= st.next_seq {
+                viewer.cursor = want;
+                viewer.need_key = false;
+                viewer.resumed = true;
+            } else {
+                viewer.pending = Some(Event::Skip {
+                    from: want,
+                    to: viewer.cursor,
+                    total: 0,
+                });
+            }
+        }
+        drop(st);
+        self.0.stats.viewers[start.transport as usize].fetch_add(1, Relaxed);
+        viewer
+    }
+}
+
+/// Where a new viewer starts, and over what.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewerStart {
+    /// Resume after this seq when it is still in the ring.
+    pub after: Option<u64>,
+    /// The transport the viewer uses (for counters).
+    pub transport: crate::egress::Transport,
+}
+
+/// The publisher's handle: appends to the stream. Dropping it starts the
+/// grace period.
+pub struct Publisher {
+    stream: Stream,
+    id: u64,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("stream", &self.stream)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// The stream this publisher feeds.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// Set the init segment; returns its version (unchanged when the bytes are equal).
+    pub fn push_init(&self, init: Init) -> Result<u64, Error> {
+        self.stream.push_init(self.id, init)
+    }
+
+    /// Append a fragment; returns the seq it was given.
+    pub fn push_fragment(&self, frag: Fragment) -> Result<u64, Error> {
+        self.stream.push_fragment(self.id, frag, None)
+    }
+
+    /// Append a fragment under a seq chosen upstream (cascade: seqs are the origin's).
+    pub fn push_fragment_with_seq(&self, frag: Fragment, seq: u64) -> Result<u64, Error> {
+        self.stream.push_fragment(self.id, frag, Some(seq))
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.stream.detach_publisher(self.id);
+    }
+}
+
+/// A viewer's cursor on a stream. Obtain events with [`Viewer::next`]
+/// (waits) or [`Viewer::try_next`] (does not).
+pub struct Viewer {
+    stream: Stream,
+    rx: watch::Receiver<u64>,
+    /// The seq of the next fragment to deliver.
+    cursor: u64,
+    /// Skip fragments until a keyframe (after a jump with no keyframe in the ring).
+    need_key: bool,
+    /// Init version delivered (0 = none yet).
+    init_version: u64,
+    publisher_changes: u64,
+    total_skips: u64,
+    /// Times of recent skips, at most `max_skips + 1` entries.
+    recent_skips: VecDeque<Instant>,
+    pending: Option<Event>,
+    ended: bool,
+    resumed: bool,
+    transport: crate::egress::Transport,
+}
+
+impl Viewer {
+    /// The stream this viewer reads.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// True when the viewer's `after` was honoured.
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// The seq of the next fragment this viewer will get.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Skips so far.
+    pub fn total_skips(&self) -> u64 {
+        self.total_skips
+    }
+
+    /// The next event, waiting for one.
+    pub async fn next(&mut self) -> Event {
+        loop {
+            self.rx.borrow_and_update();
+            if let Some(ev) = self.try_next() {
+                return ev;
+            }
+            if self.rx.changed().await.is_err() {
+                self.ended = true;
+                return Event::End(EndReason::Shutdown);
+            }
+        }
+    }
+
+    /// The next event if one is ready.
+    pub fn try_next(&mut self) -> Option<Event> {
+        if self.ended {
+            return None;
+        }
+        if let Some(ev) = self.pending.take() {
+            return Some(ev);
+        }
+        let inner = &self.stream.0;
+        let st = inner.state.read();
+        if st.publisher_changes != self.publisher_changes {
+            self.publisher_changes = st.publisher_changes;
+            let live = matches!(st.publisher, PublisherState::Live(_));
+            return Some(Event::Publisher(live));
+        }
+        let front = st.ring.front().map_or(st.next_seq, |c| c.seq);
+        if self.cursor < front {
+            // Fell out of the ring: jump to the newest keyframe.
+            let from = self.cursor;
+            match st.keyframes.back() {
+                Some(&k) => {
+                    self.cursor = k;
+                    self.need_key = false;
+                }
+                None => {
+                    self.cursor = st.next_seq;
+                    self.need_key = true;
+                }
+            }
+            drop(st);
+            return Some(self.record_skip(from));
+        }
+        loop {
+            let Some(chunk) = find(&st.ring, self.cursor) else {
+                // Caught up.
+                if let Some(reason) = st.closed {
+                    self.ended = true;
+                    return Some(Event::End(reason));
+                }
+                // Hand out the init early so a player can set up its decoder.
+                if let Some(init) = &st.init
+                    && self.init_version == 0
+                {
+                    self.init_version = init.version;
+                    return Some(Event::Init(init.clone()));
+                }
+                return None;
+            };
+            if self.need_key && !chunk.keyframe {
+                self.cursor = chunk.seq + 1;
+                continue;
+            }
+            self.need_key = false;
+            if chunk.init.version != self.init_version {
+                self.init_version = chunk.init.version;
+                return Some(Event::Init(chunk.init.clone()));
+            }
+            if chunk.seq != self.cursor {
+                // A hole upstream (cascade): say so, continue at the chunk.
+                let from = self.cursor;
+                self.cursor = chunk.seq;
+                return Some(Event::Skip {
+                    from,
+                    to: chunk.seq,
+                    total: self.total_skips,
+                });
+            }
+            self.cursor = chunk.seq + 1;
+            let chunk = chunk.clone();
+            drop(st);
+            let stats = &self.stream.0.stats;
+            stats.fragments_out.fetch_add(1, Relaxed);
+            stats.bytes_out.fetch_add(chunk.bytes.len() as u64, Relaxed);
+            return Some(Event::Fragment(chunk));
+        }
+    }
+
+    fn record_skip(&mut self, from: u64) -> Event {
+        let policy = &self.stream.0.config.lag;
+        let stats = &self.stream.0.stats;
+        stats.skips.fetch_add(1, Relaxed);
+        self.total_skips += 1;
+        let now = Instant::now();
+        self.recent_skips.push_back(now);
+        while self
+            .recent_skips
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.window)
+        {
+            self.recent_skips.pop_front();
+        }
+        while self.recent_skips.len() > policy.max_skips as usize + 1 {
+            self.recent_skips.pop_front();
+        }
+        if self.recent_skips.len() > policy.max_skips as usize {
+            stats.lag_disconnects.fetch_add(1, Relaxed);
+            self.ended = true;
+            return Event::End(EndReason::Lagging);
+        }
+        Event::Skip {
+            from,
+            to: self.cursor,
+            total: self.total_skips,
+        }
+    }
+
+    /// Wait until the viewer has something to read, without taking it.
+    pub async fn ready(&mut self) {
+        if self.pending.is_some() {
+            return;
+        }
+        if let Some(ev) = self.try_next() {
+            self.pending = Some(ev);
+            return;
+        }
+        let _ = self.rx.changed().await;
+    }
+
+    /// How long this stream has existed.
+    pub fn stream_age(&self) -> Duration {
+        self.stream.0.created.elapsed()
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.stream.0.stats.viewers[self.transport as usize].fetch_sub(1, Relaxed);
+        if let Some(reg) = self.stream.0.registry.upgrade() {
+            let _ = reg;
+        }
+    }
+}
+
+/// The chunk with the smallest seq ≥ `seq` (ring seqs are ascending, usually
+/// contiguous, so the direct index is checked first).
+fn find(ring: &VecDeque<Arc<Chunk>>, seq: u64) -> Option<&Arc<Chunk>> {
+    let front = ring.front()?.seq;
+    if seq < front {
+        return ring.front();
+    }
+    let idx = (seq - front) as usize;
+    if let Some(c) = ring.get(idx)
+        && c.seq == seq
+    {
+        return Some(c);
+    }
+    let i = ring.partition_point(|c| c.seq < seq);
+    ring.get(i)
+}

@@ -1,0 +1,129 @@
+//! WebSocket ingest: `GET /publish/{name}` upgraded; binary messages are
+//! consecutive bytes of the fMP4 stream, split anywhere. Errors close the
+//! socket with a code and a reason: 1008 bad key or name, 1009 too big,
+//! 1003 text instead of binary, 1007 not fMP4, 4009 name already live.
+
+use super::{IngestSession, authorize, key_from};
+use crate::Error;
+use crate::server::{AppState, error_response};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
+
+/// Upgrade and serve one publisher.
+pub async fn serve(
+    app: AppState,
+    name: String,
+    key: Option<String>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let cfg = app.config.ingest.clone();
+    let max = cfg.max_ws_message;
+    // Refuse before upgrading when we can: a clear HTTP status beats a close code.
+    if !crate::fanout::valid_name(&name) {
+        return error_response(&Error::BadName(name));
+    }
+    let auth = authorize(&cfg, &name, key_from(key.as_deref(), &headers).as_deref());
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            let r = match auth {
+                Ok(()) => run(socket, app, name.clone(), cfg).await,
+                Err(e) => refuse(socket, e).await,
+            };
+            if let Err(e) = r {
+                tracing::warn!(stream = %name, error = %e, "WebSocket publisher failed");
+            }
+        })
+}
+
+async fn refuse(mut socket: WebSocket, e: Error) -> Result<(), Error> {
+    let _ = socket.send(close(&e)).await;
+    Err(e)
+}
+
+fn close(e: &Error) -> Message {
+    let mut reason = e.to_string();
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    Message::Close(Some(CloseFrame {
+        code: e.ws_close_code(),
+        reason: Utf8Bytes::from(reason),
+    }))
+}
+
+async fn run(
+    mut socket: WebSocket,
+    app: AppState,
+    name: String,
+    cfg: crate::config::IngestConfig,
+) -> Result<(), Error> {
+    let publisher = match app.registry.publish(&name) {
+        Ok(p) => p,
+        Err(e) => return refuse(socket, e).await,
+    };
+    tracing::info!(stream = %name, "WebSocket publisher connected");
+    let mut session = IngestSession::new(publisher, &cfg);
+    let result = loop {
+        let msg = tokio::select! {
+            m = tokio::time::timeout(cfg.idle_timeout, socket.recv()) => m,
+            _ = app.shutdown.cancelled() => break Err(Error::Shutdown),
+        };
+        match msg {
+            Err(_) => {
+                break Err(Error::BadRequest(format!(
+                    "no data for {:?}",
+                    cfg.idle_timeout
+                )));
+            }
+            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break session.finish(),
+            Ok(Some(Err(e))) => {
+                let text = e.to_string();
+                if text.contains("too long") || text.contains("too big") {
+                    break Err(Error::MessageTooBig {
+                        size: 0,
+                        limit: cfg.max_ws_message,
+                    });
+                }
+                break Err(Error::BadRequest(format!("websocket: {text}")));
+            }
+            Ok(Some(Ok(Message::Binary(data)))) => {
+                if let Err(e) = session.push(data) {
+                    break Err(e);
+                }
+            }
+            Ok(Some(Ok(Message::Text(_)))) => {
+                break Err(Error::BadRequest(
+                    "text message: send the fMP4 stream as binary messages".into(),
+                ));
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    };
+    let summary = session.summary(result.as_ref().err());
+    drop(session);
+    let json = serde_json::to_string(&summary).unwrap_or_default();
+    let _ = socket.send(Message::Text(json.into())).await;
+    match &result {
+        Ok(()) => {
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: Utf8Bytes::from_static("publish finished"),
+                })))
+                .await;
+        }
+        Err(e) => {
+            let mut frame = close(e);
+            if let (Error::BadRequest(m), Message::Close(Some(f))) = (e, &mut frame)
+                && m.starts_with("text message")
+            {
+                f.code = 1003;
+            }
+            let _ = socket.send(frame).await;
+        }
+    }
+    result
+}

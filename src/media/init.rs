@@ -1,0 +1,259 @@
+//! Reads an init segment's `moov`: the track table the fragment parser needs
+//! (ids, kinds, timescales, `trex` defaults) and the public [`Init`] with its
+//! codec strings.
+//!
+//! The track table is read by hand (a few fixed fields, bounds-checked), so a
+//! `moov` that `mp4-atom` cannot decode (a box version it does not know, an
+//! odd sample entry) still yields a usable [`Init`]: MSE may well play it.
+//! `mp4-atom` supplies the codec configuration records; when it rejects the
+//! whole `moov` each `trak` is tried alone, and a track it still cannot read
+//! gets an empty codec string.
+
+use super::boxes::{Children, Reader};
+use super::codec::codec_string;
+use super::{Init, MediaError, Track, TrackKind};
+use bytes::Bytes;
+use mp4_atom::Decode;
+
+/// What fragment parsing needs to know about one track.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TrackInfo {
+    /// `tkhd` track id.
+    pub id: u32,
+    /// From the `hdlr` handler type.
+    pub kind: TrackKind,
+    /// `mdhd` timescale; never 0.
+    pub timescale: u32,
+    /// `trex` default sample duration (0 when the `moov` has no `trex` for it).
+    pub default_duration: u32,
+    /// `trex` default sample flags (0 when absent).
+    pub default_flags: u32,
+}
+
+/// The tracks of the current init segment, in `moov` order; ids are unique.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TrackTable {
+    /// One entry per `trak`.
+    pub tracks: Vec<TrackInfo>,
+    /// True when any track is video.
+    pub has_video: bool,
+}
+
+impl TrackTable {
+    /// The position and info of track `id`.
+    pub fn find(&self, id: u32) -> Option<(usize, &TrackInfo)> {
+        self.tracks.iter().enumerate().find(|(_, t)| t.id == id)
+    }
+}
+
+/// The hand-read facts of one `trak`.
+struct RawTrak<'a> {
+    /// The whole `trak` box, header included (for `mp4_atom::Trak::decode`).
+    bytes: &'a [u8],
+    id: u32,
+    kind: TrackKind,
+    timescale: u32,
+}
+
+/// Parses an init segment. `bytes` is the whole segment (ftyp … moov), `moov`
+/// the `moov` box within it, header included.
+pub(crate) fn parse_init(bytes: Bytes, moov: &[u8]) -> Result<(Init, TrackTable), MediaError> {
+    let header_len = match super::boxes::peek_header(moov) {
+        Ok(h) if h.kind == *b"moov" => h.header_len as usize,
+        _ => return Err(MediaError::Invalid("init segment without a 'moov'".into())),
+    };
+    let body = moov.get(header_len..).unwrap_or_default();
+
+    let mut traks = Vec::new();
+    let mut trex = Vec::new();
+    let mut has_mvex = false;
+    for child in Children::new(body, header_len, "moov") {
+        let child = child?;
+        match &child.kind {
+            b"trak" => {
+                traks.push(parse_trak(child.whole, child.body)?);
+            }
+            b"mvex" => {
+                has_mvex = true;
+                for c in Children::new(child.body, child.body_at, "mvex") {
+                    let c = c?;
+                    if &c.kind == b"trex" {
+                        let mut r = Reader::new(c.body, "trex");
+                        r.version_flags()?;
+                        let id = r.u32()?;
+                        r.skip(4)?; // default_sample_description_index
+                        let duration = r.u32()?;
+                        r.skip(4)?; // default_sample_size
+                        let flags = r.u32()?;
+                        trex.push((id, duration, flags));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if traks.is_empty() {
+        return Err(MediaError::Invalid("'moov' declares no tracks".into()));
+    }
+    if !has_mvex {
+        return Err(MediaError::Invalid(
+            "'moov' has no 'mvex': this is a progressive MP4, not a fragmented one \
+             (ffmpeg: -movflags frag_keyframe+empty_moov+default_base_moof)"
+                .into(),
+        ));
+    }
+    for (i, t) in traks.iter().enumerate() {
+        if traks[..i].iter().any(|u| u.id == t.id) {
+            return Err(MediaError::Invalid(format!(
+                "'moov' declares track id {} twice",
+                t.id
+            )));
+        }
+    }
+
+    let codecs = track_codecs(moov, &traks);
+
+    let mut table = TrackTable::default();
+    let mut tracks = Vec::with_capacity(traks.len());
+    for (t, codec) in traks.iter().zip(codecs) {
+        let (default_duration, default_flags) = trex
+            .iter()
+            .find(|(id, _, _)| *id == t.id)
+            .map_or((0, 0), |&(_, d, f)| (d, f));
+        table.tracks.push(TrackInfo {
+            id: t.id,
+            kind: t.kind,
+            timescale: t.timescale,
+            default_duration,
+            default_flags,
+        });
+        tracks.push(Track {
+            id: t.id,
+            kind: t.kind,
+            timescale: t.timescale,
+            codec,
+        });
+    }
+    table.has_video = tracks.iter().any(|t| t.kind == TrackKind::Video);
+
+    let playable: Vec<&str> = tracks
+        .iter()
+        .filter(|t| t.kind != TrackKind::Other && !t.codec.is_empty())
+        .map(|t| t.codec.as_str())
+        .collect();
+    let codecs = playable.join(",");
+    let container = if table.has_video || !tracks.iter().any(|t| t.kind == TrackKind::Audio) {
+        "video/mp4"
+    } else {
+        "audio/mp4"
+    };
+    let mime = if codecs.is_empty() {
+        container.to_string()
+    } else {
+        format!("{container}; codecs=\"{codecs}\"")
+    };
+    Ok((
+        Init {
+            bytes,
+            codecs,
+            mime,
+            tracks,
+        },
+        table,
+    ))
+}
+
+/// Reads the `tkhd` track id, `mdhd` timescale and `hdlr` handler of one
+/// `trak` (`whole` is the box, `body` its payload).
+fn parse_trak<'a>(whole: &'a [u8], body: &'a [u8]) -> Result<RawTrak<'a>, MediaError> {
+    let mut id = None;
+    let mut timescale = None;
+    let mut handler = None;
+    for child in Children::new(body, 0, "trak") {
+        let child = child?;
+        match &child.kind {
+            b"tkhd" => {
+                let mut r = Reader::new(child.body, "tkhd");
+                let (version, _) = r.version_flags()?;
+                r.skip(if version == 1 { 16 } else { 8 })?;
+                id = Some(r.u32()?);
+            }
+            b"mdia" => {
+                for c in Children::new(child.body, 0, "mdia") {
+                    let c = c?;
+                    match &c.kind {
+                        b"mdhd" => {
+                            let mut r = Reader::new(c.body, "mdhd");
+                            let (version, _) = r.version_flags()?;
+                            r.skip(if version == 1 { 16 } else { 8 })?;
+                            timescale = Some(r.u32()?);
+                        }
+                        b"hdlr" => {
+                            let mut r = Reader::new(c.body, "hdlr");
+                            r.version_flags()?;
+                            r.skip(4)?; // pre_defined
+                            handler = Some(r.fourcc()?);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let id = id.ok_or_else(|| MediaError::Invalid("'trak' without a 'tkhd'".into()))?;
+    let timescale = timescale
+        .ok_or_else(|| MediaError::Invalid(format!("track {id}: 'mdia' without an 'mdhd'")))?;
+    if timescale == 0 {
+        return Err(MediaError::Invalid(format!(
+            "track {id}: 'mdhd' timescale is 0"
+        )));
+    }
+    let kind = match handler.as_ref() {
+        Some(b"vide") => TrackKind::Video,
+        Some(b"soun") => TrackKind::Audio,
+        _ => TrackKind::Other,
+    };
+    Ok(RawTrak {
+        bytes: whole,
+        id,
+        kind,
+        timescale,
+    })
+}
+
+/// The codec string of each track, in `traks` order: from the whole `moov`
+/// through `mp4-atom`, else trak by trak, else empty.
+fn track_codecs(moov: &[u8], traks: &[RawTrak<'_>]) -> Vec<String> {
+    let from_trak = |trak: &mp4_atom::Trak| {
+        trak.mdia
+            .minf
+            .stbl
+            .stsd
+            .codecs
+            .first()
+            .map(codec_string)
+            .unwrap_or_default()
+    };
+    if let Ok(decoded) = mp4_atom::Moov::decode(&mut &moov[..]) {
+        return traks
+            .iter()
+            .map(|t| {
+                decoded
+                    .trak
+                    .iter()
+                    .find(|d| d.tkhd.track_id == t.id)
+                    .map(from_trak)
+                    .unwrap_or_default()
+            })
+            .collect();
+    }
+    traks
+        .iter()
+        .map(|t| {
+            mp4_atom::Trak::decode(&mut &t.bytes[..])
+                .map(|d| from_trak(&d))
+                .unwrap_or_default()
+        })
+        .collect()
+}

@@ -1,0 +1,56 @@
+// The /broadcast/{name} page with Chromium's fake camera and microphone
+// publishes over WebSocket; another page plays that stream.
+
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startRelay, launchBrowser, newPage, waitPlaying, watchAdvance, waitFor, screenshot, diagnose, getJson,
+} from './lib.mjs';
+
+describe('browser broadcast', () => {
+  let relay;
+  let browser;
+  before(async () => {
+    relay = await startRelay();
+    browser = await launchBrowser(['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream']);
+  });
+  after(async () => {
+    await browser?.close();
+    await relay?.stop();
+  });
+
+  test('a camera broadcast from /broadcast/{name} plays on /watch/{name}', { timeout: 90000 }, async () => {
+    const pub = await newPage(browser);
+    const viewer = await newPage(browser);
+    try {
+      await pub.goto(`${relay.base}/broadcast/cam1?autostart=1&gop=500`);
+      const bs = await waitFor(async () => {
+        const s = await pub.evaluate(() => window.relaycastBroadcast.stats());
+        return s.state === 'live' && s.bytes > 0 && s;
+      }, { timeout: 20000, what: 'the broadcast page to go live' });
+      assert.match(bs.mime, /^video\/mp4/);
+      const info = await waitFor(() => getJson(`${relay.base}/live/cam1/info`).catch(() => null), { timeout: 15000, what: 'the relay to know cam1' });
+      console.log(`# broadcast: ${bs.mime} ${bs.track}; relay sees ${info.codecs}`);
+      await viewer.goto(`${relay.base}/watch/cam1?debug=1`);
+      await waitPlaying(viewer, 30000);
+      const { last } = await watchAdvance(viewer, 2, 15000);
+      assert.ok(last.decodedFrames > 0);
+      assert.equal(last.gaps, 0);
+      assert.equal(last.repeats, 0);
+      assert.equal(last.mseErrors, 0, last.mseError);
+      const bs2 = await pub.evaluate(() => window.relaycastBroadcast.stats());
+      console.log(`# broadcast → watch: ${last.transport}, delay ${Math.round(last.delay * 1000)} ms, frames ${last.decodedFrames}, sent ${bs2.bytes} B`);
+      await screenshot(pub, 'broadcast');
+      await screenshot(viewer, 'broadcast-watch');
+      // Stopping ends the publish cleanly.
+      await pub.click('#stop');
+      await waitFor(async () => (await pub.evaluate(() => window.relaycastBroadcast.stats())).state === 'stopped', { timeout: 5000, what: 'stopped' });
+    } catch (e) {
+      e.message += `\n--- viewer ---\n${await diagnose(viewer)}\n--- publisher ---\n${await pub.evaluate(() => JSON.stringify(window.relaycastBroadcast && window.relaycastBroadcast.stats())).catch(() => '')}\n${pub.consoleLines.join('\n')}`;
+      throw e;
+    } finally {
+      await pub.context().close().catch(() => {});
+      await viewer.context().close().catch(() => {});
+    }
+  });
+});

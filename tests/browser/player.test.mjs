@@ -1,0 +1,236 @@
+// The player in headless Chromium against the real relay and its built-in
+// `demo` stream: every forced transport plays; the chooser falls back on its
+// own when WebSocket is blocked or a proxy buffers, and upgrades again; it
+// resumes without gap or repeat after network drops and after a relay restart.
+
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startRelay, restartRelayOnPort, launchBrowser, newPage, stats, appendedSeqs, waitPlaying, watchAdvance,
+  waitFor, sleep, median, checkSeqRuns, screenshot, diagnose, tcpProxy,
+} from './lib.mjs';
+
+const TRANSPORTS = ['ws', 'stream', 'longpoll', 'poll'];
+
+/** Runs `body(page)`; on failure adds the player's stats and log to the error. */
+async function withPage(browser, body, { init } = {}) {
+  const page = await newPage(browser);
+  if (init) await init(page);
+  try {
+    return await body(page);
+  } catch (e) {
+    e.message += `\n--- player diagnostics ---\n${await diagnose(page)}`;
+    throw e;
+  } finally {
+    await page.context().close().catch(() => {});
+  }
+}
+
+function assertClean(s, what) {
+  assert.equal(s.gaps, 0, `${what}: gaps`);
+  assert.equal(s.repeats, 0, `${what}: repeats`);
+  assert.equal(s.mseErrors, 0, `${what}: MSE errors (${s.mseError})`);
+  assert.equal(s.mediaError, null, `${what}: media element error`);
+}
+
+describe('player in Chromium', () => {
+  let relay;
+  let browser;
+  before(async () => {
+    relay = await startRelay();
+    browser = await launchBrowser();
+  });
+  after(async () => {
+    await browser?.close();
+    await relay?.stop();
+  });
+
+  test('the stream list shows the demo stream and links to it', { timeout: 30000 }, async () => {
+    await withPage(browser, async (page) => {
+      await page.goto(`${relay.base}/`);
+      await page.waitForSelector('a.card[data-name="demo"]', { timeout: 10000 });
+      assert.equal(await page.getAttribute('a.card[data-name="demo"]', 'href'), '/watch/demo');
+      await screenshot(page, 'index');
+    });
+  });
+
+  for (const transport of TRANSPORTS) {
+    test(`plays the demo stream over ?transport=${transport}`, { timeout: 60000 }, async () => {
+      await withPage(browser, async (page) => {
+        await page.goto(`${relay.base}/watch/demo?transport=${transport}&debug=1`);
+        await waitPlaying(page);
+        await sleep(2000); // let the latency controller settle
+        const { first, last, samples } = await watchAdvance(page, 3, 12000);
+        assert.equal(last.transport, transport);
+        assert.ok(last.decodedFrames > 0, `decoded frames: ${last.decodedFrames}`);
+        assertClean(last, transport);
+        assert.equal(page.errorsSeen.length, 0, page.errorsSeen.join('\n'));
+        const delay = median(samples.slice(-8).map((s) => s.delay));
+        const advanced = last.currentTime - first.currentTime;
+        console.log(`# ${transport}: delay ${Math.round(delay * 1000)} ms (median of the last 2 s; player p50 ${Math.round(last.delayP50 * 1000)} ms, p90 ${Math.round(last.delayP90 * 1000)} ms), ` +
+          `buffer ${Math.round(last.bufferAhead * 1000)} ms, target ${Math.round(last.targetAhead * 1000)} ms, currentTime +${advanced.toFixed(2)} s, ` +
+          `frames ${last.decodedFrames} (${last.droppedFrames} dropped), appended ${last.appended}, stalls ${last.stalls}, skips ${last.skips}`);
+        assert.ok(delay !== null && delay < 3, `delay ${delay}`);
+        await screenshot(page, `watch-${transport}`);
+      });
+    });
+  }
+
+  test('falls back by itself when WebSocket throws', { timeout: 60000 }, async () => {
+    await withPage(browser, async (page) => {
+      await page.goto(`${relay.base}/watch/demo?debug=1`);
+      await waitPlaying(page);
+      const { last } = await watchAdvance(page, 2, 10000);
+      assert.notEqual(last.transport, 'ws');
+      assert.ok(last.fallbacks >= 1, `fallbacks ${last.fallbacks}`);
+      assertClean(last, 'fallback');
+      console.log(`# WebSocket throws → ${last.transport} after ${last.fallbacks} fallback(s)`);
+      await screenshot(page, 'fallback-ws-throws');
+    }, {
+      init: (page) => page.addInitScript(() => {
+        window.WebSocket = class {
+          constructor() {
+            throw new Error('WebSocket blocked by the test');
+          }
+        };
+      }),
+    });
+  });
+
+  test('falls back by itself when every WebSocket is closed before any data', { timeout: 60000 }, async () => {
+    await withPage(browser, async (page) => {
+      await page.goto(`${relay.base}/watch/demo?debug=1`);
+      await waitPlaying(page);
+      const { last } = await watchAdvance(page, 2, 10000);
+      assert.notEqual(last.transport, 'ws');
+      assertClean(last, 'fallback');
+      console.log(`# WebSocket closed by a "proxy" → ${last.transport}`);
+    }, {
+      init: (page) => page.routeWebSocket(/\/live\//, (ws) => ws.close({ code: 1011, reason: 'blocked by the test' })),
+    });
+  });
+
+  test('falls back past a buffering proxy to long polling', { timeout: 60000 }, async () => {
+    const proxy = await tcpProxy(relay.port, { bufferIf: (line) => /\/live\/[^/ ]+\.mp4/.test(line) });
+    try {
+      await withPage(browser, async (page) => {
+        await page.goto(`${proxy.base}/watch/demo?debug=1&firstdata=2500`);
+        await waitPlaying(page, 30000);
+        const { last } = await watchAdvance(page, 2, 10000);
+        assert.ok(['longpoll', 'poll'].includes(last.transport), `transport ${last.transport}`);
+        assertClean(last, 'buffering proxy');
+        console.log(`# ws blocked + buffering proxy on /live/demo.mp4 → ${last.transport} (${last.fallbacks} fallbacks)`);
+      }, {
+        init: (page) => page.addInitScript(() => {
+          window.WebSocket = class {
+            constructor() {
+              throw new Error('WebSocket blocked by the test');
+            }
+          };
+        }),
+      });
+    } finally {
+      proxy.close();
+    }
+  });
+
+  test('upgrades back to WebSocket once it works again', { timeout: 60000 }, async () => {
+    await withPage(browser, async (page) => {
+      await page.goto(`${relay.base}/watch/demo?debug=1&upgrade=3000`);
+      await waitPlaying(page);
+      let s = await stats(page);
+      assert.equal(s.transport, 'stream');
+      await page.evaluate(() => { window.__allowWs = true; });
+      s = await waitFor(async () => {
+        const x = await stats(page);
+        return x.transport === 'ws' && x.upgrades >= 1 && x;
+      }, { timeout: 20000, what: 'an upgrade to ws' });
+      const { last } = await watchAdvance(page, 2, 10000);
+      assert.equal(last.transport, 'ws');
+      assertClean(last, 'upgrade');
+      const check = checkSeqRuns(await appendedSeqs(page));
+      assert.deepEqual(check.problems, []);
+      console.log(`# stream → ws upgrade after ${s.probes} probe(s); seq runs ${JSON.stringify(check.runs)}`);
+    }, {
+      init: (page) => page.addInitScript(() => {
+        const Real = window.WebSocket;
+        window.WebSocket = class extends Real {
+          constructor(...a) {
+            if (!window.__allowWs) throw new Error('WebSocket blocked by the test (for now)');
+            super(...a);
+          }
+        };
+      }),
+    });
+  });
+
+  for (const transport of TRANSPORTS) {
+    test(`resumes after network drops without gap or repeat (${transport})`, { timeout: 60000 }, async () => {
+      const proxy = await tcpProxy(relay.port);
+      try {
+        await withPage(browser, async (page) => {
+          await page.goto(`${proxy.base}/watch/demo?transport=${transport}&debug=1`);
+          await waitPlaying(page);
+          for (let i = 1; i <= 2; i++) {
+            await sleep(1500);
+            proxy.dropAll();
+            await waitFor(async () => (await stats(page)).reconnects >= i, { timeout: 10000, what: `reconnect #${i}` });
+          }
+          const { last } = await watchAdvance(page, 2, 10000);
+          assertClean(last, `drops on ${transport}`);
+          assert.equal(last.skips, 0, 'skips');
+          assert.equal(last.resets, 0, 'epoch resets');
+          const check = checkSeqRuns(await appendedSeqs(page));
+          assert.deepEqual(check.problems, []);
+          assert.equal(check.runs.length, 1);
+          console.log(`# ${transport}: ${last.reconnects} reconnects, seqs ${check.runs[0].first}..${check.runs[0].last} contiguous (${check.runs[0].n})`);
+        });
+      } finally {
+        proxy.close();
+      }
+    });
+  }
+});
+
+describe('relay restart', () => {
+  let browser;
+  before(async () => {
+    browser = await launchBrowser();
+  });
+  after(async () => {
+    await browser?.close();
+  });
+
+  for (const transport of ['auto', 'stream', 'longpoll']) {
+    test(`the player survives a relay kill + restart on the same port (${transport})`, { timeout: 90000 }, async () => {
+      let relay = await startRelay();
+      try {
+        await withPage(browser, async (page) => {
+          const q = transport === 'auto' ? '' : `transport=${transport}&`;
+          await page.goto(`${relay.base}/watch/demo?${q}debug=1`);
+          await waitPlaying(page);
+          await sleep(2000);
+          const before = await stats(page);
+          const port = relay.port;
+          await relay.stop('SIGKILL');
+          await sleep(1500);
+          relay = await restartRelayOnPort(port);
+          const s = await waitFor(async () => {
+            const x = await stats(page);
+            return x.resets >= 1 && x.appended > before.appended + 5 && x;
+          }, { timeout: 25000, what: 'the player to resume on the new epoch' });
+          const { last } = await watchAdvance(page, 2, 15000);
+          assertClean(last, `restart (${transport})`);
+          const check = checkSeqRuns(await appendedSeqs(page));
+          assert.deepEqual(check.problems, []);
+          assert.equal(check.runs.length, 2, JSON.stringify(check.runs));
+          assert.notEqual(before.epoch, last.epoch);
+          console.log(`# restart (${last.transport}): epochs ${JSON.stringify(check.runs)}, reconnects ${s.reconnects}, delay now ${Math.round(last.delay * 1000)} ms`);
+          if (transport === 'auto') await screenshot(page, 'after-restart');
+        });
+      } finally {
+        await relay.stop();
+      }
+    });
+  }
+});

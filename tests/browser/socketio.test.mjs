@@ -1,0 +1,145 @@
+// The Socket.IO viewer endpoint (/socket.io/) with the real socket.io-client:
+// `watch` {name} → hello, init (meta, binary), fragment (meta, binary)…; the
+// bytes must equal /live/{name}/init.mp4, a WebSocket viewer's bytes and the
+// poll endpoint's bytes for the same seqs. Over the default transports
+// (polling then upgrade to websocket) and over polling only.
+
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { io } from 'socket.io-client';
+import WebSocket from 'ws';
+import { startRelay, getJson } from './lib.mjs';
+
+const N = 15; // fragments to collect
+
+const buf = (b) => (Buffer.isBuffer(b) ? b : b instanceof ArrayBuffer ? Buffer.from(b) : ArrayBuffer.isView(b) ? Buffer.from(b.buffer, b.byteOffset, b.byteLength) : null);
+const meta = (m) => (typeof m === 'string' ? JSON.parse(m) : m);
+
+/** Collects hello, init and N fragments from Socket.IO. */
+function collectSocketIo(base, name, transports) {
+  return new Promise((resolve, reject) => {
+    const opts = { reconnection: false, timeout: 5000, forceNew: true };
+    if (transports) opts.transports = transports;
+    const socket = io(base, opts);
+    const got = { hello: null, inits: [], frags: [], transport: null, events: [] };
+    const timer = setTimeout(() => finish(new Error(`socket.io: got ${got.frags.length}/${N} fragments in 20 s (events: ${got.events.join(',')})`)), 20000);
+    function finish(err) {
+      clearTimeout(timer);
+      got.transport = socket.io.engine ? socket.io.engine.transport.name : null;
+      socket.close();
+      if (err) reject(err);
+      else resolve(got);
+    }
+    socket.on('connect_error', (e) => finish(new Error(`socket.io connect_error: ${e.message}`)));
+    socket.on('connect', () => socket.emit('watch', { name }));
+    socket.on('hello', (h) => { got.events.push('hello'); got.hello = meta(h); });
+    socket.on('init', (m, b) => { got.events.push('init'); got.inits.push({ meta: meta(m), bytes: buf(b) }); });
+    socket.on('fragment', (m, b) => {
+      got.events.push('fragment');
+      got.frags.push({ meta: meta(m), bytes: buf(b) });
+      if (got.frags.length >= N) {
+        // Give the engine a moment to upgrade before reading its transport name.
+        setTimeout(() => finish(), 50);
+      }
+    });
+    socket.on('end', (e) => finish(new Error(`socket.io end: ${JSON.stringify(e)}`)));
+    socket.on('error', (e) => finish(new Error(`socket.io error event: ${JSON.stringify(e)}`)));
+  });
+}
+
+/** A WebSocket viewer of /live/{name}: resolves with fragments by seq once `until()` says so. */
+function wsViewer(base, name) {
+  const ws = new WebSocket(`${base.replace(/^http/, 'ws')}/live/${name}`);
+  const v = { init: null, frags: new Map(), ws, hello: null };
+  let pending = null;
+  ws.on('message', (data, isBinary) => {
+    if (!isBinary) {
+      const m = JSON.parse(data.toString());
+      if (m.type === 'hello') v.hello = m;
+      if (m.type === 'init' || m.type === 'fragment') pending = m;
+      return;
+    }
+    if (!pending) return;
+    if (pending.type === 'init') v.init = Buffer.from(data);
+    else v.frags.set(pending.seq, Buffer.from(data));
+    pending = null;
+  });
+  v.opened = new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+  return v;
+}
+
+async function pollBytes(base, name, after) {
+  const res = await fetch(`${base}/live/${name}/poll?after=${after}&wait=0`);
+  assert.equal(res.status, 200);
+  const body = Buffer.from(await res.arrayBuffer());
+  const seqs = (res.headers.get('x-relaycast-seqs') || '').split(',').filter(Boolean).map(Number);
+  const sizes = (res.headers.get('x-relaycast-sizes') || '').split(',').filter(Boolean).map(Number);
+  const out = new Map();
+  let o = 0;
+  seqs.forEach((s, i) => { out.set(s, body.subarray(o, o + sizes[i])); o += sizes[i]; });
+  assert.equal(o, body.length, 'poll sizes add up to the body');
+  return out;
+}
+
+describe('Socket.IO viewers', () => {
+  let relay;
+  before(async () => {
+    relay = await startRelay();
+  });
+  after(async () => {
+    await relay?.stop();
+  });
+
+  for (const transports of [null, ['polling']]) {
+    const label = transports ? `transports: ${JSON.stringify(transports)}` : 'default transports';
+    test(`byte-identical init and fragments (${label})`, { timeout: 40000 }, async () => {
+      const ref = wsViewer(relay.base, 'demo');
+      await ref.opened;
+      try {
+        const got = await collectSocketIo(relay.base, 'demo', transports);
+        const info = await getJson(`${relay.base}/live/demo/info`);
+        assert.ok(got.hello, 'hello received');
+        assert.equal(got.hello.epoch, info.epoch, 'hello epoch = info epoch');
+        assert.equal(got.inits.length, 1, 'one init');
+        const init = got.inits[0];
+        assert.equal(init.meta.version, info.init_version);
+        assert.equal(init.meta.mime, info.mime);
+        assert.equal(init.meta.size, init.bytes.length);
+        const initRes = await fetch(`${relay.base}/live/demo/init.mp4`);
+        const initBytes = Buffer.from(await initRes.arrayBuffer());
+        assert.ok(init.bytes.equals(initBytes), 'init equals /live/demo/init.mp4');
+        assert.ok(ref.init && init.bytes.equals(ref.init), 'init equals the WebSocket viewer\'s init');
+
+        const seqs = got.frags.map((f) => f.meta.seq);
+        for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1] + 1, `contiguous seqs: ${seqs.join(',')}`);
+        assert.equal(got.frags[0].meta.key, true, 'starts at a keyframe');
+        for (const f of got.frags) assert.equal(f.meta.size, f.bytes.length, `size of ${f.meta.seq}`);
+
+        // Same bytes as the poll endpoint for the seqs still in the ring.
+        const polled = await pollBytes(relay.base, 'demo', seqs[0] - 1);
+        let samePoll = 0;
+        for (const f of got.frags) {
+          const p = polled.get(f.meta.seq);
+          if (!p) continue;
+          assert.ok(f.bytes.equals(p), `fragment ${f.meta.seq} equals the poll bytes`);
+          samePoll++;
+        }
+        assert.ok(samePoll >= N / 2, `compared ${samePoll} fragments with the poll endpoint`);
+
+        // And as the WebSocket viewer that was watching meanwhile.
+        let sameWs = 0;
+        for (const f of got.frags) {
+          const w = ref.frags.get(f.meta.seq);
+          if (!w) continue;
+          assert.ok(f.bytes.equals(w), `fragment ${f.meta.seq} equals the WebSocket bytes`);
+          sameWs++;
+        }
+        assert.ok(sameWs >= N - 2, `compared ${sameWs} fragments with a WebSocket viewer`);
+        console.log(`# socket.io (${label}, ended on ${got.transport}): init ${init.bytes.length} B + seqs ${seqs[0]}..${seqs[seqs.length - 1]} identical to poll (${samePoll}) and ws (${sameWs})`);
+        if (transports) assert.equal(got.transport, 'polling');
+      } finally {
+        ref.ws.close();
+      }
+    });
+  }
+});

@@ -1,0 +1,207 @@
+//! Shared harness for the integration tests: a real relay on 127.0.0.1:0,
+//! fixtures, WebSocket viewers, and ffmpeg checks.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use relaycast::config::Config;
+use relaycast::server::Running;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A config for tests: no demo, short grace period.
+pub fn config() -> Config {
+    let mut c = Config::default();
+    c.server.demo = false;
+    c.fanout.grace = Duration::from_secs(3);
+    c
+}
+
+/// Start a relay on an ephemeral port.
+pub async fn relay(config: Config) -> Running {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    relaycast::server::start(config, Some(l))
+        .await
+        .expect("start relay")
+}
+
+/// A fixture clip from tests/fixtures.
+pub fn fixture(name: &str) -> Bytes {
+    let p = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    Bytes::from(std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}")))
+}
+
+/// True when `tool` (ffmpeg, ffprobe) runs. With RELAYCAST_REQUIRE_FFMPEG=1
+/// (CI) a missing tool fails the test instead of skipping it.
+pub fn have(tool: &str) -> bool {
+    let ok = std::process::Command::new(tool)
+        .arg("-version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var("RELAYCAST_REQUIRE_FFMPEG").as_deref() == Ok("1") {
+            panic!("{tool} is required (RELAYCAST_REQUIRE_FFMPEG=1) but does not run");
+        }
+        eprintln!("skipping: {tool} not found");
+    }
+    ok
+}
+
+/// What a WebSocket viewer received.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Binary messages concatenated.
+    pub bytes: Vec<u8>,
+    /// Each binary message.
+    pub binaries: Vec<Bytes>,
+    /// Text messages, parsed.
+    pub texts: Vec<serde_json::Value>,
+    /// Seqs of the fragments, in order.
+    pub seqs: Vec<u64>,
+    /// Close code, if closed.
+    pub close: Option<(u16, String)>,
+}
+
+impl Received {
+    pub fn of_type(&self, t: &str) -> Vec<&serde_json::Value> {
+        self.texts.iter().filter(|v| v["type"] == t).collect()
+    }
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn ws_connect(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(url)
+        .await
+        .unwrap_or_else(|e| panic!("ws connect {url}: {e}"))
+        .0
+}
+
+/// Read a WebSocket viewer until it closes, `fragments` fragments arrived, or `limit` passed.
+pub async fn ws_read(ws: &mut Ws, fragments: usize, limit: Duration) -> Received {
+    let mut r = Received::default();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let m = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(m))) => m,
+            _ => break,
+        };
+        match m {
+            Message::Binary(b) => {
+                r.bytes.extend_from_slice(&b);
+                r.binaries.push(b);
+                if r.seqs.len() >= fragments
+                    && r.texts.last().is_some_and(|t| t["type"] == "fragment")
+                {
+                    break;
+                }
+            }
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).expect("control is JSON");
+                if v["type"] == "fragment" {
+                    r.seqs.push(v["seq"].as_u64().expect("seq"));
+                }
+                r.texts.push(v);
+            }
+            Message::Close(f) => {
+                r.close = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                break;
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+/// Split a whole fMP4 file into (init, fragments) with the relay's splitter.
+pub fn split(bytes: &[u8]) -> (relaycast::media::Init, Vec<relaycast::media::Fragment>) {
+    use relaycast::media::{Item, Splitter, SplitterConfig};
+    let mut s = Splitter::new(SplitterConfig::default());
+    s.push(bytes);
+    let mut init = None;
+    let mut frags = Vec::new();
+    while let Some(item) = s.next_item().expect("fixture splits") {
+        match item {
+            Item::Init(i) => init = Some(i),
+            Item::Fragment(f) => frags.push(f),
+        }
+    }
+    s.finish().expect("fixture complete");
+    (init.expect("fixture has an init"), frags)
+}
+
+/// PUT `body` to `url` with a chunked body sent in pieces of `piece` bytes,
+/// pausing `pause` between pieces. Returns (status, body).
+pub async fn put_chunked(url: &str, body: Bytes, piece: usize, pause: Duration) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let u = url::Url::parse(url).expect("url");
+    let host = u.host_str().expect("host").to_string();
+    let port = u.port().expect("port");
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)));
+    let req = hyper::Request::put(&u[url::Position::BeforePath..])
+        .header("host", format!("{host}:{port}"))
+        .body(http_body_util::StreamBody::new(stream))
+        .expect("request");
+    let resp = tokio::spawn(async move {
+        let r = sender.send_request(req).await?;
+        let status = r.status().as_u16();
+        let b = r.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, String::from_utf8_lossy(&b).into_owned()))
+    });
+    let mut off = 0;
+    while off < body.len() {
+        let end = (off + piece).min(body.len());
+        if tx.send(body.slice(off..end)).await.is_err() {
+            break;
+        }
+        off = end;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    drop(tx);
+    match resp.await.expect("join") {
+        Ok(r) => r,
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// GET a URL, returning (status, headers, body).
+pub async fn get(url: &str) -> (u16, hyper::HeaderMap, Bytes) {
+    use http_body_util::BodyExt;
+    let u = url::Url::parse(url).expect("url");
+    let host = u.host_str().expect("host").to_string();
+    let port = u.port().expect("port");
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::get(&u[url::Position::BeforePath..])
+        .header("host", format!("{host}:{port}"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let r = sender.send_request(req).await.expect("send");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let b = r.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, b)
+}
