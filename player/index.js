@@ -19,6 +19,7 @@ function hue(name) {
   return (h >>> 0) % 360;
 }
 
+const EYE = '<svg viewBox="0 0 24 24" aria-label="viewers"><path d="M12 5C6.5 5 2.7 9.1 1.5 12c1.2 2.9 5 7 10.5 7s9.3-4.1 10.5-7C21.3 9.1 17.5 5 12 5zm0 11.5a4.5 4.5 0 1 1 0-9 4.5 4.5 0 0 1 0 9zm0-2.3a2.2 2.2 0 1 0 0-4.4 2.2 2.2 0 0 0 0 4.4z"/></svg>';
 const PLAY = '<svg viewBox="0 0 24 24"><path d="M8 5v14l11-7z"/></svg>';
 
 function card(s) {
@@ -29,7 +30,7 @@ function card(s) {
   return `<a class="card" href="/watch/${encodeURIComponent(s.name)}" data-name="${esc(s.name)}">
     <div class="thumb" style="background:${bg}">
       <span class="badge ${live ? 'live' : 'off'}">${live ? 'live' : 'publisher gone'}</span>
-      <span class="viewers">👁 ${esc(s.viewers ?? 0)}</span>
+      <span class="viewers">${EYE}${esc(s.viewers ?? 0)}</span>
       <span class="play">${PLAY}</span>
       <span class="uptime">${fmtDur(s.uptime_s)}</span>
     </div>

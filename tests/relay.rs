@@ -30,12 +30,9 @@ async fn websocket_viewer_gets_the_published_bytes_exactly() {
     assert_eq!(expected_from(&init, &frags, 0), file.to_vec());
 
     let mut ws = ws_connect(&format!("ws://{base}/live/exact?wait=10")).await;
-    let publish = tokio::spawn(put_chunked(
-        &format!("http://{base}/publish/exact"),
-        file.clone(),
-        777,
-        Duration::ZERO,
-    ));
+    let url = format!("http://{base}/publish/exact");
+    let body = file.clone();
+    let publish = tokio::spawn(async move { put_chunked(&url, body, 777, Duration::ZERO).await });
     let first_key = frags.iter().position(|f| f.keyframe).expect("a keyframe");
     let want = frags.len() - first_key;
     let got = ws_read(&mut ws, want, Duration::from_secs(20)).await;

@@ -121,6 +121,8 @@ struct State {
     publisher: PublisherState,
     /// Bumped on every publisher gone/back transition.
     publisher_changes: u64,
+    /// `next_seq` at the last transition: viewers hear of it after the fragments before it.
+    publisher_changed_at: u64,
     closed: Option<EndReason>,
     source: Source,
 }
@@ -245,6 +247,7 @@ impl Stream {
                 next_seq: 0,
                 publisher: PublisherState::Gone,
                 publisher_changes: 0,
+                publisher_changed_at: 0,
                 closed: None,
                 source,
             }),
@@ -324,6 +327,7 @@ impl Stream {
                 PublisherState::Gone => {
                     st.publisher = PublisherState::Live(id);
                     st.publisher_changes += 1;
+                    st.publisher_changed_at = st.next_seq;
                 }
             }
         }
@@ -342,6 +346,7 @@ impl Stream {
                 PublisherState::Live(cur) if cur == id => {
                     st.publisher = PublisherState::Gone;
                     st.publisher_changes += 1;
+                    st.publisher_changed_at = st.next_seq;
                     st.publisher_changes
                 }
                 _ => return,
@@ -562,6 +567,7 @@ impl Stream {
             need_key,
             init_version: 0,
             publisher_changes: st.publisher_changes,
+            publisher_live: matches!(st.publisher, PublisherState::Live(_)),
             total_skips: 0,
             recent_skips: VecDeque::new(),
             pending: None,
@@ -655,6 +661,8 @@ pub struct Viewer {
     /// Init version delivered (0 = none yet).
     init_version: u64,
     publisher_changes: u64,
+    /// The publisher state this viewer was last told.
+    publisher_live: bool,
     total_skips: u64,
     /// Times of recent skips, at most `max_skips + 1` entries.
     recent_skips: VecDeque<Instant>,
@@ -709,10 +717,15 @@ impl Viewer {
         }
         let inner = &self.stream.0;
         let st = inner.state.read();
-        if st.publisher_changes != self.publisher_changes {
+        // Publisher news comes after the fragments sent before it.
+        if st.publisher_changes != self.publisher_changes && self.cursor >= st.publisher_changed_at
+        {
             self.publisher_changes = st.publisher_changes;
             let live = matches!(st.publisher, PublisherState::Live(_));
-            return Some(Event::Publisher(live));
+            if live != self.publisher_live {
+                self.publisher_live = live;
+                return Some(Event::Publisher(live));
+            }
         }
         let front = st.ring.front().map_or(st.next_seq, |c| c.seq);
         if self.cursor < front {
