@@ -1,4 +1,5 @@
 //! The `relaycast` command: `serve` (the default), `publish`, `watch`.
+//! Thin: parse flags, set up tracing and signals, call the library.
 
 use clap::{Args, Parser, Subcommand};
 use relaycast::config::{Config, TcpIngest};
@@ -23,6 +24,43 @@ struct Cli {
 enum Command {
     /// Run the relay (the default).
     Serve(ServeArgs),
+    /// Publish a fragmented MP4 file or stdin to a relay.
+    Publish(PublishArgs),
+    /// Write a live stream to a file or stdout.
+    Watch(WatchArgs),
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    /// Where to publish: http://HOST:PORT/publish/NAME, ws://HOST:PORT/publish/NAME or tcp://HOST:PORT.
+    #[arg(long)]
+    to: String,
+    /// Pace the input at real time by its fragments' decode times.
+    #[arg(long)]
+    re: bool,
+    /// Loop the file forever (timestamps keep increasing across loops).
+    #[arg(long = "loop")]
+    looped: bool,
+    /// Publish key.
+    #[arg(long, env = "RELAYCAST_KEY")]
+    key: Option<String>,
+    /// Give up after this many failed connection attempts in a row (0 = retry forever).
+    #[arg(long, default_value_t = 0)]
+    max_retries: u32,
+    /// The fMP4 file to publish, or `-` for stdin.
+    input: PathBuf,
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// The stream: http://HOST:PORT/live/NAME.mp4 or ws://HOST:PORT/live/NAME.
+    url: String,
+    /// Output file, or `-` for stdout.
+    #[arg(short, long, default_value = "-")]
+    output: PathBuf,
+    /// Stop after this many bytes.
+    #[arg(long)]
+    max_bytes: Option<u64>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -83,7 +121,44 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         None => rt.block_on(serve(cli.serve)),
         Some(Command::Serve(args)) => rt.block_on(serve(args)),
+        Some(Command::Publish(args)) => rt.block_on(publish(args)),
+        Some(Command::Watch(args)) => rt.block_on(watch(args)),
     }
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    use relaycast::client::{Input, PublishOptions};
+    let input = if args.input.as_os_str() == "-" {
+        if args.looped {
+            anyhow::bail!("--loop needs a file, not stdin");
+        }
+        Input::Stdin
+    } else {
+        Input::File(args.input)
+    };
+    let opts = PublishOptions {
+        re: args.re,
+        looped: args.looped,
+        key: args.key,
+        max_retries: args.max_retries,
+    };
+    let summary = relaycast::client::publish(&args.to, input, opts).await?;
+    if !summary.is_empty() {
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let written = if args.output.as_os_str() == "-" {
+        let mut out = tokio::io::stdout();
+        relaycast::client::watch(&args.url, &mut out, args.max_bytes).await?
+    } else {
+        let mut out = tokio::fs::File::create(&args.output).await?;
+        relaycast::client::watch(&args.url, &mut out, args.max_bytes).await?
+    };
+    tracing::info!(bytes = written, "watch: stream ended");
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
