@@ -237,10 +237,20 @@ impl Running {
         self.state.shutdown.cancelled().await;
         let deadline = self.state.config.server.shutdown_timeout;
         let registry = self.state.registry.clone();
+        let sessions = registry.clone();
         let drained = tokio::time::timeout(deadline, async move {
             let _ = self.http.await;
             for t in self.tasks {
                 let _ = t.await;
+            }
+            // Upgraded WebSockets (and other detached sessions) are no longer
+            // hyper's: wait for their viewers and publishers to say goodbye.
+            while sessions
+                .list()
+                .iter()
+                .any(|s| s.viewer_count() > 0 || s.is_live())
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await
