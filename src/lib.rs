@@ -24,7 +24,7 @@
 //!    QUIC and a publisher into its own registry.
 //!
 //! Around them: [`config`] (one `Config`), [`server`] (the axum router, the
-//! listeners and graceful shutdown), [`client`] (the `publish` / `watch`
+//! listeners and graceful shutdown), [`metrics`] (`/metrics`), [`client`] (the `publish` / `watch`
 //! command-line clients), [`load`] (the load generator) and [`player`] (the
 //! embedded browser player).
 #![forbid(unsafe_code)]
@@ -36,7 +36,9 @@ pub mod egress;
 mod error;
 pub mod fanout;
 pub mod ingest;
+pub mod logging;
 pub mod media;
+pub mod metrics;
 pub mod player;
 pub mod server;
 

@@ -2,7 +2,7 @@
 //! Thin: parse flags, set up tracing and signals, call the library.
 
 use clap::{Args, Parser, Subcommand};
-use relaycast::config::{Config, TcpIngest};
+use relaycast::config::{Config, LogConfig, LogFormat, TcpIngest};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -28,6 +28,17 @@ enum Command {
     Publish(PublishArgs),
     /// Write a live stream to a file or stdout.
     Watch(WatchArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration (file, RELAYCAST_* environment, flags) and
+    /// print the effective result as TOML, secrets redacted. Exit code 1
+    /// when it is not valid.
+    Check(ServeArgs),
 }
 
 #[derive(Args)]
@@ -83,14 +94,23 @@ struct ServeArgs {
     /// Serve the player from this directory instead of the embedded copy.
     #[arg(long, env = "RELAYCAST_PLAYER_DIR")]
     player_dir: Option<PathBuf>,
+    /// Log format: text or json (log.format in the file).
+    #[arg(long, env = "RELAYCAST_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 impl ServeArgs {
+    /// The effective configuration: defaults < file < `RELAYCAST_A__B`
+    /// environment < flags (and their own `RELAYCAST_*` variables).
     fn config(&self) -> anyhow::Result<Config> {
         let mut c = match &self.config {
             Some(p) => Config::from_file(p)?,
             None => Config::default(),
         };
+        c.apply_env(std::env::vars())?;
+        if let Some(f) = self.log_format {
+            c.log.format = f;
+        }
         if let Some(l) = self.listen {
             c.server.listen = l;
         }
@@ -109,21 +129,41 @@ impl ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "relaycast=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new()?;
-    match cli.command {
-        None => rt.block_on(serve(cli.serve)),
-        Some(Command::Serve(args)) => rt.block_on(serve(args)),
-        Some(Command::Publish(args)) => rt.block_on(publish(args)),
-        Some(Command::Watch(args)) => rt.block_on(watch(args)),
+    let serve_args = match &cli.command {
+        None => Some(&cli.serve),
+        Some(Command::Serve(a)) => Some(a),
+        _ => None,
+    };
+    let config = serve_args.map(ServeArgs::config).transpose()?;
+    match &config {
+        Some(c) => relaycast::logging::init(&c.log)?,
+        None => relaycast::logging::init(&LogConfig::default())?,
     }
+    let rt = tokio::runtime::Runtime::new()?;
+    match (cli.command, config) {
+        (Some(Command::Config(ConfigCommand::Check(args))), _) => config_check(&args),
+        (None | Some(Command::Serve(_)), config) => {
+            let config = config.ok_or_else(|| anyhow::anyhow!("no configuration"))?;
+            rt.block_on(serve(config))
+        }
+        (Some(Command::Publish(args)), _) => rt.block_on(publish(args)),
+        (Some(Command::Watch(args)), _) => rt.block_on(watch(args)),
+    }
+}
+
+fn config_check(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    print!("{}", config.to_toml_redacted());
+    let problems = config.validate();
+    if problems.is_empty() {
+        eprintln!("relaycast: configuration OK");
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("relaycast: config error: {p}");
+    }
+    anyhow::bail!("{} problem(s) in the configuration", problems.len())
 }
 
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {
@@ -161,8 +201,11 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let problems = config.validate();
+    if !problems.is_empty() {
+        anyhow::bail!("invalid configuration: {}", problems.join("; "));
+    }
     let running = relaycast::server::start(config, None).await?;
     println!("relaycast: listening on http://{}/", running.addr);
     for (name, addr) in &running.tcp_ingest {

@@ -80,6 +80,7 @@ pub fn router(app: AppState) -> Router {
         .route("/watch/{name}", get(watch_page))
         .route("/broadcast/{name}", get(broadcast_page))
         .route("/player/{*file}", get(player_file))
+        .layer(axum::middleware::from_fn(crate::logging::session_span))
         .layer(egress::socketio::layer(app.clone()))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(cors)
@@ -181,83 +182,19 @@ async fn healthz(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    let body = crate::server::metrics_text(&app.registry);
+    let body = metrics_text(&app.registry);
     (
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
         body,
     )
         .into_response()
 }
 
-/// Prometheus text exposition of every stream's counters.
-pub fn metrics_text(registry: &Registry) -> String {
-    use std::fmt::Write;
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut out = String::new();
-    let streams = registry.list();
-    let _ = writeln!(out, "# TYPE relaycast_streams gauge");
-    let _ = writeln!(out, "relaycast_streams {}", streams.len());
-    type Get = fn(&crate::fanout::StreamStats) -> u64;
-    let counters: [(&str, &str, Get); 7] = [
-        ("relaycast_bytes_in_total", "counter", |s| {
-            s.bytes_in.load(Relaxed)
-        }),
-        ("relaycast_fragments_in_total", "counter", |s| {
-            s.fragments_in.load(Relaxed)
-        }),
-        ("relaycast_bytes_out_total", "counter", |s| {
-            s.bytes_out.load(Relaxed)
-        }),
-        ("relaycast_fragments_out_total", "counter", |s| {
-            s.fragments_out.load(Relaxed)
-        }),
-        ("relaycast_skips_total", "counter", |s| {
-            s.skips.load(Relaxed)
-        }),
-        ("relaycast_lag_disconnects_total", "counter", |s| {
-            s.lag_disconnects.load(Relaxed)
-        }),
-        ("relaycast_publishes_total", "counter", |s| {
-            s.publishes.load(Relaxed)
-        }),
-    ];
-    for (metric, kind, get) in counters {
-        let _ = writeln!(out, "# TYPE {metric} {kind}");
-        for s in &streams {
-            let _ = writeln!(
-                out,
-                "{metric}{{stream=\"{}\"}} {}",
-                s.name(),
-                get(s.stats())
-            );
-        }
-    }
-    let _ = writeln!(out, "# TYPE relaycast_viewers gauge");
-    for s in &streams {
-        for t in egress::Transport::ALL {
-            let n = s.stats().viewers[t as usize].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "relaycast_viewers{{stream=\"{}\",transport=\"{}\"}} {n}",
-                s.name(),
-                t.name()
-            );
-        }
-    }
-    let _ = writeln!(out, "# TYPE relaycast_stream_live gauge");
-    for s in &streams {
-        let _ = writeln!(
-            out,
-            "relaycast_stream_live{{stream=\"{}\"}} {}",
-            s.name(),
-            u8::from(s.is_live())
-        );
-    }
-    out
-}
+/// Prometheus text exposition (see [`crate::metrics`]).
+pub use crate::metrics::metrics_text;
 
 async fn index(State(app): State<AppState>) -> Response {
     crate::player::serve(app.config.server.player_dir.as_deref(), "index.html").await
@@ -300,10 +237,20 @@ impl Running {
         self.state.shutdown.cancelled().await;
         let deadline = self.state.config.server.shutdown_timeout;
         let registry = self.state.registry.clone();
+        let sessions = registry.clone();
         let drained = tokio::time::timeout(deadline, async move {
             let _ = self.http.await;
             for t in self.tasks {
                 let _ = t.await;
+            }
+            // Upgraded WebSockets (and other detached sessions) are no longer
+            // hyper's: wait for their viewers and publishers to say goodbye.
+            while sessions
+                .list()
+                .iter()
+                .any(|s| s.viewer_count() > 0 || s.is_live())
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await

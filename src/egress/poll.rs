@@ -93,6 +93,10 @@ pub async fn serve(app: AppState, name: String, q: WatchQuery) -> Response {
     if batch.ended {
         put("x-relaycast-end", "1".to_string());
     }
+    let now = std::time::Instant::now();
+    for &arrived in &batch.arrived {
+        viewer.wrote(arrived, now);
+    }
     (StatusCode::OK, h, batch.body.freeze()).into_response()
 }
 
@@ -108,6 +112,8 @@ struct Batch {
     init_version: Option<u64>,
     full: bool,
     ended: bool,
+    /// Arrival times of the fragments in `body` (delivery latency).
+    arrived: Vec<std::time::Instant>,
 }
 
 impl Batch {
@@ -129,6 +135,7 @@ impl Batch {
                     let _ = write!(self.keyframes, "{sep}{}", c.seq);
                 }
                 self.body.extend_from_slice(&c.bytes);
+                self.arrived.push(c.arrived);
                 self.last_seq = Some(c.seq);
                 self.full = self.body.len() >= MAX_BODY;
             }

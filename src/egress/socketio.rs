@@ -135,7 +135,13 @@ async fn run(socket: SocketRef, mut viewer: Viewer, app: AppState, token: Cancel
         // still and the lag policy applies.
         loop {
             match emit(&socket, &ev) {
-                Ok(()) => break,
+                Ok(()) => {
+                    // Queued on the socket (socketioxide writes it out).
+                    if let Event::Fragment(c) = &ev {
+                        viewer.wrote(c.arrived, std::time::Instant::now());
+                    }
+                    break;
+                }
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(10)) => {}

@@ -23,6 +23,8 @@ pub(crate) struct RegistryInner {
     /// Bumped whenever a stream is created, for viewers waiting with `wait=`.
     created: watch::Sender<u64>,
     source: OnceLock<Arc<dyn StreamSource>>,
+    /// Relay-wide counters for `/metrics` (every stream's stats).
+    pub(super) totals: crate::metrics::Totals,
 }
 
 impl RegistryInner {
@@ -52,12 +54,18 @@ impl Registry {
             config,
             created: watch::channel(0).0,
             source: OnceLock::new(),
+            totals: crate::metrics::Totals::default(),
         }))
     }
 
     /// The fan-out configuration.
     pub fn config(&self) -> &FanoutConfig {
         &self.0.config
+    }
+
+    /// Relay-wide counters (for `/metrics`).
+    pub fn totals(&self) -> &crate::metrics::Totals {
+        &self.0.totals
     }
 
     /// Install the upstream source (an edge's origins). Only the first call counts.

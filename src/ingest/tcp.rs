@@ -10,6 +10,7 @@ use crate::server::AppState;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 /// Bind every configured TCP ingest port; returns the bound listeners.
 pub async fn bind(
@@ -37,6 +38,7 @@ pub async fn run(listener: TcpListener, name: String, app: AppState) {
             Ok((sock, peer)) => {
                 let app = app.clone();
                 let name = name.clone();
+                let span = tracing::info_span!("ingest", stream = %name, %peer, transport = "tcp");
                 tokio::spawn(async move {
                     match session(sock, &name, &app).await {
                         Ok(s) => {
@@ -46,7 +48,7 @@ pub async fn run(listener: TcpListener, name: String, app: AppState) {
                             tracing::warn!(stream = %name, %peer, error = %e, "TCP publisher failed")
                         }
                     }
-                });
+                }.instrument(span));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "tcp ingest accept");

@@ -9,6 +9,7 @@ use crate::server::{AppState, error_response};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use tracing::Instrument;
 
 /// Upgrade and serve one publisher.
 pub async fn serve(
@@ -25,16 +26,21 @@ pub async fn serve(
         return error_response(&Error::BadName(name));
     }
     let auth = authorize(&cfg, &name, key_from(key.as_deref(), &headers).as_deref());
+    // The upgraded connection runs in a task of its own: carry the session span.
+    let span = tracing::Span::current();
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            let r = match auth {
-                Ok(()) => run(socket, app, name.clone(), cfg).await,
-                Err(e) => refuse(socket, e).await,
-            };
-            if let Err(e) = r {
-                tracing::warn!(stream = %name, error = %e, "WebSocket publisher failed");
+        .on_upgrade(move |socket| {
+            async move {
+                let r = match auth {
+                    Ok(()) => run(socket, app, name.clone(), cfg).await,
+                    Err(e) => refuse(socket, e).await,
+                };
+                if let Err(e) = r {
+                    tracing::warn!(stream = %name, error = %e, "WebSocket publisher failed");
+                }
             }
+            .instrument(span)
         })
 }
 
