@@ -444,7 +444,14 @@ mod tests {
         assert_eq!(sig.len(), 64);
         assert!(verify("s3cret", "cam", Some(now + 60), Some(&sig), now).is_ok());
         assert!(
-            verify("s3cret", "cam", Some(now + 60), Some(&sig.to_uppercase()), now).is_ok(),
+            verify(
+                "s3cret",
+                "cam",
+                Some(now + 60),
+                Some(&sig.to_uppercase()),
+                now
+            )
+            .is_ok(),
             "hex in either case"
         );
         let bad = [
@@ -457,7 +464,11 @@ mod tests {
             verify("s3cret", "cam", None, None, now),                      // missing
         ];
         for (i, r) in bad.iter().enumerate() {
-            assert_eq!(r.as_ref().map_err(|e| e.http_status()), Err(403), "case {i}");
+            assert_eq!(
+                r.as_ref().map_err(|e| e.http_status()),
+                Err(403),
+                "case {i}"
+            );
         }
         let q = signed_query("k", "n", Duration::from_secs(3600));
         assert!(q.starts_with("exp=") && q.contains("&sig="), "{q}");

@@ -209,7 +209,11 @@ impl Refused {
         use std::fmt::Write;
         let _ = writeln!(out, "# TYPE relaycast_refused_total counter");
         for (r, n) in self.snapshot() {
-            let _ = writeln!(out, "relaycast_refused_total{{reason=\"{}\"}} {n}", r.name());
+            let _ = writeln!(
+                out,
+                "relaycast_refused_total{{reason=\"{}\"}} {n}",
+                r.name()
+            );
         }
     }
 }
@@ -414,10 +418,7 @@ impl Bucket {
         if self.tokens < 0.0 {
             return Err(self.refused.refuse(
                 Reason::IngestBitrate,
-                format!(
-                    "ingest over {} bit/s",
-                    (self.rate * 8.0).round() as u64
-                ),
+                format!("ingest over {} bit/s", (self.rate * 8.0).round() as u64),
             ));
         }
         Ok(())

@@ -444,7 +444,9 @@ async fn reload_on_sighup(tls: Arc<crate::tls::Tls>, shutdown: CancellationToken
         }
         match tls.reload() {
             Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-            Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
+            }
         }
     }
 }
@@ -514,9 +516,7 @@ async fn connection(
         Ok(Ok(io)) => serve_io(io, guard, refusal, peer, app, state).await,
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => {
-            limits
-                .refused
-                .count(crate::limits::Reason::HeaderTimeout);
+            limits.refused.count(crate::limits::Reason::HeaderTimeout);
             tracing::debug!(%peer, "TLS handshake timed out");
         }
     }
@@ -565,9 +565,7 @@ async fn serve_io<IO>(
             if let Err(e) = conn.await
                 && e.is_timeout()
             {
-                limits
-                    .refused
-                    .count(crate::limits::Reason::HeaderTimeout);
+                limits.refused.count(crate::limits::Reason::HeaderTimeout);
             }
             return;
         }
@@ -583,9 +581,7 @@ async fn serve_io<IO>(
     };
     if let Err(e) = result {
         if e.is_timeout() {
-            limits
-                .refused
-                .count(crate::limits::Reason::HeaderTimeout);
+            limits.refused.count(crate::limits::Reason::HeaderTimeout);
             tracing::debug!(%peer, "closed: request headers not in within the timeout");
         } else {
             tracing::debug!(%peer, error = %e, "connection error");

@@ -90,11 +90,24 @@ async fn session(
         Ok(s) => s,
         Err(e) => {
             let line = format!("ERROR {} {e}\n", e.http_status());
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                sock.write_all(line.as_bytes()),
-            )
-            .await;
+            // Say why, then close gracefully: read (and drop) what the
+            // publisher still sends for a moment, so that closing with
+            // unread data does not reset the connection before it reads
+            // the line.
+            let bye = async {
+                sock.write_all(line.as_bytes()).await?;
+                sock.shutdown().await?;
+                let mut sink = [0u8; 16 << 10];
+                let mut left = 4usize << 20;
+                while left > 0 {
+                    match sock.read(&mut sink).await? {
+                        0 => break,
+                        n => left = left.saturating_sub(n),
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), bye).await;
             return Err(e);
         }
     };
