@@ -308,7 +308,7 @@ impl Auth {
                     key,
                 };
                 let asked = tokio::time::timeout(self.config.callback_timeout, post(url, &body));
-                let allow = match asked.await {
+                match asked.await {
                     Ok(Ok(status)) => {
                         let allow = (200..300).contains(&status);
                         if !ttl.is_zero() {
@@ -330,8 +330,7 @@ impl Auth {
                         tracing::warn!(url, "callback timed out; using the default");
                         self.config.callback_allow_on_error
                     }
-                };
-                allow
+                }
             }
         };
         if allow {

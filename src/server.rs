@@ -405,10 +405,19 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         )));
     }
     if let Some(tls) = &tls {
-        tasks.push(tokio::spawn(reload_on_sighup(
-            tls.clone(),
-            state.shutdown.clone(),
-        )));
+        // Registered here, before `start` returns, so that a SIGHUP sent
+        // right after start reloads rather than kills the process.
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(hup) => tasks.push(tokio::spawn(reload_on_sighup(
+                hup,
+                tls.clone(),
+                state.shutdown.clone(),
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: certificate reload disabled")
+            }
+        }
     }
     if let Some(l) = redirect {
         let router = crate::tls::redirect_router(addr.port());
@@ -431,12 +440,11 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
 }
 
 /// Reload the certificate on every SIGHUP until shutdown.
-async fn reload_on_sighup(tls: Arc<crate::tls::Tls>, shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: certificate reload disabled");
-        return;
-    };
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    tls: Arc<crate::tls::Tls>,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             r = hup.recv() => if r.is_none() { return },
