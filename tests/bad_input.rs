@@ -57,6 +57,8 @@ enum Probe {
     ConnectionFlood,
     /// Viewers of one stream until refused, over WebSocket then HTTP.
     ViewerFlood,
+    /// A Socket.IO client (over its WebSocket transport) that emits `watch` with this JSON.
+    SocketIo(serde_json::Value),
 }
 
 /// What it must get.
@@ -72,6 +74,8 @@ enum Expect {
     Closed,
     /// A refusal with `Retry-After` (connection flood: 429; viewer flood: close 1013 then 503).
     Refused(u16),
+    /// A Socket.IO `end` event with this status.
+    SioEnd(u16),
 }
 
 fn sig_q(name: &str, exp: u64) -> String {
@@ -171,6 +175,11 @@ fn rows() -> Vec<(&'static str, Probe, Expect)> {
             TcpError(400),
         ),
         (
+            "tcp publish right key, box too big",
+            Probe::Tcp(Bytes::from([b"KEY k1\n".as_slice(), &big].concat())),
+            TcpError(413),
+        ),
+        (
             "control: tcp publish right key",
             Probe::Tcp(Bytes::from([b"KEY k1\n".as_slice(), &file].concat())),
             TcpError(0),
@@ -220,6 +229,30 @@ fn rows() -> Vec<(&'static str, Probe, Expect)> {
             "expired ws",
             Probe::WsWatch(format!("/live/secret-cam?{}", sig_q("secret-cam", now - 1))),
             Close(1008),
+        ),
+        (
+            "socket.io watch unsigned",
+            Probe::SocketIo(serde_json::json!({"name": "secret-cam"})),
+            SioEnd(403),
+        ),
+        (
+            "socket.io watch expired",
+            Probe::SocketIo(
+                serde_json::json!({"name": "secret-cam", "exp": now - 5, "sig": relaycast::auth::sign(SECRET, "secret-cam", now - 5)}),
+            ),
+            SioEnd(403),
+        ),
+        (
+            "socket.io watch bad name",
+            Probe::SocketIo(serde_json::json!({"name": "a b"})),
+            SioEnd(400),
+        ),
+        (
+            "control: socket.io good sig passes (no such stream yet)",
+            Probe::SocketIo(
+                serde_json::json!({"name": "secret-cam", "exp": now + 60, "sig": relaycast::auth::sign(SECRET, "secret-cam", now + 60)}),
+            ),
+            SioEnd(404),
         ),
         (
             "control: good sig passes (no such stream yet)",
@@ -488,6 +521,7 @@ async fn run_probe(probe: Probe, addr: SocketAddr, tcp_port: SocketAddr, base: &
             }
             Expect::Status(0)
         }
+        Probe::SocketIo(req) => Expect::SioEnd(socketio_watch(base, req).await),
         Probe::ViewerFlood => {
             // A stream to crowd, then viewers until the limit (2) refuses one.
             let file = fixture("h264_aac_keyframe.mp4");
@@ -517,6 +551,47 @@ async fn run_probe(probe: Probe, addr: SocketAddr, tcp_port: SocketAddr, base: &
             outcome
         }
     }
+}
+
+/// Engine.IO v4 over WebSocket: open, connect to `/`, emit `watch`, and
+/// return the status of the `end` event (0 if none came).
+async fn socketio_watch(base: &str, req: serde_json::Value) -> u16 {
+    let mut ws = ws_connect(&format!("ws://{base}/socket.io/?EIO=4&transport=websocket")).await;
+    async fn next_text(ws: &mut Ws) -> Option<String> {
+        loop {
+            match tokio::time::timeout(CLOSED_WITHIN, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => {
+                    let _ = ws.send(Message::Text("3".into())).await; // pong
+                }
+                Ok(Some(Ok(Message::Text(t)))) => return Some(t.to_string()),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+    let open = next_text(&mut ws).await.unwrap_or_default();
+    assert!(open.starts_with('0'), "engine.io open: {open}");
+    let _ = ws.send(Message::Text("40".into())).await;
+    let connected = next_text(&mut ws).await.unwrap_or_default();
+    assert!(
+        connected.starts_with("40"),
+        "socket.io connect: {connected}"
+    );
+    let emit = serde_json::json!(["watch", req]).to_string();
+    let _ = ws.send(Message::Text(format!("42{emit}").into())).await;
+    while let Some(t) = next_text(&mut ws).await {
+        if let Some(json) = t.strip_prefix("42")
+            && let Ok(serde_json::Value::Array(ev)) = serde_json::from_str(json)
+            && ev.first().is_some_and(|n| n == "end")
+        {
+            return ev
+                .get(1)
+                .and_then(|v| v["status"].as_u64())
+                .and_then(|s| u16::try_from(s).ok())
+                .unwrap_or(0);
+        }
+    }
+    0
 }
 
 /// The close code a WebSocket ends with (0 if it ends without one).

@@ -89,60 +89,73 @@ async fn session(
     let (mut session, _guard) = match admitted.await {
         Ok(s) => s,
         Err(e) => {
-            let line = format!("ERROR {} {e}\n", e.http_status());
-            // Say why, then close gracefully: read (and drop) what the
-            // publisher still sends for a moment, so that closing with
-            // unread data does not reset the connection before it reads
-            // the line.
-            let bye = async {
-                sock.write_all(line.as_bytes()).await?;
-                sock.shutdown().await?;
-                let mut sink = [0u8; 16 << 10];
-                let mut left = 4usize << 20;
-                while left > 0 {
-                    match sock.read(&mut sink).await? {
-                        0 => break,
-                        n => left = left.saturating_sub(n),
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            };
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), bye).await;
+            refuse(&mut sock, &e).await;
             return Err(e);
         }
     };
     tracing::info!(stream = %name, %peer, "TCP publisher connected");
-    if !buf.is_empty()
-        && let Err(e) = session.push(buf.split().freeze())
-    {
-        return Err(e);
-    }
-    let result = loop {
-        if buf.capacity() - buf.len() < 16 << 10 {
-            buf.reserve(64 << 10);
-        }
-        let n = tokio::select! {
-            n = tokio::time::timeout(cfg.idle_timeout, sock.read_buf(&mut buf)) => n,
-            _ = app.shutdown.cancelled() => break Err(Error::Shutdown),
-        };
-        match n {
-            Err(_) => {
-                break Err(app.limits.refused.refuse(
-                    Reason::PublisherIdle,
-                    format!("no data for {:?}", cfg.idle_timeout),
-                ));
+    // The bytes read after a KEY line are the stream's first.
+    let first = if buf.is_empty() {
+        Ok(())
+    } else {
+        session.push(buf.split().freeze())
+    };
+    let result = match first {
+        Err(e) => Err(e),
+        Ok(()) => loop {
+            if buf.capacity() - buf.len() < 16 << 10 {
+                buf.reserve(64 << 10);
             }
-            Ok(Err(e)) => break Err(Error::Io(e)),
-            Ok(Ok(0)) => break session.finish(),
-            Ok(Ok(_)) => {
-                if let Err(e) = session.push(buf.split().freeze()) {
-                    break Err(e);
+            let n = tokio::select! {
+                n = tokio::time::timeout(cfg.idle_timeout, sock.read_buf(&mut buf)) => n,
+                _ = app.shutdown.cancelled() => break Err(Error::Shutdown),
+            };
+            match n {
+                Err(_) => {
+                    break Err(app.limits.refused.refuse(
+                        Reason::PublisherIdle,
+                        format!("no data for {:?}", cfg.idle_timeout),
+                    ));
+                }
+                Ok(Err(e)) => break Err(Error::Io(e)),
+                Ok(Ok(0)) => break session.finish(),
+                Ok(Ok(_)) => {
+                    if let Err(e) = session.push(buf.split().freeze()) {
+                        break Err(e);
+                    }
                 }
             }
-        }
+        },
     };
     let summary = session.summary(result.as_ref().err());
+    if let Err(e) = &result
+        && !matches!(e, Error::Io(_) | Error::Shutdown)
+    {
+        refuse(&mut sock, e).await;
+    }
     result.map(|_| summary)
+}
+
+/// Tell a raw TCP publisher why it is refused or cut off — one line
+/// `ERROR <status> <reason>\n` — then close gracefully: read (and drop) what
+/// it still sends for a moment, so that closing with unread data does not
+/// reset the connection before the publisher reads the line.
+async fn refuse(sock: &mut TcpStream, e: &Error) {
+    let line = format!("ERROR {} {e}\n", e.http_status());
+    let bye = async {
+        sock.write_all(line.as_bytes()).await?;
+        sock.shutdown().await?;
+        let mut sink = [0u8; 16 << 10];
+        let mut left = 4usize << 20;
+        while left > 0 {
+            match sock.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), bye).await;
 }
 
 /// Read a first line `KEY <key>\n` if the stream starts with one; whatever
