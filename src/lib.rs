@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cascade;
 pub mod client;
 pub mod config;
 pub mod egress;
@@ -38,6 +39,7 @@ pub mod fanout;
 pub mod ingest;
 pub mod media;
 pub mod player;
+pub mod quic;
 pub mod server;
 
 pub use error::Error;

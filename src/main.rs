@@ -32,7 +32,8 @@ enum Command {
 
 #[derive(Args)]
 struct PublishArgs {
-    /// Where to publish: http://HOST:PORT/publish/NAME, ws://HOST:PORT/publish/NAME or tcp://HOST:PORT.
+    /// Where to publish: http://HOST:PORT/publish/NAME, ws://HOST:PORT/publish/NAME, tcp://HOST:PORT
+    /// or quic://HOST:PORT/NAME[?fingerprint=HEX].
     #[arg(long)]
     to: String,
     /// Pace the input at real time by its fragments' decode times.
@@ -53,8 +54,12 @@ struct PublishArgs {
 
 #[derive(Args)]
 struct WatchArgs {
-    /// The stream: http://HOST:PORT/live/NAME.mp4 or ws://HOST:PORT/live/NAME.
+    /// The stream: http://HOST:PORT/live/NAME.mp4, ws://HOST:PORT/live/NAME
+    /// or quic://HOST:PORT/NAME[?fingerprint=HEX].
     url: String,
+    /// Resume after this seq.
+    #[arg(long)]
+    after: Option<u64>,
     /// Output file, or `-` for stdout.
     #[arg(short, long, default_value = "-")]
     output: PathBuf,
@@ -83,6 +88,12 @@ struct ServeArgs {
     /// Serve the player from this directory instead of the embedded copy.
     #[arg(long, env = "RELAYCAST_PLAYER_DIR")]
     player_dir: Option<PathBuf>,
+    /// QUIC (relaycast/1) UDP address, e.g. 0.0.0.0:4433.
+    #[arg(long, env = "RELAYCAST_QUIC")]
+    quic: Option<SocketAddr>,
+    /// Pull streams on demand from this origin: quic://HOST:PORT[?fingerprint=HEX] (repeatable).
+    #[arg(long = "origin", value_name = "URL")]
+    origins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -104,6 +115,10 @@ impl ServeArgs {
         if let Some(d) = &self.player_dir {
             c.server.player_dir = Some(d.clone());
         }
+        if let Some(q) = self.quic {
+            c.quic.listen = Some(q);
+        }
+        c.cascade.origins.extend(self.origins.iter().cloned());
         Ok(c)
     }
 }
@@ -152,10 +167,10 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
 async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let written = if args.output.as_os_str() == "-" {
         let mut out = tokio::io::stdout();
-        relaycast::client::watch(&args.url, &mut out, args.max_bytes).await?
+        relaycast::client::watch_after(&args.url, &mut out, args.max_bytes, args.after).await?
     } else {
         let mut out = tokio::fs::File::create(&args.output).await?;
-        relaycast::client::watch(&args.url, &mut out, args.max_bytes).await?
+        relaycast::client::watch_after(&args.url, &mut out, args.max_bytes, args.after).await?
     };
     tracing::info!(bytes = written, "watch: stream ended");
     Ok(())
@@ -167,6 +182,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("relaycast: listening on http://{}/", running.addr);
     for (name, addr) in &running.tcp_ingest {
         println!("relaycast: tcp ingest {name} on {addr}");
+    }
+    if let Some(q) = &running.quic {
+        println!(
+            "relaycast: QUIC on {} (certificate sha256 {})",
+            q.addr, q.fingerprint
+        );
     }
     tracing::info!(addr = %running.addr, "relay started");
     let token = running.state.shutdown.clone();

@@ -256,6 +256,7 @@ pub fn metrics_text(registry: &Registry) -> String {
             u8::from(s.is_live())
         );
     }
+    crate::cascade::metrics(&streams, &mut out);
     out
 }
 
@@ -281,6 +282,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Raw TCP ingest ports: (stream name, address).
     pub tcp_ingest: Vec<(String, SocketAddr)>,
+    /// The QUIC endpoint's address and certificate fingerprint, when enabled.
+    pub quic: Option<crate::quic::Info>,
     /// Shared state (registry, config, shutdown token).
     pub state: AppState,
     tasks: Vec<JoinHandle<()>>,
@@ -342,7 +345,18 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
             state.shutdown.clone(),
         )));
     }
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // QUIC (relaycast/1) and the cascade's edge side: see src/quic, src/cascade.
+    let quic = crate::quic::start(&state, &mut tasks)?;
+    if let Some(edge) = crate::cascade::Edge::new(
+        &state.config.cascade,
+        state.config.ingest.max_box_size,
+        state.shutdown.clone(),
+    )? {
+        registry.set_source(Arc::new(edge));
+    }
+    let app = router(state.clone())
+        .merge(crate::quic::api_router(quic.clone()))
+        .into_make_service_with_connect_info::<SocketAddr>();
     let token = state.shutdown.clone();
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
@@ -356,6 +370,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     Ok(Running {
         addr,
         tcp_ingest,
+        quic,
         state,
         tasks,
         http,
