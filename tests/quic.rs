@@ -278,7 +278,7 @@ async fn quic_refusals_carry_application_codes_and_reasons() {
     }
     let refused = match refused {
         Some(e) => e,
-        None => junk.finish().await.err().expect("garbage is refused"),
+        None => junk.finish().await.expect_err("garbage is refused"),
     };
     assert_eq!(refused.code(), Some(code::BAD_MEDIA), "{refused}");
 
