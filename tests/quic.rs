@@ -366,3 +366,105 @@ async fn cli_watch_over_quic_writes_a_decodable_stream() {
     publisher.abort();
     relay.shutdown().await;
 }
+
+/// Push the demo clip into `name` in-process, `speedup` times faster than
+/// real time, until aborted.
+fn push_fast(
+    relay: &relaycast::server::Running,
+    name: &str,
+    speedup: u64,
+) -> tokio::task::JoinHandle<u64> {
+    let publisher = relay.state.registry.publish(name).expect("publish");
+    tokio::spawn(async move {
+        let demo = relaycast::media::demo::Demo::load().expect("demo");
+        publisher.push_init(demo.init().clone()).expect("init");
+        let mut n = 0u64;
+        loop {
+            let (frag, _) = demo.fragment(n);
+            let pause = Duration::from_micros(frag.duration_us() / speedup);
+            publisher
+                .push_fragment(frag)
+                .expect("the publisher is never blocked");
+            n += 1;
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_quic_viewer_that_stops_reading_is_skipped_then_disconnected() {
+    let mut cfg = quic_config();
+    cfg.fanout.ring.max_fragments = 20;
+    cfg.fanout.ring.max_bytes = 20 << 10;
+    cfg.fanout.lag.max_skips = 2;
+    let relay = relay(cfg).await;
+    let pusher = push_fast(&relay, "slow", 20);
+    wait_live(&relay, "slow").await;
+    let client = Client::new().expect("client");
+    let url = QuicUrl::parse(&stream_url(&relay, "slow")).expect("url");
+    // A small window: the relay may send 64 KiB ahead of what we read.
+    let small = WatchOptions {
+        receive_window: Some(64 << 10),
+        ..Default::default()
+    };
+    let mut stalled = client.watch(&url, small.clone()).await.expect("watch");
+    let mut healthy = client
+        .watch(&url, WatchOptions::default())
+        .await
+        .expect("watch");
+    // The healthy viewer keeps up while the other one does not read at all.
+    let mut healthy_seqs = Vec::new();
+    let mut skipped = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), healthy.next()).await {
+            Ok(Ok(WatchEvent::Fragment { seq, .. })) => healthy_seqs.push(seq),
+            Ok(Ok(WatchEvent::Skip { .. })) => skipped = true,
+            Ok(Ok(WatchEvent::End { reason, .. })) => panic!("healthy viewer ended: {reason}"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("healthy viewer failed: {e}"),
+            Err(_) => panic!("healthy viewer starved"),
+        }
+        let stats = relay.state.registry.get("slow").expect("stream").info();
+        if stats.lag_disconnects >= 1 && healthy_seqs.len() > 100 {
+            break;
+        }
+    }
+    let info = relay.state.registry.get("slow").expect("stream").info();
+    assert!(
+        info.skips >= 2,
+        "the stalled viewer was skipped forward ({} skips)",
+        info.skips
+    );
+    assert_eq!(info.lag_disconnects, 1, "and then disconnected for lagging");
+    assert!(!skipped, "the healthy viewer never skipped");
+    assert!(
+        healthy_seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "the healthy viewer got every fragment in order"
+    );
+    // The stalled viewer reads what it was sent: valid fragments, skips that
+    // land on keyframes, then the lag disconnect.
+    let mut prev: Option<u64> = None;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stalled.next()).await {
+            Ok(Ok(WatchEvent::Fragment { seq, keyframe, .. })) => {
+                if let Some(p) = prev
+                    && seq != p + 1
+                {
+                    assert!(
+                        seq > p && keyframe,
+                        "a jump {p} → {seq} lands on a keyframe"
+                    );
+                }
+                prev = Some(seq);
+            }
+            Ok(Ok(WatchEvent::End { code, .. })) => break code,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("stalled viewer: {e}"),
+            Err(_) => panic!("stalled viewer got no end"),
+        }
+    };
+    assert_eq!(end, code::LAGGING, "disconnected with the LAGGING code");
+    pusher.abort();
+    relay.shutdown().await;
+}

@@ -175,6 +175,7 @@ impl EdgeInner {
             after,
             wait: None,
             edge: true,
+            receive_window: None,
         };
         self.client.watch(&self.origins[origin], opts).await
     }

@@ -32,6 +32,15 @@ impl Client {
 
     /// Connect to the relay of `url`.
     pub async fn connect(&self, url: &QuicUrl) -> Result<quinn::Connection, QuicError> {
+        self.connect_with(url, super::tls::RECEIVE_WINDOW).await
+    }
+
+    /// Connect with a flow-control window of `receive_window` bytes.
+    pub async fn connect_with(
+        &self,
+        url: &QuicUrl,
+        receive_window: u32,
+    ) -> Result<quinn::Connection, QuicError> {
         let where_ = format!("{}:{}", url.host, url.port);
         let connect_err = |why: String| QuicError::Connect {
             addr: where_.clone(),
@@ -48,7 +57,11 @@ impl Client {
             (SocketAddr::V4(_), _) => &self.v4,
         };
         let connecting = endpoint
-            .connect_with(client_config(url.fingerprint)?, addr, &url.host)
+            .connect_with(
+                client_config(url.fingerprint, receive_window)?,
+                addr,
+                &url.host,
+            )
             .map_err(|e| connect_err(e.to_string()))?;
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(c)) => Ok(c),
@@ -61,6 +74,7 @@ impl Client {
         &self,
         url: &QuicUrl,
         req: &Request,
+        receive_window: u32,
     ) -> Result<
         (
             quinn::Connection,
@@ -70,7 +84,7 @@ impl Client {
         ),
         QuicError,
     > {
-        let conn = self.connect(url).await?;
+        let conn = self.connect_with(url, receive_window).await?;
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(QuicError::from_connection)?;
             write_control(&mut send, req).await?;
@@ -117,7 +131,7 @@ impl Client {
             wait: None,
             role: None,
         };
-        let (conn, send, recv, _) = self.request(url, &req).await?;
+        let (conn, send, recv, _) = self.request(url, &req, super::tls::RECEIVE_WINDOW).await?;
         Ok(PublishSession { conn, send, recv })
     }
 
@@ -127,7 +141,7 @@ impl Client {
         url: &QuicUrl,
         opts: WatchOptions,
     ) -> Result<WatchSession, QuicError> {
-        let name = match opts.name.or_else(|| url.name.clone()) {
+        let name = match opts.name.clone().or_else(|| url.name.clone()) {
             Some(n) => n,
             None => {
                 return Err(QuicError::Url {
@@ -144,7 +158,8 @@ impl Client {
             wait: opts.wait.or(url.wait),
             role: opts.edge.then(|| "edge".to_string()),
         };
-        let (conn, _send, mut recv, hello) = self.request(url, &req).await?;
+        let window = opts.receive_window.unwrap_or(super::tls::RECEIVE_WINDOW);
+        let (conn, _send, mut recv, hello) = self.request(url, &req, window).await?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
@@ -184,6 +199,9 @@ pub struct WatchOptions {
     pub wait: Option<f64>,
     /// This is a relay pulling the stream (cascade).
     pub edge: bool,
+    /// Flow-control window in bytes (default 8 MiB): how far the relay may
+    /// send ahead of what has been read.
+    pub receive_window: Option<u32>,
 }
 
 /// A publish session: send the byte stream, then [`finish`](Self::finish).

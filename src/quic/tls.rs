@@ -114,9 +114,18 @@ impl QuicTls {
     }
 }
 
+/// Default bytes a client lets the relay send ahead of what it has read.
+pub const RECEIVE_WINDOW: u32 = 8 << 20;
+
 /// A client configuration: trust `pin` (SHA-256 of the server certificate)
-/// when given, else the system roots.
-pub fn client_config(pin: Option<[u8; 32]>) -> Result<quinn::ClientConfig, QuicError> {
+/// when given, else the system roots. `receive_window` bounds the bytes the
+/// relay may send ahead of what the application has read (the connection's
+/// flow-control window), so a client that stops reading makes the relay's
+/// writes wait, and the relay's lag policy applies.
+pub fn client_config(
+    pin: Option<[u8; 32]>,
+    receive_window: u32,
+) -> Result<quinn::ClientConfig, QuicError> {
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -151,7 +160,9 @@ pub fn client_config(pin: Option<[u8; 32]>) -> Result<quinn::ClientConfig, QuicE
         .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
             5_000,
         ))))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(256))
+        .receive_window(quinn::VarInt::from_u32(receive_window))
+        .stream_receive_window(quinn::VarInt::from_u32(receive_window));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
