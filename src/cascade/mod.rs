@@ -41,6 +41,10 @@ use tokio_util::sync::CancellationToken;
 /// How often a puller checks its viewers and reports its health.
 const TICK: Duration = Duration::from_millis(250);
 
+/// How long "no origin has this stream" is remembered: viewers asking an
+/// edge for unknown names cost the origins one round per name per this long.
+const MISS_TTL: Duration = Duration::from_millis(500);
+
 /// Longest pause between two rounds over every origin.
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
 
@@ -88,6 +92,8 @@ struct EdgeInner {
     max_box_size: u64,
     /// Opens in progress, so concurrent first viewers share one subscription.
     opening: Mutex<HashMap<String, Arc<OnceCell<Option<Stream>>>>>,
+    /// Names no origin had, and when that was found.
+    misses: Mutex<HashMap<String, Instant>>,
 }
 
 impl Edge {
@@ -119,6 +125,7 @@ impl Edge {
             shutdown,
             max_box_size,
             opening: Mutex::new(HashMap::new()),
+            misses: Mutex::new(HashMap::new()),
         }))))
     }
 }
@@ -152,14 +159,33 @@ fn origin_order(pick: OriginPick, n: usize, name: &str, after: Option<usize>) ->
 
 impl EdgeInner {
     async fn open(self: Arc<Self>, registry: Registry, name: String) -> Option<Stream> {
+        if self
+            .misses
+            .lock()
+            .get(&name)
+            .is_some_and(|t| t.elapsed() < MISS_TTL)
+        {
+            return None;
+        }
         let cell = self.opening.lock().entry(name.clone()).or_default().clone();
         let result = cell
             .get_or_init(|| self.clone().open_now(registry, name.clone()))
             .await
             .clone();
-        let mut opening = self.opening.lock();
-        if opening.get(&name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            opening.remove(&name);
+        {
+            let mut opening = self.opening.lock();
+            if opening.get(&name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                opening.remove(&name);
+            }
+        }
+        let mut misses = self.misses.lock();
+        if result.is_none() {
+            if misses.len() >= 4096 {
+                misses.retain(|_, t| t.elapsed() < MISS_TTL);
+            }
+            misses.insert(name, Instant::now());
+        } else {
+            misses.remove(&name);
         }
         result
     }

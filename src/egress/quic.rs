@@ -132,6 +132,10 @@ enum Raced<T> {
 /// Run `fut`, giving up when the viewer falls out of the ring meanwhile.
 async fn unless_behind<F: Future>(fut: F, viewer: &Viewer) -> Raced<F::Output> {
     tokio::pin!(fut);
+    // Most writes fit the send buffer at once: no timer for those.
+    if let std::task::Poll::Ready(out) = futures_util::poll!(&mut fut) {
+        return Raced::Done(out);
+    }
     let mut tick = tokio::time::interval(LAG_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;

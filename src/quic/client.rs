@@ -173,16 +173,25 @@ impl Client {
                 }
             }
         });
-        Ok(WatchSession {
-            conn,
+        let reader = Reader {
+            conn: conn.clone(),
             _send,
-            hello,
             ctrl: rx,
             ctrl_open: true,
             group: None,
             groups_done: 0,
             end: None,
             last_init: None,
+        };
+        // Frames are read by a task of their own, so that `next` is
+        // cancel-safe: a caller may race it against timers without ever
+        // losing half a frame.
+        let (events_tx, events) = mpsc::channel(16);
+        tokio::spawn(reader.run(events_tx));
+        Ok(WatchSession {
+            conn,
+            hello,
+            events,
             finished: None,
         })
     }
@@ -290,20 +299,19 @@ pub enum WatchEvent {
     },
 }
 
-/// A watch session.
+/// A watch session. Dropping it leaves (closes the connection).
 pub struct WatchSession {
     conn: quinn::Connection,
-    /// Kept open: finishing it would tell the relay we are gone.
-    _send: quinn::SendStream,
     hello: Response,
-    ctrl: mpsc::Receiver<serde_json::Value>,
-    ctrl_open: bool,
-    group: Option<quinn::RecvStream>,
-    groups_done: u64,
-    /// (code, reason, groups) from the relay's end message.
-    end: Option<(u32, String, u64)>,
-    last_init: Option<Bytes>,
+    events: mpsc::Receiver<Result<WatchEvent, QuicError>>,
     finished: Option<(u32, String)>,
+}
+
+impl Drop for WatchSession {
+    fn drop(&mut self) {
+        self.conn
+            .close(quinn::VarInt::from_u32(code::DONE), b"viewer left");
+    }
 }
 
 impl WatchSession {
@@ -320,6 +328,53 @@ impl WatchSession {
     /// Leave.
     pub fn close(&self, code: u32, reason: &str) {
         super::close(&self.conn, code, reason);
+    }
+
+    /// The next event. After `End`, every call returns `End` again.
+    /// Cancel-safe.
+    pub async fn next(&mut self) -> Result<WatchEvent, QuicError> {
+        if let Some((code, reason)) = &self.finished {
+            return Ok(WatchEvent::End {
+                code: *code,
+                reason: reason.clone(),
+            });
+        }
+        match self.events.recv().await {
+            Some(Ok(WatchEvent::End { code, reason })) => {
+                self.finished = Some((code, reason.clone()));
+                Ok(WatchEvent::End { code, reason })
+            }
+            Some(ev) => ev,
+            None => Err(QuicError::Protocol(
+                "the watch session's reader stopped".into(),
+            )),
+        }
+    }
+}
+
+/// Reads a watch session's group streams in order and its control frames.
+struct Reader {
+    conn: quinn::Connection,
+    /// Kept open: finishing it would tell the relay we are gone.
+    _send: quinn::SendStream,
+    ctrl: mpsc::Receiver<serde_json::Value>,
+    ctrl_open: bool,
+    group: Option<quinn::RecvStream>,
+    groups_done: u64,
+    /// (code, reason, groups) from the relay's end message.
+    end: Option<(u32, String, u64)>,
+    last_init: Option<Bytes>,
+}
+
+impl Reader {
+    async fn run(mut self, tx: mpsc::Sender<Result<WatchEvent, QuicError>>) {
+        loop {
+            let ev = self.next().await;
+            let last = matches!(ev, Ok(WatchEvent::End { .. }) | Err(_));
+            if tx.send(ev).await.is_err() || last {
+                return;
+            }
+        }
     }
 
     fn on_control(&mut self, v: serde_json::Value) -> Option<WatchEvent> {
@@ -341,28 +396,15 @@ impl WatchSession {
         }
     }
 
-    fn finish(&mut self, code: u32, reason: String) -> WatchEvent {
-        self.finished = Some((code, reason.clone()));
-        self.group = None;
-        WatchEvent::End { code, reason }
-    }
-
     fn on_error(&mut self, e: QuicError) -> Result<WatchEvent, QuicError> {
         match e {
-            QuicError::Closed { code, reason } => Ok(self.finish(code, reason)),
+            QuicError::Closed { code, reason } => Ok(WatchEvent::End { code, reason }),
             e => Err(e),
         }
     }
 
-    /// The next event. After `End`, every call returns `End` again.
-    pub async fn next(&mut self) -> Result<WatchEvent, QuicError> {
+    async fn next(&mut self) -> Result<WatchEvent, QuicError> {
         loop {
-            if let Some((code, reason)) = &self.finished {
-                return Ok(WatchEvent::End {
-                    code: *code,
-                    reason: reason.clone(),
-                });
-            }
             if let Ok(v) = self.ctrl.try_recv()
                 && let Some(ev) = self.on_control(v)
             {
@@ -402,8 +444,8 @@ impl WatchSession {
                 && self.groups_done >= *groups
             {
                 let (code, reason) = (*code, reason.clone());
-                self.close(code::DONE, "done");
-                return Ok(self.finish(code, reason));
+                super::close(&self.conn, code::DONE, "done");
+                return Ok(WatchEvent::End { code, reason });
             }
             tokio::select! {
                 uni = self.conn.accept_uni() => match uni {

@@ -17,8 +17,14 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-/// A test config with QUIC on 127.0.0.1:0.
+/// A test config with QUIC on 127.0.0.1:0 (and logs when `RUST_LOG` is set).
 pub fn quic_config() -> Config {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let mut c = super::common::config();
     c.quic.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     c.server.shutdown_timeout = Duration::from_secs(1);
