@@ -175,6 +175,7 @@ enum Conn {
     },
     Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
     Tcp(TcpStream),
+    Quic(crate::quic::client::PublishSession),
 }
 
 impl Conn {
@@ -236,7 +237,12 @@ impl Conn {
                 }
                 Ok(Conn::Tcp(tcp))
             }
-            s => bail!("unsupported scheme {s:?}: use http://, ws:// or tcp://"),
+            "quic" => {
+                let url = crate::quic::QuicUrl::parse(to.as_str())?;
+                let client = crate::quic::client::Client::new()?;
+                Ok(Conn::Quic(client.publish(&url, key).await?))
+            }
+            s => bail!("unsupported scheme {s:?}: use http://, ws://, tcp:// or quic://"),
         }
     }
 
@@ -257,6 +263,7 @@ impl Conn {
             }
             Conn::Ws(ws) => Ok(ws.send(Message::Binary(bytes)).await?),
             Conn::Tcp(t) => Ok(t.write_all(&bytes).await?),
+            Conn::Quic(q) => Ok(q.send(bytes).await?),
         }
     }
 
@@ -284,6 +291,7 @@ impl Conn {
                 t.shutdown().await.ok();
                 Ok(String::new())
             }
+            Conn::Quic(q) => Ok(q.finish().await?),
         }
     }
 }
@@ -381,7 +389,24 @@ pub async fn watch(
     out: &mut (dyn AsyncWrite + Unpin + Send),
     max_bytes: Option<u64>,
 ) -> anyhow::Result<u64> {
-    let url = url::Url::parse(from).with_context(|| format!("bad URL {from:?}"))?;
+    watch_after(from, out, max_bytes, None).await
+}
+
+/// Like [`watch`], resuming after seq `after` when given; also takes
+/// `quic://HOST:PORT/NAME[?fingerprint=HEX]`.
+pub async fn watch_after(
+    from: &str,
+    out: &mut (dyn AsyncWrite + Unpin + Send),
+    max_bytes: Option<u64>,
+    after: Option<u64>,
+) -> anyhow::Result<u64> {
+    let mut url = url::Url::parse(from).with_context(|| format!("bad URL {from:?}"))?;
+    if url.scheme() == "quic" {
+        return watch_quic(from, out, max_bytes, after).await;
+    }
+    if let Some(a) = after {
+        url.query_pairs_mut().append_pair("after", &a.to_string());
+    }
     let mut written = 0u64;
     match url.scheme() {
         "ws" => {
@@ -444,6 +469,56 @@ pub async fn watch(
             }
         }
         s => bail!("unsupported scheme {s:?}: use http:// or ws://"),
+    }
+    out.flush().await?;
+    Ok(written)
+}
+
+/// `relaycast watch quic://…`: write init and fragment bytes in order; a skip
+/// continues at a keyframe, so the output stays a valid fMP4 stream.
+async fn watch_quic(
+    from: &str,
+    out: &mut (dyn AsyncWrite + Unpin + Send),
+    max_bytes: Option<u64>,
+    after: Option<u64>,
+) -> anyhow::Result<u64> {
+    use crate::quic::client::{Client, WatchEvent, WatchOptions};
+    let url = crate::quic::QuicUrl::parse(from)?;
+    let client = Client::new()?;
+    let opts = WatchOptions {
+        after,
+        ..WatchOptions::default()
+    };
+    let mut session = client.watch(&url, opts).await?;
+    tracing::info!(
+        next_seq = session.hello().next_seq,
+        resumed = session.hello().resumed,
+        "watch: joined"
+    );
+    let mut written = 0u64;
+    loop {
+        match session.next().await? {
+            WatchEvent::Init { bytes, .. } | WatchEvent::Fragment { bytes, .. } => {
+                out.write_all(&bytes).await?;
+                written += bytes.len() as u64;
+            }
+            WatchEvent::Skip { from, to } => {
+                tracing::warn!(from, to, "watch: skipped forward (too slow)")
+            }
+            WatchEvent::Publisher(live) => tracing::info!(live, "watch: publisher"),
+            WatchEvent::End { code, reason } => {
+                use crate::quic::code::{DONE, PUBLISHER_GONE};
+                if code != DONE && code != PUBLISHER_GONE {
+                    out.flush().await?;
+                    bail!("relay ended the stream: {reason} (code {code})");
+                }
+                break;
+            }
+        }
+        if max_bytes.is_some_and(|m| written >= m) {
+            session.close(crate::quic::code::DONE, "enough");
+            break;
+        }
     }
     out.flush().await?;
     Ok(written)

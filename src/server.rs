@@ -252,6 +252,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Raw TCP ingest ports: (stream name, address).
     pub tcp_ingest: Vec<(String, SocketAddr)>,
+    /// The QUIC endpoint's address and certificate fingerprint, when enabled.
+    pub quic: Option<crate::quic::Info>,
     /// Shared state (registry, config, shutdown token).
     pub state: AppState,
     /// TLS, when serving https/wss (reload it with [`crate::tls::Tls::reload`]).
@@ -366,11 +368,23 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
             let _ = accept_loop(l, router, None, state).await;
         }));
     }
-    let app = router(state.clone());
+    // QUIC (relaycast/1) and the cascade's edge side: see src/quic, src/cascade.
+    let quic = crate::quic::start(&state, &mut tasks)?;
+    if let Some(edge) = crate::cascade::Edge::new(
+        &state.config.cascade,
+        state.config.ingest.max_box_size,
+        state.shutdown.clone(),
+    )? {
+        registry.set_source(Arc::new(edge));
+    }
+    // The QUIC info route first: the router with its layers (Socket.IO, CORS)
+    // is merged in last so that its fallback, which Socket.IO serves, stays.
+    let app = crate::quic::api_router(quic.clone()).merge(router(state.clone()));
     let http = tokio::spawn(accept_loop(listener, app, tls.clone(), state.clone()));
     Ok(Running {
         addr,
         tcp_ingest,
+        quic,
         state,
         tls,
         redirect_addr,

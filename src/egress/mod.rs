@@ -5,10 +5,12 @@
 //! - [`websocket`]: binary messages = the stored bytes, text = JSON control;
 //! - [`http_stream`]: one never-ending `video/mp4` response;
 //! - [`poll`]: long polling and plain polling, one request per batch;
-//! - [`socketio`]: Socket.IO events for apps that speak it.
+//! - [`socketio`]: Socket.IO events for apps that speak it;
+//! - [`quic`]: `relaycast/1` over QUIC, one stream per group.
 
 pub mod http_stream;
 pub mod poll;
+pub mod quic;
 pub mod socketio;
 pub mod websocket;
 
