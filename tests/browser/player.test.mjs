@@ -171,10 +171,17 @@ describe('player in Chromium', () => {
         await withPage(browser, async (page) => {
           await page.goto(`${proxy.base}/watch/demo?transport=${transport}&debug=1`);
           await waitPlaying(page);
+          // A drop alone is invisible to HTTP polling: Chromium retries an idempotent
+          // GET that failed on a reused keep-alive connection by itself. So the
+          // network stays down for a moment after each cut, as a real outage does.
           for (let i = 1; i <= 2; i++) {
-            await sleep(1500);
-            proxy.dropAll();
-            await waitFor(async () => (await stats(page)).reconnects >= i, { timeout: 10000, what: `reconnect #${i}` });
+            await sleep(1000);
+            const before = await stats(page);
+            const cut = proxy.dropAll({ outageMs: 700 });
+            assert.ok(cut > 0, `drop #${i} cut no connection`);
+            await waitFor(async () => (await stats(page)).reconnects > before.reconnects, { timeout: 10000, what: `reconnect after drop #${i}` });
+            // Back on the network (reconnects back off) and appending again.
+            await waitFor(async () => (await stats(page)).appended > before.appended + 3, { timeout: 10000, what: `fragments after drop #${i}` });
           }
           const { last } = await watchAdvance(page, 2, 10000);
           assertClean(last, `drops on ${transport}`);
