@@ -46,20 +46,26 @@ pub async fn serve(app: AppState, name: String, q: WatchQuery) -> Response {
     };
     let stream = viewer.stream().clone();
     let mut batch = Batch::default();
-    let mut first = viewer.try_next();
-    if first.is_none() && !plain {
-        first = tokio::select! {
-            ev = tokio::time::timeout(timeout, viewer.next()) => ev.ok(),
-            _ = app.shutdown.cancelled() => None,
-        };
-    }
-    if let Some(ev) = first {
-        batch.add(ev);
+    // A fresh cursor hands out the init segment first, and maybe publisher
+    // news: neither is an answer to a long poll, which waits for a fragment
+    // (or the end, or a change of publisher) until its timeout.
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
         while !batch.full {
             match viewer.try_next() {
                 Some(ev) => batch.add(ev),
                 None => break,
             }
+        }
+        if plain || batch.answers() {
+            break;
+        }
+        tokio::select! {
+            ev = tokio::time::timeout_at(deadline, viewer.next()) => match ev {
+                Ok(ev) => batch.add(ev),
+                Err(_) => break,
+            },
+            _ = app.shutdown.cancelled() => break,
         }
     }
     let next = batch.last_seq.or(q.after.filter(|_| batch.skipped == 0));
@@ -108,9 +114,15 @@ struct Batch {
     init_version: Option<u64>,
     full: bool,
     ended: bool,
+    publisher_changed: bool,
 }
 
 impl Batch {
+    /// Something a long poll should answer with now.
+    fn answers(&self) -> bool {
+        self.last_seq.is_some() || self.ended || self.publisher_changed
+    }
+
     fn add(&mut self, ev: Event) {
         match ev {
             Event::Fragment(c) => {
@@ -145,7 +157,7 @@ impl Batch {
                     self.full = true;
                 }
             }
-            Event::Publisher(_) => {}
+            Event::Publisher(_) => self.publisher_changed = true,
             Event::End(_) => {
                 self.ended = true;
                 self.full = true;
