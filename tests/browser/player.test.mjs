@@ -164,6 +164,34 @@ describe('player in Chromium', () => {
     });
   });
 
+  test('catches up with the live edge: a seek when far behind, a gentle speed-up when a little behind', { timeout: 60000 }, async () => {
+    await withPage(browser, async (page) => {
+      await page.goto(`${relay.base}/watch/demo?transport=ws&debug=1`);
+      await waitPlaying(page);
+      await watchAdvance(page, 4, 12000); // some back buffer to fall into
+      const s0 = await stats(page);
+      // Far behind (a stalled tab, a long pause): seeks back to the live edge.
+      await page.evaluate(() => { const v = document.querySelector('video'); v.currentTime -= 3; });
+      const far = await waitFor(async () => {
+        const s = await stats(page);
+        return s.liveSeeks > s0.liveSeeks && s.delay < 1 && s;
+      }, { timeout: 10000, what: 'a seek back to the live edge' });
+      // A little behind: plays faster (never above the cap) until it is back.
+      const s1 = await stats(page);
+      await page.evaluate(() => { const v = document.querySelector('video'); v.currentTime -= 0.6; });
+      const rates = [];
+      const near = await waitFor(async () => {
+        const s = await stats(page);
+        rates.push(s.playbackRate);
+        return rates.some((r) => r > 1) && s.playbackRate === 1 && s.delay < s1.delay + 0.15 && s;
+      }, { timeout: 15000, interval: 100, what: 'a speed-up back to the live edge' });
+      assert.equal(near.liveSeeks, s1.liveSeeks, 'no seek for a small lag');
+      assert.ok(Math.max(...rates) <= 1.15 + 1e-9, `rate cap: ${Math.max(...rates)}`);
+      assertClean(near, 'catch-up');
+      console.log(`# catch-up: 3 s behind → seek (delay ${Math.round(far.delay * 1000)} ms); 0.6 s behind → rate up to ${Math.max(...rates).toFixed(3)}, back to ${Math.round(near.delay * 1000)} ms (was ${Math.round(s1.delay * 1000)} ms)`);
+    });
+  });
+
   for (const transport of TRANSPORTS) {
     test(`resumes after network drops without gap or repeat (${transport})`, { timeout: 60000 }, async () => {
       const proxy = await tcpProxy(relay.port);
