@@ -80,7 +80,9 @@ export class Player {
       onEvent: (ev, id) => this._event(ev, id),
       onState: (s) => this._setState(s),
       onFatal: (why) => this._setState(why),
-      resume: () => ({ after: this.lastSeq }),
+      // `after` with the epoch it belongs to: a relay that restarted (a new
+      // epoch) ignores it and starts us at a keyframe instead of mid-group.
+      resume: () => ({ after: this.lastSeq, epoch: this.lastSeq === null ? null : this.epoch }),
       log: (m) => this._log(m),
       ...(o.chooser || {}),
     });

@@ -36,7 +36,7 @@ export class TransportChooser {
    * @param {string} name stream name
    * @param {object} o
    *   forced: one of LADDER or null; onEvent(ev, transportId); onState(text);
-   *   resume(): {after} to reconnect with; log(msg); plus any DEFAULTS override.
+   *   resume(): {after, epoch} to reconnect with; log(msg); plus any DEFAULTS override.
    */
   constructor(name, o) {
     this.name = name;
@@ -104,8 +104,8 @@ export class TransportChooser {
       onEvent(conn, ev);
     };
     loader.onclose = (info) => onClose(conn, info);
-    const { after } = this.o.resume();
-    loader.open({ after });
+    const { after, epoch } = this.o.resume();
+    loader.open({ after, epoch });
     return conn;
   }
 

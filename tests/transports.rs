@@ -484,6 +484,37 @@ async fn polls_report_skips_and_a_missing_after_starts_at_the_newest_keyframe() 
     assert_eq!(h["x-relaycast-next"], last.to_string().as_str());
     assert_eq!(h["x-relaycast-live"], "1");
 
+    // `after` names the epoch it came from: honoured in that epoch; from
+    // another life of the stream (a relay restart) it is ignored, and the
+    // viewer starts afresh at the newest keyframe, with no skip.
+    let epoch = info["epoch"].as_u64().expect("epoch");
+    let near = last - 2;
+    let (_, h, _) = get(&format!(
+        "http://{base}/live/sk/poll?wait=0&after={near}&epoch={epoch}"
+    ))
+    .await;
+    assert_eq!(
+        h["x-relaycast-seqs"],
+        format!("{},{last}", near + 1).as_str()
+    );
+    let (_, h, _) = get(&format!(
+        "http://{base}/live/sk/poll?wait=0&after={near}&epoch={}",
+        epoch + 1
+    ))
+    .await;
+    let seqs = h["x-relaycast-seqs"].to_str().expect("ascii");
+    assert!(seqs.starts_with(&format!("{newest_key},")), "{seqs}");
+    assert_eq!(h["x-relaycast-skipped"], "0");
+    let mut ws = ws_connect(&format!(
+        "ws://{base}/live/sk?after={near}&epoch={}",
+        epoch + 1
+    ))
+    .await;
+    let got = ws_read(&mut ws, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.of_type("hello")[0]["resumed"], false);
+    assert!(got.of_type("skip").is_empty(), "{got:?}");
+    assert_eq!(got.seqs.first(), Some(&newest_key));
+
     // A bad `after` is a clear 400.
     let (s, _, body) = get(&format!("http://{base}/live/sk/poll?after=-1")).await;
     assert_eq!(s, 400, "{}", String::from_utf8_lossy(&body));

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 /// Serve one viewer.
 pub async fn serve(app: AppState, name: String, q: WatchQuery) -> Response {
     let start = ViewerStart {
-        after: q.after,
+        after: q.resume_after(&app.registry, &name),
         transport: Transport::HttpStream,
     };
     let viewer = match app

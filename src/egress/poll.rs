@@ -32,8 +32,9 @@ pub async fn serve(app: AppState, name: String, q: WatchQuery) -> Response {
         .and_then(|t| Duration::try_from_secs_f64(t).ok())
         .unwrap_or(cfg.long_poll_timeout)
         .min(cfg.long_poll_max);
+    let after = q.resume_after(&app.registry, &name);
     let start = ViewerStart {
-        after: q.after,
+        after,
         transport: if plain {
             Transport::Poll
         } else {
@@ -68,7 +69,7 @@ pub async fn serve(app: AppState, name: String, q: WatchQuery) -> Response {
             _ = app.shutdown.cancelled() => break,
         }
     }
-    let next = batch.last_seq.or(q.after.filter(|_| batch.skipped == 0));
+    let next = batch.last_seq.or(after.filter(|_| batch.skipped == 0));
     let init_version = batch
         .init_version
         .or_else(|| stream.init().map(|i| i.version))

@@ -33,6 +33,7 @@ const MAX_PAYLOAD: u64 = 64 << 20;
 struct WatchReq {
     name: String,
     after: Option<u64>,
+    epoch: Option<u64>,
     wait: Option<f64>,
 }
 
@@ -97,7 +98,7 @@ pub fn layer(app: AppState) -> socketioxide::layer::SocketIoLayer {
 
 async fn watch(socket: SocketRef, req: WatchReq, app: AppState, token: CancellationToken) {
     let start = ViewerStart {
-        after: req.after,
+        after: super::resume_after(req.after, req.epoch, &app.registry, &req.name),
         transport: Transport::SocketIo,
     };
     let viewer = match app

@@ -25,7 +25,7 @@ pub async fn serve(app: AppState, name: String, q: WatchQuery, ws: WebSocketUpgr
         .max_message_size(64 << 10);
     ws.on_upgrade(move |mut socket| async move {
         let start = ViewerStart {
-            after: q.after,
+            after: q.resume_after(&app.registry, &name),
             transport: Transport::WebSocket,
         };
         let viewer = tokio::select! {

@@ -260,6 +260,10 @@ describe('relay restart', () => {
           assert.deepEqual(check.problems, []);
           assert.equal(check.runs.length, 2, JSON.stringify(check.runs));
           assert.notEqual(before.epoch, last.epoch);
+          // A new life of the stream is not a lag: no skip, and the new epoch
+          // starts at a keyframe (the old `after` was not applied to it).
+          assert.equal(last.skips, before.skips, 'skips');
+          assert.equal(last.droppedNonKey, before.droppedNonKey, 'fragments dropped waiting for a keyframe');
           console.log(`# restart (${last.transport}): epochs ${JSON.stringify(check.runs)}, reconnects ${s.reconnects}, delay now ${Math.round(last.delay * 1000)} ms`);
           if (transport === 'auto') await screenshot(page, 'after-restart');
         });
