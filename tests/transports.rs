@@ -797,25 +797,45 @@ async fn relaycast_publish_to_http_ws_and_tcp_reaches_relaycast_watch_byte_ident
 async fn relaycast_publish_reconnects_with_backoff_after_the_relay_restarts() {
     let mut cfg = config();
     cfg.server.shutdown_timeout = Duration::from_secs(2);
+    cfg.ingest.tcp.push(TcpIngest {
+        port: 0,
+        name: "again-tcp".into(),
+    });
     let first = relay(cfg.clone()).await;
     let addr = first.addr;
+    let tcp_addr = first.tcp_ingest[0].1;
     let clip = format!("{}/src/media/demo/demo.mp4", env!("CARGO_MANIFEST_DIR"));
-    let mut publisher = relaycast_bin()
-        .args(["publish", "--re", "--loop", "--to"])
-        .arg(format!("http://{addr}/publish/again"))
-        .arg(&clip)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn relaycast publish");
+    let cases = [
+        ("again-http", format!("http://{addr}/publish/again-http")),
+        ("again-ws", format!("ws://{addr}/publish/again-ws")),
+        ("again-tcp", format!("tcp://{tcp_addr}")),
+    ];
+    let mut publishers = Vec::new();
+    for (name, to) in &cases {
+        let child = relaycast_bin()
+            .env("RUST_LOG", "relaycast=info")
+            .args(["publish", "--re", "--loop", "--to", to, &clip])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn relaycast publish");
+        publishers.push((name, child));
+    }
     let base = addr.to_string();
-    let before = info_when(&base, "again", |i| {
-        i["live"] == true && i["seq"].as_u64().is_some()
-    })
-    .await;
+    let mut before = Vec::new();
+    for (name, _) in &cases {
+        before.push(
+            info_when(&base, name, |i| {
+                i["live"] == true && i["seq"].as_u64().is_some()
+            })
+            .await,
+        );
+    }
 
-    // Stop the relay, then start a new one on the same port.
+    // Stop the relay; while it is down the publishers fail to connect and
+    // back off; then a new relay starts on the same ports.
     first.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut listener = None;
     for _ in 0..50 {
         match tokio::net::TcpListener::bind(addr).await {
@@ -826,32 +846,48 @@ async fn relaycast_publish_reconnects_with_backoff_after_the_relay_restarts() {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+    cfg.ingest.tcp[0].port = tcp_addr.port();
     let second = relaycast::server::start(cfg, Some(listener.expect("rebind the same port")))
         .await
         .expect("restart relay");
-    // The publisher comes back by itself, starting with the init segment.
-    let after = info_when(&base, "again", |i| {
-        i["live"] == true && i["seq"].as_u64().is_some_and(|s| s >= 1)
-    })
-    .await;
-    assert_ne!(before["epoch"], after["epoch"], "a new relay process life");
-    assert_eq!(after["init_version"], 1);
-    assert!(
-        publisher.try_wait().expect("publisher state").is_none(),
-        "publish is still running"
-    );
-    let mut ws = ws_connect(&format!("ws://{base}/live/again")).await;
-    let got = ws_read(&mut ws, 2, Duration::from_secs(10)).await;
     let demo = std::fs::read(&clip).expect("demo clip");
     let (init, _) = split(&demo);
-    assert_eq!(
-        got.binaries.first(),
-        Some(&init.bytes),
-        "the new relay got the same init"
-    );
-    assert!(got.seqs.len() >= 2, "{got:?}");
-    publisher.kill().await.expect("kill publish");
+    for ((name, _), before) in cases.iter().zip(&before) {
+        // Each publisher comes back by itself, starting with the init segment.
+        let after = info_when(&base, name, |i| {
+            i["live"] == true && i["seq"].as_u64().is_some_and(|s| s >= 1)
+        })
+        .await;
+        assert_ne!(
+            before["epoch"], after["epoch"],
+            "{name}: a new relay process life"
+        );
+        assert_eq!(after["init_version"], 1, "{name}");
+        let mut ws = ws_connect(&format!("ws://{base}/live/{name}")).await;
+        let got = ws_read(&mut ws, 2, Duration::from_secs(10)).await;
+        assert_eq!(
+            got.binaries.first(),
+            Some(&init.bytes),
+            "{name}: the new relay got the same init"
+        );
+        assert!(got.seqs.len() >= 2, "{name}: {got:?}");
+    }
     second.shutdown().await;
+    for (name, mut child) in publishers {
+        assert!(
+            child.try_wait().expect("publisher state").is_none(),
+            "{name}: publish kept running through the restart"
+        );
+        child.start_kill().expect("kill publish");
+        let out = child.wait_with_output().await.expect("publish output");
+        let log = String::from_utf8_lossy(&out.stderr);
+        // It failed to connect while the relay was down, backed off, and came back.
+        assert!(
+            log.contains("cannot connect"),
+            "{name}: publish log:\n{log}"
+        );
+        assert!(log.contains("reconnected"), "{name}: publish log:\n{log}");
+    }
 }
 
 #[tokio::test]
