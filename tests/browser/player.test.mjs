@@ -5,7 +5,10 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
 import {
+  relayBin, repoRoot,
   startRelay, restartRelayOnPort, launchBrowser, newPage, stats, appendedSeqs, waitPlaying, watchAdvance,
   waitFor, sleep, median, checkSeqRuns, screenshot, diagnose, tcpProxy,
 } from './lib.mjs';
@@ -50,7 +53,17 @@ describe('player in Chromium', () => {
       await page.goto(`${relay.base}/`);
       await page.waitForSelector('a.card[data-name="demo"]', { timeout: 10000 });
       assert.equal(await page.getAttribute('a.card[data-name="demo"]', 'href'), '/watch/demo');
-      await screenshot(page, 'index');
+      // It updates itself: a stream that starts now appears without a reload.
+      const pub = spawn(relayBin, ['publish', '--re', '--to', `${relay.base}/publish/newcomer`,
+        path.join(repoRoot, 'tests/fixtures/h264_aac_keyframe.mp4')], { stdio: 'ignore' });
+      try {
+        await page.waitForSelector('a.card[data-name="newcomer"]', { timeout: 10000 });
+        const card = await page.textContent('a.card[data-name="newcomer"]');
+        assert.match(card, /avc1/, `the card shows the codecs: ${card}`);
+        await screenshot(page, 'index');
+      } finally {
+        pub.kill('SIGKILL');
+      }
     });
   });
 
