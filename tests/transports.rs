@@ -510,6 +510,17 @@ async fn polls_report_skips_and_a_missing_after_starts_at_the_newest_keyframe() 
     assert_eq!(h["x-relaycast-next"], last.to_string().as_str());
     assert_eq!(h["x-relaycast-live"], "1");
 
+    // Caught up, a long poll holds the request until its `timeout` and then
+    // answers empty, keeping `next`.
+    let (s, h, body) = get(&format!(
+        "http://{base}/live/sk/poll?timeout=0.3&after={last}"
+    ))
+    .await;
+    assert_eq!(s, 200);
+    assert!(body.is_empty());
+    assert_eq!(h["x-relaycast-next"], last.to_string().as_str());
+    assert!(!h.contains_key("x-relaycast-end"));
+
     // `after` names the epoch it came from: honoured in that epoch; from
     // another life of the stream (a relay restart) it is ignored, and the
     // viewer starts afresh at the newest keyframe, with no skip.

@@ -83,7 +83,10 @@ describe('player in Chromium', () => {
         console.log(`# ${transport}: delay ${Math.round(delay * 1000)} ms (median of the last 2 s; player p50 ${Math.round(last.delayP50 * 1000)} ms, p90 ${Math.round(last.delayP90 * 1000)} ms), ` +
           `buffer ${Math.round(last.bufferAhead * 1000)} ms, target ${Math.round(last.targetAhead * 1000)} ms, currentTime +${advanced.toFixed(2)} s, ` +
           `frames ${last.decodedFrames} (${last.droppedFrames} dropped), appended ${last.appended}, stalls ${last.stalls}, skips ${last.skips}`);
-        assert.ok(delay !== null && delay < 3, `delay ${delay}`);
+        // The goal is < 0.5 s on the push transports (measured ~0.3 s, see
+        // docs/player.md); the bound leaves room for a loaded CI machine.
+        const bound = ['ws', 'stream'].includes(transport) ? 1.5 : 3;
+        assert.ok(delay !== null && delay < bound, `delay ${delay} (bound ${bound} s)`);
         await screenshot(page, `watch-${transport}`);
       });
     });
