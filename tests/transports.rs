@@ -740,7 +740,8 @@ fn relaycast_bin() -> tokio::process::Command {
 }
 
 #[tokio::test]
-async fn relaycast_publish_to_http_ws_and_tcp_reaches_relaycast_watch_byte_identical() {
+async fn relaycast_publish_file_or_stdin_to_http_ws_and_tcp_reaches_relaycast_watch_byte_identical()
+{
     let mut cfg = config();
     cfg.fanout.grace = Duration::from_millis(500);
     cfg.ingest.tcp.push(TcpIngest {
@@ -773,6 +774,12 @@ async fn relaycast_publish_to_http_ws_and_tcp_reaches_relaycast_watch_byte_ident
             format!("tcp://{tcp_addr}"),
             format!("http://{base}/live/clitcp.mp4?wait=20"),
         ),
+        // `-`: the clip on stdin.
+        (
+            "clistdin",
+            format!("ws://{base}/publish/clistdin"),
+            format!("ws://{base}/live/clistdin?wait=20"),
+        ),
     ];
     // Viewers first (they wait for the stream), then the publishers, paced
     // at real time so that the viewers are in before the second keyframe.
@@ -790,12 +797,35 @@ async fn relaycast_publish_to_http_ws_and_tcp_reaches_relaycast_watch_byte_ident
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut publishers = Vec::new();
     for (name, to, _) in &cases {
-        let child = relaycast_bin()
-            .args(["publish", "--re", "--to", to, &clip])
+        let stdin = *name == "clistdin";
+        let mut child = relaycast_bin()
+            .args([
+                "publish",
+                "--re",
+                "--to",
+                to,
+                if stdin { "-" } else { &clip },
+            ])
+            .stdin(if stdin {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn relaycast publish");
+        if let Some(mut input) = child.stdin.take() {
+            let bytes = file.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                // In uneven pieces, as a pipe from another program would.
+                for piece in bytes.chunks(7001) {
+                    input.write_all(piece).await.expect("write stdin");
+                }
+                // Dropping `input` closes stdin: the end of the broadcast.
+            });
+        }
         publishers.push((name, child));
     }
     for (name, child) in publishers {
