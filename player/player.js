@@ -86,7 +86,10 @@ export class Player {
       log: (m) => this._log(m),
       ...(o.chooser || {}),
     });
-    video.addEventListener('waiting', () => { if (this.latency.started) this.n.stalls++; });
+    // A stall is playback that had started and then ran dry; the 'waiting'
+    // before the first frame, and the one a seek causes, are not stalls.
+    video.addEventListener('playing', () => { this.hasPlayed = true; });
+    video.addEventListener('waiting', () => { if (this.latency.started && this.hasPlayed && !video.seeking) this.n.stalls++; });
     video.addEventListener('error', () => this._mseError(video.error ? new Error(`media error ${video.error.code}: ${video.error.message}`) : new Error('media error')));
   }
 
