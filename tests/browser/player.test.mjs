@@ -126,6 +126,40 @@ describe('player in Chromium', () => {
     });
   });
 
+  test('falls back after repeated drops, resuming on the next transport without gap or repeat', { timeout: 60000 }, async () => {
+    await withPage(browser, async (page) => {
+      await page.goto(`${relay.base}/watch/demo?debug=1`);
+      const s = await waitFor(async () => {
+        const x = await stats(page);
+        return x && x.transport === 'stream' && x.fallbacks >= 1 && x.appended > 20 && x;
+      }, { timeout: 40000, what: 'a fall back from ws to stream after repeated drops' });
+      const { last } = await watchAdvance(page, 2, 10000);
+      assert.equal(last.transport, 'stream');
+      assert.ok(s.reconnects >= 2, `reconnects ${s.reconnects}`);
+      assertClean(last, 'repeated drops');
+      assert.equal(last.skips, 0);
+      const check = checkSeqRuns(await appendedSeqs(page));
+      assert.deepEqual(check.problems, []);
+      assert.equal(check.runs.length, 1);
+      console.log(`# ws dropped every 15 messages → ${last.transport} after ${s.reconnects} reconnects; seqs ${check.runs[0].first}..${check.runs[0].last} contiguous`);
+    }, {
+      // A "proxy" that passes WebSocket traffic but cuts each connection
+      // after 15 messages (some data, then a drop), again and again.
+      init: (page) => page.routeWebSocket(/\/live\//, (ws) => {
+        const server = ws.connectToServer();
+        let n = 0;
+        server.onMessage((m) => {
+          ws.send(m);
+          if (++n === 15) {
+            ws.close({ code: 1011, reason: 'cut by the test' });
+            server.close();
+          }
+        });
+        ws.onMessage((m) => server.send(m));
+      }),
+    });
+  });
+
   test('falls back past a buffering proxy to long polling', { timeout: 60000 }, async () => {
     const proxy = await tcpProxy(relay.port, { bufferIf: (line) => /\/live\/[^/ ]+\.mp4/.test(line) });
     try {
