@@ -272,6 +272,8 @@ export class Player {
       delayP90: pct(0.9),
       targetAhead: this.latency.target(),
       reconnects: c.reconnects,
+      // HTTP requests of the current polling connection (null on ws/stream).
+      requests: c.current && typeof c.current.loader.requests === 'number' ? c.current.loader.requests : null,
       fallbacks: c.fallbacks,
       upgrades: c.upgrades,
       probes: c.probes,

@@ -76,6 +76,19 @@ describe('player in Chromium', () => {
         const { first, last, samples } = await watchAdvance(page, 3, 12000);
         assert.equal(last.transport, transport);
         assert.ok(last.decodedFrames > 0, `decoded frames: ${last.decodedFrames}`);
+        const types = { transport: 'string', lastSeq: 'number', appended: 'number', gaps: 'number', repeats: 'number', skips: 'number', delay: 'number', reconnects: 'number' };
+        for (const [k, t] of Object.entries(types)) assert.equal(typeof last[k], t, `stats().${k}`);
+        if (transport === 'longpoll') {
+          // A long poll is held until there is a fragment: about one request per batch, no busy loop.
+          const req = last.requests - first.requests;
+          const got = last.appended - first.appended;
+          assert.ok(req <= got + 2, `${req} long-poll requests for ${got} fragments`);
+        }
+        if (transport === 'poll') {
+          const req = last.requests - first.requests;
+          const secs = (last.currentTime - first.currentTime) / last.playbackRate;
+          assert.ok(req <= 12 * secs + 2, `${req} polls in ${secs.toFixed(1)} s (paced at 100-250 ms)`);
+        }
         assertClean(last, transport);
         assert.equal(page.errorsSeen.length, 0, page.errorsSeen.join('\n'));
         const delay = median(samples.slice(-8).map((s) => s.delay));
