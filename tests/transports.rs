@@ -867,6 +867,80 @@ async fn relaycast_publish_file_or_stdin_to_http_ws_and_tcp_reaches_relaycast_wa
     relay.shutdown().await;
 }
 
+#[tokio::test]
+async fn relaycast_publish_passes_its_key_and_stops_when_the_relay_refuses() {
+    let mut cfg = config();
+    cfg.ingest.keys.insert("keyed-http".into(), "k1".into());
+    cfg.ingest.keys.insert("keyed-ws".into(), "k1".into());
+    let relay = relay(cfg).await;
+    let base = format!("127.0.0.1:{}", relay.addr.port());
+    let clip = format!(
+        "{}/tests/fixtures/h264_aac_keyframe.mp4",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let (_, frags) = split(&fixture("h264_aac_keyframe.mp4"));
+    let junk = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(junk.path(), vec![0x42u8; 4096]).expect("write junk");
+    let run = |to: String, key: Option<&str>, file: &std::path::Path| {
+        let mut c = relaycast_bin();
+        c.args(["publish", "--to", &to]);
+        if let Some(k) = key {
+            c.args(["--key", k]);
+        }
+        c.arg(file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        async move {
+            let out = tokio::time::timeout(Duration::from_secs(30), c.output())
+                .await
+                .expect("publish ended within 30 s (it must not retry a refusal forever)")
+                .expect("run publish");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let clip = std::path::Path::new(&clip);
+    for scheme in ["http", "ws"] {
+        let name = format!("keyed-{scheme}");
+        let to = format!("{scheme}://{base}/publish/{name}");
+        // The right key publishes the whole clip.
+        let (ok, log) = run(to.clone(), Some("k1"), clip).await;
+        assert!(ok, "{scheme} with the key: {log}");
+        let info = info_when(&base, &name, |i| i["fragments_in"] == frags.len() as u64).await;
+        assert_eq!(info["init_version"], 1);
+        // A wrong or missing key: refused at once, a clear message, no retrying.
+        for key in [Some("wrong"), None] {
+            let (ok, log) = run(to.clone(), key, clip).await;
+            assert!(!ok, "{scheme} key {key:?} must fail");
+            assert!(log.contains("refused"), "{scheme} key {key:?}: {log}");
+            let why = if scheme == "http" {
+                ["HTTP 403", "HTTP 401"]
+            } else {
+                ["close 1008", "close 1008"]
+            };
+            assert!(
+                why.iter().any(|w| log.contains(w)),
+                "{scheme} key {key:?}: {log}"
+            );
+            assert!(
+                !log.contains("reconnecting"),
+                "{scheme} key {key:?} retried: {log}"
+            );
+        }
+        // Bytes that are not fMP4: refused too.
+        let (ok, log) = run(
+            format!("{scheme}://{base}/publish/junk-{scheme}"),
+            None,
+            junk.path(),
+        )
+        .await;
+        assert!(!ok, "{scheme} junk must fail: {log}");
+    }
+    relay.shutdown().await;
+}
+
 /// The keyframe `k` such that `got` = init + fragments k.. (None if no such k).
 fn join_keyframe(
     got: &[u8],
