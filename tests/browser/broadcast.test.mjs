@@ -54,6 +54,25 @@ describe('browser broadcast', () => {
     }
   });
 
+  test('a refused broadcast stops and says why (the name is already live)', { timeout: 30000 }, async () => {
+    const page = await newPage(browser);
+    try {
+      // `demo` is the relay's own live stream: a second publisher gets 4009.
+      await page.goto(`${relay.base}/broadcast/demo?autostart=1`);
+      await waitFor(async () => (await page.evaluate(() => window.relaycastBroadcast.stats())).state === 'refused',
+        { timeout: 15000, what: 'the page to give up' });
+      const text = await page.textContent('#error');
+      assert.match(text, /refused the broadcast: .*already has a live publisher/, text);
+      const st = await page.evaluate(() => window.relaycastBroadcast.stats());
+      assert.match(st.closeInfo, /^4009/);
+      assert.equal(st.reconnects, 0, 'no retrying');
+      console.log(`# broadcast refused: "${text}"`);
+      await screenshot(page, 'broadcast-refused');
+    } finally {
+      await page.context().close().catch(() => {});
+    }
+  });
+
   // Browsers that cannot record MP4 (Firefox records WebM only) or have no
   // MediaRecorder at all: the page says so at once and offers no Go live.
   const unsupported = {
