@@ -105,6 +105,24 @@ describe('player in Chromium', () => {
     });
   }
 
+  test('measures the delay on the relay\'s clock, whatever the local clock says', { timeout: 60000 }, async () => {
+    await withPage(browser, async (page) => {
+      await page.goto(`${relay.base}/watch/demo?transport=ws&debug=1`);
+      await waitPlaying(page);
+      const { last } = await watchAdvance(page, 2, 10000);
+      // The page's clock is 5 minutes fast: the player estimates the offset
+      // from the relay's stamps, and the delay stays what it is.
+      assert.ok(Math.abs(last.clockOffset + 300000) < 1000, `clock offset ${last.clockOffset} ms`);
+      assert.ok(last.delay > 0 && last.delay < 1.5, `delay ${last.delay}`);
+      console.log(`# local clock +300 s: offset estimated ${last.clockOffset} ms, delay ${Math.round(last.delay * 1000)} ms`);
+    }, {
+      init: (page) => page.addInitScript(() => {
+        const real = Date.now.bind(Date);
+        Date.now = () => real() + 300000;
+      }),
+    });
+  });
+
   test('falls back by itself when WebSocket throws', { timeout: 60000 }, async () => {
     await withPage(browser, async (page) => {
       await page.goto(`${relay.base}/watch/demo?debug=1`);
