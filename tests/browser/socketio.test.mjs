@@ -11,7 +11,7 @@ import WebSocket from 'ws';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startRelay, getJson, sleep, waitFor } from './lib.mjs';
+import { startRelay, getJson, sleep, waitFor, ffmpegPublish } from './lib.mjs';
 
 const N = 15; // fragments to collect
 
@@ -147,6 +147,50 @@ describe('Socket.IO viewers', () => {
       }
     });
   }
+});
+
+describe('Socket.IO polling with large fragments', () => {
+  let relay;
+  let pub;
+  before(async () => {
+    relay = await startRelay({ args: ['--no-demo'] });
+  });
+  after(async () => {
+    await pub?.stopNow();
+    await relay?.stop();
+  });
+
+  test('fragments over 100 KB (socketioxide\'s default polling payload) arrive whole over polling', { timeout: 60000 }, async () => {
+    // 1 s fragments at ~3 Mb/s: each one is a few hundred KB.
+    pub = ffmpegPublish(relay.base, 'big', { fragMs: 1000, extra: ['-b:v', '3M', '-maxrate', '3M', '-bufsize', '1M'] });
+    const ref = wsViewer(relay.base, 'big?wait=20');
+    await ref.opened;
+    const socket = io(relay.base, { reconnection: false, forceNew: true, transports: ['polling'] });
+    const frags = [];
+    try {
+      await new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`got ${frags.length} fragments in 30 s\n${pub.errText}`)), 30000);
+        socket.on('connect', () => socket.emit('watch', { name: 'big', wait: 20 }));
+        socket.on('connect_error', (e) => reject(new Error(`connect_error: ${e.message}`)));
+        socket.on('fragment', (m, b) => {
+          frags.push({ meta: meta(m), bytes: buf(b) });
+          if (frags.length >= 3) { clearTimeout(timer); resolve(); }
+        });
+      });
+      assert.equal(socket.io.engine.transport.name, 'polling');
+      await waitFor(() => frags.every((f) => ref.frags.has(f.meta.seq)), { timeout: 10000, what: 'the WebSocket viewer to have the same seqs' });
+      for (const f of frags) {
+        assert.equal(f.bytes.length, f.meta.size, `fragment ${f.meta.seq} whole`);
+        assert.ok(f.bytes.equals(ref.frags.get(f.meta.seq)), `fragment ${f.meta.seq} equals the WebSocket bytes`);
+      }
+      const biggest = Math.max(...frags.map((f) => f.bytes.length));
+      assert.ok(biggest > 100 * 1024, `the largest fragment is ${biggest} B (want > 100 KB for this test to mean something)`);
+      console.log(`# socket.io polling: fragments of ${frags.map((f) => Math.round(f.bytes.length / 1024)).join(', ')} KB, identical to the WebSocket viewer's`);
+    } finally {
+      socket.close();
+      ref.ws.close();
+    }
+  });
 });
 
 /**
