@@ -181,6 +181,7 @@ async fn websocket_publish_errors_close_with_a_code_and_a_reason() {
     let mut cfg = config();
     cfg.ingest.keys.insert("locked".into(), "s3cret".into());
     cfg.ingest.max_ws_message = 64 << 10;
+    cfg.ingest.max_box_size = 4096;
     let relay = relay(cfg).await;
     let base = format!("127.0.0.1:{}", relay.addr.port());
     let file = fixture("h264_aac_every_frame.mp4");
@@ -210,6 +211,31 @@ async fn websocket_publish_errors_close_with_a_code_and_a_reason() {
     assert!(
         reason.contains("102400 bytes") && reason.contains("65536-byte limit"),
         "too big: {reason:?}"
+    );
+
+    // 1009 too: a box over the limit, even when it comes in small messages.
+    let (big_init, big_frags) = split(&fixture("h264_aac_keyframe.mp4"));
+    let big = big_frags
+        .iter()
+        .find(|f| f.bytes.len() > 8192)
+        .expect("a fragment over 8 KB");
+    let mut ws = ws_connect(&format!("ws://{base}/publish/bigbox")).await;
+    let mut stream = big_init.bytes.to_vec();
+    stream.extend_from_slice(&big.bytes);
+    for piece in stream.chunks(1000) {
+        if ws
+            .send(Message::Binary(Bytes::copy_from_slice(piece)))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (code, reason, _) = publisher_close(&mut ws).await;
+    assert_eq!(code, Some(1009), "box too big: {reason}");
+    assert!(
+        reason.contains("4096-byte limit"),
+        "box too big: {reason:?}"
     );
 
     // 1007: binary that is not fMP4.
