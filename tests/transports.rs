@@ -967,6 +967,59 @@ async fn relaycast_publish_passes_its_key_and_stops_when_the_relay_refuses() {
     relay.shutdown().await;
 }
 
+#[tokio::test]
+async fn serve_tcp_ingest_flags_open_one_port_per_stream() {
+    use tokio::io::AsyncBufReadExt;
+    // The real command line: `serve --tcp-ingest PORT=NAME`, repeated.
+    let mut serve = relaycast_bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-demo"])
+        .args(["--tcp-ingest", "0=one", "--tcp-ingest", "0=two"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn relaycast serve");
+    let mut lines = tokio::io::BufReader::new(serve.stdout.take().expect("stdout")).lines();
+    let (mut http, mut ports) = (None, Vec::new());
+    while http.is_none() || ports.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("serve printed its addresses")
+            .expect("read stdout")
+            .expect("a line");
+        if let Some(a) = line.strip_prefix("relaycast: listening on http://") {
+            http = Some(a.trim_end_matches('/').to_string());
+        } else if let Some(rest) = line.strip_prefix("relaycast: tcp ingest ") {
+            let (name, addr) = rest.split_once(" on ").expect("NAME on ADDR");
+            ports.push((name.to_string(), addr.to_string()));
+        }
+    }
+    let base = http.expect("http address");
+    let clip = format!(
+        "{}/tests/fixtures/h264_aac_keyframe.mp4",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let (_, frags) = split(&fixture("h264_aac_keyframe.mp4"));
+    for (name, addr) in &ports {
+        let out = relaycast_bin()
+            .args(["publish", "--to", &format!("tcp://{addr}"), &clip])
+            .output()
+            .await
+            .expect("run publish");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let info = info_when(&base, name, |i| i["fragments_in"] == frags.len() as u64).await;
+        assert_eq!(info["name"], name.as_str());
+    }
+    assert_eq!(
+        ports.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(),
+        vec!["one", "two"]
+    );
+    serve.kill().await.expect("stop serve");
+}
+
 /// The keyframe `k` such that `got` = init + fragments k.. (None if no such k).
 fn join_keyframe(
     got: &[u8],
