@@ -44,6 +44,8 @@ export class Player {
   /**
    * @param {HTMLVideoElement} video
    * @param {object} o  name, transport (forced id or null), latency (target s or null),
+   *                    relay (the relay's origin, e.g. 'https://relay.example:8080',
+   *                    when the page is served from elsewhere; default: this page's),
    *                    onState(text), onLog(msg), chooser overrides (upgradeAfter…)
    */
   constructor(video, o) {
@@ -77,6 +79,7 @@ export class Player {
     });
     this.chooser = new TransportChooser(this.name, {
       forced: o.transport || null,
+      origin: o.relay || null,
       onEvent: (ev, id) => this._event(ev, id),
       onState: (s) => this._setState(s),
       onFatal: (why) => this._setState(why),

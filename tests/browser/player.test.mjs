@@ -123,6 +123,43 @@ describe('player in Chromium', () => {
     });
   });
 
+  test('plays from a page on another origin (CORS), on every transport', { timeout: 90000 }, async () => {
+    // A page served by another server (another port = another origin) that
+    // imports the player from the relay and points it at the relay.
+    const http = await import('node:http');
+    const page0 = (t) => `<!doctype html><html><body style="margin:0;background:#000">
+<video id="v" muted playsinline style="width:640px"></video>
+<script type="module">
+import { Player } from '${relay.base}/player/player.js';
+const p = new Player(document.getElementById('v'), { name: 'demo', transport: '${t}', relay: '${relay.base}' });
+window.relaycastPlayer = { stats: () => p.stats(), appendedSeqs: () => p.appendedSeqs(), log: () => p.log.slice(), history: () => p.chooser.history.slice() };
+p.start();
+</script></body></html>`;
+    const server = http.createServer((req, res) => {
+      const t = new URL(req.url, 'http://x').searchParams.get('t') || 'ws';
+      res.writeHead(200, { 'content-type': 'text/html' });
+      res.end(page0(t));
+    });
+    server.listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    const other = `http://127.0.0.1:${server.address().port}`;
+    try {
+      for (const t of TRANSPORTS) {
+        await withPage(browser, async (page) => {
+          await page.goto(`${other}/?t=${t}`);
+          await waitPlaying(page);
+          const { last } = await watchAdvance(page, 2, 10000);
+          assert.equal(last.transport, t);
+          assertClean(last, `cross-origin ${t}`);
+          assert.equal(page.errorsSeen.length, 0, page.errorsSeen.join('\n'));
+          console.log(`# from ${other} (another origin) over ${t}: delay ${Math.round(last.delay * 1000)} ms, appended ${last.appended}`);
+        });
+      }
+    } finally {
+      server.close();
+    }
+  });
+
   test('falls back by itself when WebSocket throws', { timeout: 60000 }, async () => {
     await withPage(browser, async (page) => {
       await page.goto(`${relay.base}/watch/demo?debug=1`);
