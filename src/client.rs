@@ -167,13 +167,49 @@ impl Pacer {
     }
 }
 
+/// The relay refused the broadcast for a reason that retrying cannot fix
+/// (a bad key, bytes that are not fMP4, a box or message over its limits):
+/// `publish` stops instead of reconnecting.
+#[derive(Debug, thiserror::Error)]
+#[error("the relay refused the broadcast: {0}")]
+pub struct Refused(pub String);
+
+/// HTTP statuses that retrying cannot fix (409 "already live" can: the relay
+/// may still hold our previous connection).
+fn refused_status(status: u16) -> bool {
+    matches!(status, 400 | 401 | 403 | 413)
+}
+
+/// WebSocket close codes that retrying cannot fix (4009 "already live" and
+/// 1001 "shutting down" can).
+fn refused_close(code: u16) -> bool {
+    matches!(code, 1003 | 1007 | 1008 | 1009)
+}
+
+type WsSink = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    Message,
+>;
+
+/// What a WebSocket publisher hears from the relay: its close frame and its
+/// last text message (the summary).
+#[derive(Debug, Default)]
+struct WsHeard {
+    close: Option<(u16, String)>,
+    summary: String,
+}
+
 /// A connection to a relay that takes stream bytes.
 enum Conn {
     Http {
         tx: mpsc::Sender<Bytes>,
         done: tokio::task::JoinHandle<anyhow::Result<(u16, String)>>,
     },
-    Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
+    Ws {
+        sink: Box<WsSink>,
+        /// Reads the relay's side of the socket; ends with what it heard.
+        reader: tokio::task::JoinHandle<WsHeard>,
+    },
     Tcp(TcpStream),
     Quic(crate::quic::client::PublishSession),
 }
@@ -221,7 +257,27 @@ impl Conn {
                 let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
                     .await
                     .with_context(|| format!("connecting to {url}"))?;
-                Ok(Conn::Ws(Box::new(ws)))
+                let (sink, mut stream) = ws.split();
+                // The relay speaks only to refuse (a close frame with a code and
+                // a reason) and to sum up at the end: listen all along.
+                let reader = tokio::spawn(async move {
+                    let mut heard = WsHeard::default();
+                    while let Some(Ok(m)) = stream.next().await {
+                        match m {
+                            Message::Text(t) => heard.summary = t.to_string(),
+                            Message::Close(f) => {
+                                heard.close = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    heard
+                });
+                Ok(Conn::Ws {
+                    sink: Box::new(sink),
+                    reader,
+                })
             }
             "tcp" => {
                 let host = to.host_str().context("URL without host")?;
@@ -252,6 +308,9 @@ impl Conn {
                 if tx.send(bytes).await.is_err() {
                     // The request ended: the relay answered (an error) or the connection broke.
                     return Err(match done.await {
+                        Ok(Ok((status, body))) if refused_status(status) => {
+                            Refused(format!("HTTP {status}: {}", body.trim())).into()
+                        }
                         Ok(Ok((status, body))) => {
                             anyhow::anyhow!("relay answered {status}: {body}")
                         }
@@ -261,7 +320,31 @@ impl Conn {
                 }
                 Ok(())
             }
-            Conn::Ws(ws) => Ok(ws.send(Message::Binary(bytes)).await?),
+            Conn::Ws { sink, reader } => {
+                let sent = if reader.is_finished() {
+                    Err(anyhow::anyhow!("the relay closed the connection"))
+                } else {
+                    sink.send(Message::Binary(bytes)).await.map_err(Into::into)
+                };
+                let Err(e) = sent else { return Ok(()) };
+                // Why: the relay's close frame, if it sent one.
+                let heard = tokio::time::timeout(Duration::from_secs(1), reader).await;
+                match heard {
+                    Ok(Ok(WsHeard {
+                        close: Some((code, reason)),
+                        ..
+                    })) => {
+                        if refused_close(code) {
+                            Err(Refused(format!("close {code}: {reason}")).into())
+                        } else {
+                            Err(anyhow::anyhow!(
+                                "relay closed the connection: {code} {reason}"
+                            ))
+                        }
+                    }
+                    _ => Err(e),
+                }
+            }
             Conn::Tcp(t) => Ok(t.write_all(&bytes).await?),
             Conn::Quic(q) => Ok(q.send(bytes).await?),
         }
@@ -272,20 +355,27 @@ impl Conn {
             Conn::Http { tx, done } => {
                 drop(tx);
                 let (status, body) = done.await??;
+                if refused_status(status) {
+                    return Err(Refused(format!("HTTP {status}: {}", body.trim())).into());
+                }
                 if status != 200 {
                     bail!("relay answered {status}: {body}");
                 }
                 Ok(body)
             }
-            Conn::Ws(mut ws) => {
-                ws.as_mut().close(None).await.ok();
-                let mut summary = String::new();
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Text(t) = m {
-                        summary = t.to_string();
+            Conn::Ws { mut sink, reader } => {
+                sink.close().await.ok();
+                let heard = tokio::time::timeout(Duration::from_secs(5), reader)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                match heard.close {
+                    Some((code, reason)) if code != 1000 => {
+                        bail!("relay closed the connection: {code} {reason}")
                     }
+                    _ => Ok(heard.summary),
                 }
-                Ok(summary)
             }
             Conn::Tcp(mut t) => {
                 t.shutdown().await.ok();
@@ -334,6 +424,9 @@ pub async fn publish(to: &str, input: Input, opts: PublishOptions) -> anyhow::Re
                         _ => Ok(()),
                     };
                     if let Err(e) = init_first {
+                        if e.downcast_ref::<Refused>().is_some() {
+                            return Err(e.context(format!("publishing to {to}")));
+                        }
                         tracing::warn!(error = %e, "publish: connection failed");
                     } else {
                         if failures > 0 {
@@ -363,6 +456,9 @@ pub async fn publish(to: &str, input: Input, opts: PublishOptions) -> anyhow::Re
         if let Some(c) = conn.as_mut()
             && let Err(e) = c.send(bytes).await
         {
+            if e.downcast_ref::<Refused>().is_some() {
+                return Err(e.context(format!("publishing to {to}")));
+            }
             tracing::warn!(error = %e, "publish: connection lost; reconnecting");
             conn = None;
             failures += 1;
