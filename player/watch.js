@@ -6,6 +6,7 @@
 
 import { Player } from './player.js';
 import { MseAppender } from './mse.js';
+import { livePath } from './ws.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -145,7 +146,7 @@ setInterval(drawHud, 250);
 // ---- facts below the player (from /live/{name}/info) ----
 async function drawFacts() {
   try {
-    const res = await fetch(`/live/${encodeURIComponent(name)}/info`, { cache: 'no-store' });
+    const res = await fetch(livePath(name, '/info'), { cache: 'no-store' });
     if (!res.ok) {
       $('facts').innerHTML = `<div class="fact"><div class="k">stream</div><div class="v">${res.status === 404 ? 'not live yet' : `HTTP ${res.status}`}</div></div>`;
       return;

@@ -16,10 +16,13 @@
 // `bytes` are Uint8Arrays; `recvAt` (performance-independent Date.now() at
 // receipt) is added to every event for the relay-clock estimate.
 
-/** Builds the URL of a watch path, with `after` when resuming. */
+/** Builds the URL of a watch path, with `after` when resuming, and the
+ *  signed-URL `exp`/`sig` of the page URL (docs/security.md) on every one. */
 export function livePath(name, suffix, params) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(params || {})) if (v !== null && v !== undefined) q.set(k, String(v));
+  const page = new URLSearchParams(typeof location === 'object' ? location.search : '');
+  for (const k of ['exp', 'sig']) if (page.has(k) && !q.has(k)) q.set(k, page.get(k));
   const qs = q.toString();
   return `/live/${encodeURIComponent(name)}${suffix}${qs ? `?${qs}` : ''}`;
 }

@@ -225,10 +225,15 @@ impl Conn {
             "tcp" => {
                 let host = to.host_str().context("URL without host")?;
                 let port = to.port().context("tcp:// URL without port")?;
-                let tcp = TcpStream::connect((host, port))
+                let mut tcp = TcpStream::connect((host, port))
                     .await
                     .with_context(|| format!("connecting to {host}:{port}"))?;
                 tcp.set_nodelay(true)?;
+                if let Some(k) = key {
+                    // Raw TCP carries the key as a first line (see ingest::tcp).
+                    use tokio::io::AsyncWriteExt;
+                    tcp.write_all(format!("KEY {k}\n").as_bytes()).await?;
+                }
                 Ok(Conn::Tcp(tcp))
             }
             s => bail!("unsupported scheme {s:?}: use http://, ws:// or tcp://"),

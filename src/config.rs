@@ -28,6 +28,10 @@ pub struct Config {
     pub quic: QuicConfig,
     /// Cascade: origins this relay pulls from.
     pub cascade: CascadeConfig,
+    /// Signed viewer URLs and publish/play callbacks (see `docs/security.md`).
+    pub auth: crate::auth::AuthConfig,
+    /// Limits on streams, viewers, connections, bitrate and slow clients.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// The HTTP side.
@@ -47,6 +51,8 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// With TLS: a plain-HTTP address that redirects every request to https.
+    pub http_redirect: Option<SocketAddr>,
     /// Serve the player from this directory instead of the embedded copy (development).
     pub player_dir: Option<PathBuf>,
 }
@@ -60,6 +66,7 @@ impl Default for ServerConfig {
             cors_origins: vec!["*".into()],
             tls_cert: None,
             tls_key: None,
+            http_redirect: None,
             player_dir: None,
         }
     }
@@ -103,6 +110,11 @@ pub struct TcpIngest {
     pub port: u16,
     /// Stream name fed by this port.
     pub name: String,
+    /// The key this port presents for its publishers (a port the operator
+    /// trusts, e.g. firewalled); without it a publisher may send a first
+    /// line `KEY <key>\n` before the fMP4 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl std::str::FromStr for TcpIngest {
@@ -120,6 +132,7 @@ impl std::str::FromStr for TcpIngest {
         Ok(TcpIngest {
             port,
             name: name.to_string(),
+            key: None,
         })
     }
 }
@@ -136,7 +149,8 @@ pub struct IngestConfig {
     pub tcp: Vec<TcpIngest>,
     /// One publish key for every stream.
     pub publish_key: Option<String>,
-    /// Publish keys per stream name.
+    /// Publish keys per stream name or glob pattern (`team-*`); an exact
+    /// name wins over a pattern, a pattern over `publish_key`.
     pub keys: BTreeMap<String, String>,
     /// A publisher that sends nothing for this long is disconnected.
     #[serde(with = "serde_secs")]
@@ -159,10 +173,7 @@ impl Default for IngestConfig {
 impl IngestConfig {
     /// The key required to publish `name`, if any.
     pub fn key_for(&self, name: &str) -> Option<&str> {
-        self.keys
-            .get(name)
-            .or(self.publish_key.as_ref())
-            .map(String::as_str)
+        crate::auth::lookup(&self.keys, name).or(self.publish_key.as_deref())
     }
 }
 

@@ -41,6 +41,14 @@ pub enum Error {
     /// A configured limit refuses the request (load).
     #[error("over limit: {0}")]
     Limit(String),
+    /// A limit refused or cut off this client; counted by reason (load or client).
+    #[error("refused ({}): {detail}", reason.name())]
+    Refused {
+        /// Which limit.
+        reason: crate::limits::Reason,
+        /// What was over it.
+        detail: String,
+    },
     /// The relay is shutting down.
     #[error("relay shutting down")]
     Shutdown,
@@ -64,6 +72,7 @@ impl Error {
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
             Error::Limit(_) => 503,
+            Error::Refused { reason, .. } => reason.http_status(),
             Error::Shutdown => 503,
             Error::Io(_) => 400,
             Error::Internal(_) => 500,
@@ -81,6 +90,7 @@ impl Error {
             Error::MessageTooBig { .. } => 1009,
             Error::Unauthorized(_) | Error::Forbidden(_) => 1008,
             Error::Limit(_) => 1013,
+            Error::Refused { reason, .. } => reason.ws_close_code(),
             Error::Shutdown => 1001,
             Error::Io(_) => 1002,
             Error::Internal(_) => 1011,

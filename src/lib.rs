@@ -24,22 +24,28 @@
 //!    QUIC and a publisher into its own registry.
 //!
 //! Around them: [`config`] (one `Config`), [`server`] (the axum router, the
-//! listeners and graceful shutdown), [`metrics`] (`/metrics`), [`client`] (the `publish` / `watch`
+//! listeners and graceful shutdown), [`auth`] (publish keys, signed viewer
+//! URLs, callbacks), [`limits`] (what is refused, counted by reason),
+//! [`tls`] (https/wss and certificate reload), [`metrics`] (`/metrics`),
+//! [`logging`], [`client`] (the `publish` / `watch`
 //! command-line clients), [`load`] (the load generator) and [`player`] (the
 //! embedded browser player).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod egress;
 mod error;
 pub mod fanout;
 pub mod ingest;
+pub mod limits;
 pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod player;
 pub mod server;
+pub mod tls;
 
 pub use error::Error;

@@ -28,6 +28,8 @@ enum Command {
     Publish(PublishArgs),
     /// Write a live stream to a file or stdout.
     Watch(WatchArgs),
+    /// Print a signed viewer URL query (`exp=…&sig=…`) for a stream.
+    Sign(SignArgs),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -39,6 +41,41 @@ enum ConfigCommand {
     /// print the effective result as TOML, secrets redacted. Exit code 1
     /// when it is not valid.
     Check(ServeArgs),
+}
+
+#[derive(Args)]
+struct SignArgs {
+    /// The stream name.
+    name: String,
+    /// How long the link is valid: 90s, 30m, 1h, 2d (plain numbers are seconds).
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: std::time::Duration,
+    /// The signing secret (default: the one the config file gives for NAME).
+    #[arg(long, env = "RELAYCAST_SIGN_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// TOML configuration file with `[auth] view_secret` / `view_secrets`.
+    #[arg(long, env = "RELAYCAST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Also print the watch URLs on this relay (e.g. https://relay.example.com).
+    #[arg(long)]
+    base: Option<String>,
+}
+
+fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let mul = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("bad unit in {s:?}: use s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(mul)))
 }
 
 #[derive(Args)]
@@ -97,6 +134,15 @@ struct ServeArgs {
     /// Log format: text or json (log.format in the file).
     #[arg(long, env = "RELAYCAST_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// PEM certificate chain: serve https and wss on the listen port.
+    #[arg(long, env = "RELAYCAST_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "RELAYCAST_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// With TLS: a plain-HTTP address that redirects to https.
+    #[arg(long, env = "RELAYCAST_HTTP_REDIRECT")]
+    http_redirect: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -124,6 +170,15 @@ impl ServeArgs {
         if let Some(d) = &self.player_dir {
             c.server.player_dir = Some(d.clone());
         }
+        if let Some(p) = &self.tls_cert {
+            c.server.tls_cert = Some(p.clone());
+        }
+        if let Some(p) = &self.tls_key {
+            c.server.tls_key = Some(p.clone());
+        }
+        if let Some(a) = self.http_redirect {
+            c.server.http_redirect = Some(a);
+        }
         Ok(c)
     }
 }
@@ -149,6 +204,7 @@ fn main() -> anyhow::Result<()> {
         }
         (Some(Command::Publish(args)), _) => rt.block_on(publish(args)),
         (Some(Command::Watch(args)), _) => rt.block_on(watch(args)),
+        (Some(Command::Sign(args)), _) => sign(args),
     }
 }
 
@@ -164,6 +220,37 @@ fn config_check(args: &ServeArgs) -> anyhow::Result<()> {
         eprintln!("relaycast: config error: {p}");
     }
     anyhow::bail!("{} problem(s) in the configuration", problems.len())
+}
+
+fn sign(args: SignArgs) -> anyhow::Result<()> {
+    if !relaycast::fanout::valid_name(&args.name) {
+        anyhow::bail!("invalid stream name {:?}", args.name);
+    }
+    let secret = match (args.secret, &args.config) {
+        (Some(s), _) => s,
+        (None, Some(p)) => Config::from_file(p)?
+            .auth
+            .view_secret_for(&args.name)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                anyhow::anyhow!("{} has no view secret for {:?}", p.display(), args.name)
+            })?,
+        (None, None) => anyhow::bail!("give --secret (or RELAYCAST_SIGN_SECRET) or --config"),
+    };
+    let q = relaycast::auth::signed_query(&secret, &args.name, args.ttl);
+    println!("{q}");
+    if let Some(base) = args.base {
+        let base = base.trim_end_matches('/');
+        let ws = base
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
+        let n = &args.name;
+        println!("{base}/watch/{n}?{q}");
+        println!("{base}/live/{n}.mp4?{q}");
+        println!("{ws}/live/{n}?{q}");
+        println!("{base}/live/{n}/poll?{q}");
+    }
+    Ok(())
 }
 
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {
@@ -207,7 +294,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         anyhow::bail!("invalid configuration: {}", problems.join("; "));
     }
     let running = relaycast::server::start(config, None).await?;
-    println!("relaycast: listening on http://{}/", running.addr);
+    let scheme = if running.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("relaycast: listening on {scheme}://{}/", running.addr);
+    if let Some(a) = running.redirect_addr {
+        println!("relaycast: redirecting http://{a}/ to https");
+    }
     for (name, addr) in &running.tcp_ingest {
         println!("relaycast: tcp ingest {name} on {addr}");
     }

@@ -35,7 +35,6 @@
 use crate::egress::Transport;
 use crate::fanout::{Registry, StreamStats};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
@@ -320,21 +319,6 @@ impl Totals {
     }
 }
 
-static REFUSED: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
-
-/// Count a refused client (process-wide `relaycast_refused_total{reason}`).
-/// `reason` is a short snake_case label such as `bad_key`, `max_viewers`,
-/// `max_streams`, `per_ip`, `bitrate`, `box_too_large`, `slow_headers`.
-/// Not on a hot path: one short lock per refusal.
-pub fn refused(reason: &'static str) {
-    *REFUSED.lock().entry(reason).or_insert(0) += 1;
-}
-
-/// Refusals so far, by reason.
-pub fn refused_counts() -> BTreeMap<&'static str, u64> {
-    REFUSED.lock().clone()
-}
-
 /// Writes extra families into a scrape; see [`add_collector`].
 pub type Collector = Box<dyn Fn(&Registry, &mut Exposition) + Send + Sync>;
 
@@ -448,10 +432,11 @@ fn secs(us: u64) -> String {
     s.strip_suffix('.').unwrap_or(s).to_string()
 }
 
-/// The whole `/metrics` text for a relay.
-pub fn metrics_text(registry: &Registry) -> String {
+/// The whole `/metrics` text for a relay; `refused` are its refusals by
+/// reason (counted by [`crate::limits`]).
+pub fn metrics_text(registry: &Registry, refused: &crate::limits::Refused) -> String {
     let mut e = Exposition::default();
-    write_totals(registry, &mut e);
+    write_totals(registry, refused, &mut e);
     write_streams(registry, &mut e);
     write_process(&mut e);
     for c in COLLECTORS.lock().iter() {
@@ -460,7 +445,7 @@ pub fn metrics_text(registry: &Registry) -> String {
     e.finish()
 }
 
-fn write_totals(registry: &Registry, e: &mut Exposition) {
+fn write_totals(registry: &Registry, refused: &crate::limits::Refused, e: &mut Exposition) {
     let streams = registry.list();
     let (c, viewers, upstream) = registry.totals().snapshot();
     e.family(
@@ -542,8 +527,8 @@ fn write_totals(registry: &Registry, e: &mut Exposition) {
         Kind::Counter,
         "Clients refused, by reason.",
     );
-    for (reason, n) in refused_counts() {
-        e.sample("relaycast_refused_total", &[("reason", reason)], n);
+    for (reason, n) in refused.snapshot() {
+        e.sample("relaycast_refused_total", &[("reason", reason.name())], n);
     }
     e.family(
         "relaycast_join_seconds",

@@ -30,6 +30,31 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Cancelled on SIGINT/SIGTERM: every long-lived task watches it.
     pub shutdown: CancellationToken,
+    /// Signed viewer URLs and callbacks.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Limits and the refusal counters.
+    pub limits: Arc<crate::limits::Limits>,
+}
+
+/// The client's address (from the accept loop); `None` when the router runs
+/// without one (e.g. `oneshot` in tests).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
 }
 
 impl AppState {
@@ -108,34 +133,37 @@ async fn publish_http(
     State(app): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<PublishQuery>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    ingest::http::serve(app, name, q.key, headers, body).await
+    ingest::http::serve(app, name, q.key, headers, peer, body).await
 }
 
 async fn publish_ws(
     State(app): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<PublishQuery>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
-    ingest::websocket::serve(app, name, q.key, headers, ws).await
+    ingest::websocket::serve(app, name, q.key, headers, peer, ws).await
 }
 
 async fn live(
     State(app): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<WatchQuery>,
+    Peer(peer): Peer,
     req: Request,
 ) -> Response {
     if let Some(base) = name.strip_suffix(".mp4") {
-        return egress::http_stream::serve(app, base.to_string(), q).await;
+        return egress::http_stream::serve(app, base.to_string(), q, peer).await;
     }
     let (mut parts, _) = req.into_parts();
     match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &app).await {
-        Ok(ws) => egress::websocket::serve(app, name, q, ws).await,
+        Ok(ws) => egress::websocket::serve(app, name, q, peer, ws).await,
         Err(_) => error_response(&Error::BadRequest(format!(
             "GET /live/{name} needs Upgrade: websocket; for HTTP streaming use /live/{name}.mp4"
         ))),
@@ -146,23 +174,29 @@ async fn poll(
     State(app): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<WatchQuery>,
+    Peer(peer): Peer,
 ) -> Response {
-    egress::poll::serve(app, name, q).await
+    egress::poll::serve(app, name, q, peer).await
 }
 
 async fn init(
     State(app): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<WatchQuery>,
+    Peer(peer): Peer,
 ) -> Response {
-    egress::poll::init(app, name, q).await
+    egress::poll::init(app, name, q, peer).await
 }
 
 async fn info(
     State(app): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<WatchQuery>,
+    Peer(peer): Peer,
 ) -> Response {
+    if let Err(e) = egress::authorize(&app, &name, q.exp, q.sig.as_deref(), peer).await {
+        return error_response(&e);
+    }
     match app.registry.find(&name, app.wait_for(q.wait)).await {
         Ok(s) => axum::Json(s.info()).into_response(),
         Err(e) => error_response(&e),
@@ -182,7 +216,7 @@ async fn healthz(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    let body = metrics_text(&app.registry);
+    let body = metrics_text(&app.registry, &app.limits.refused);
     (
         [(
             header::CONTENT_TYPE,
@@ -220,6 +254,10 @@ pub struct Running {
     pub tcp_ingest: Vec<(String, SocketAddr)>,
     /// Shared state (registry, config, shutdown token).
     pub state: AppState,
+    /// TLS, when serving https/wss (reload it with [`crate::tls::Tls::reload`]).
+    pub tls: Option<Arc<crate::tls::Tls>>,
+    /// The plain-HTTP redirect port, when configured.
+    pub redirect_addr: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
     http: JoinHandle<std::io::Result<()>>,
 }
@@ -270,17 +308,34 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
             .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.server.listen))?,
     };
     let addr = listener.local_addr()?;
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(c), Some(k)) => Some(Arc::new(crate::tls::Tls::load(c, k)?)),
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
+    };
+    let redirect = match (config.server.http_redirect, &tls) {
+        (Some(a), Some(_)) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| anyhow::anyhow!("listening on {a} (http_redirect): {e}"))?,
+        ),
+        (Some(_), None) => anyhow::bail!("http_redirect needs TLS (tls_cert and tls_key)"),
+        (None, _) => None,
+    };
+    let redirect_addr = redirect.as_ref().map(|l| l.local_addr()).transpose()?;
     let registry = Registry::new(config.fanout.clone());
     let state = AppState {
         registry: registry.clone(),
+        auth: Arc::new(crate::auth::Auth::new(config.auth.clone())),
+        limits: Arc::new(crate::limits::Limits::new(config.limits.clone())),
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
     };
     let mut tasks = Vec::new();
     let mut tcp_ingest = Vec::new();
-    for (l, name) in ingest::tcp::bind(addr.ip(), &state.config.ingest.tcp).await? {
-        tcp_ingest.push((name.clone(), l.local_addr()?));
-        tasks.push(tokio::spawn(ingest::tcp::run(l, name, state.clone())));
+    for (l, port) in ingest::tcp::bind(addr.ip(), &state.config.ingest.tcp).await? {
+        tcp_ingest.push((port.name.clone(), l.local_addr()?));
+        tasks.push(tokio::spawn(ingest::tcp::run(l, port, state.clone())));
     }
     if state.config.server.demo {
         tasks.push(tokio::spawn(ingest::demo::run(
@@ -289,22 +344,195 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
             state.shutdown.clone(),
         )));
     }
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let token = state.shutdown.clone();
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-    });
+    if let Some(tls) = &tls {
+        // Registered here, before `start` returns, so that a SIGHUP sent
+        // right after start reloads rather than kills the process.
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(hup) => tasks.push(tokio::spawn(reload_on_sighup(
+                hup,
+                tls.clone(),
+                state.shutdown.clone(),
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: certificate reload disabled")
+            }
+        }
+    }
+    if let Some(l) = redirect {
+        let router = crate::tls::redirect_router(addr.port());
+        let state = state.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = accept_loop(l, router, None, state).await;
+        }));
+    }
+    let app = router(state.clone());
+    let http = tokio::spawn(accept_loop(listener, app, tls.clone(), state.clone()));
     Ok(Running {
         addr,
         tcp_ingest,
         state,
+        tls,
+        redirect_addr,
         tasks,
         http,
     })
+}
+
+/// Reload the certificate on every SIGHUP until shutdown.
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    tls: Arc<crate::tls::Tls>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            r = hup.recv() => if r.is_none() { return },
+            _ = shutdown.cancelled() => return,
+        }
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
+            }
+        }
+    }
+}
+
+/// Accept connections until shutdown, each served by hyper's HTTP/1 server
+/// (with upgrades for WebSocket) over plain TCP or TLS. Per connection: the
+/// client IP's connection limit, the header read timeout (slowloris; the TLS
+/// handshake has the same bound), and on shutdown a graceful close. Returns
+/// when every connection task ended (upgraded WebSockets run on their own
+/// and watch the shutdown token).
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<Arc<crate::tls::Tls>>,
+    state: AppState,
+) -> std::io::Result<()> {
+    // Every connection task holds a sender; all dropped = all done.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = state.shutdown.cancelled() => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off a little.
+                tracing::warn!(error = %e, "accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(connection(
+            tcp,
+            peer,
+            app.clone(),
+            tls.clone(),
+            state.clone(),
+            done_tx.clone(),
+        ));
+    }
+    drop(listener);
+    drop(done_tx);
+    let _ = done_rx.recv().await;
+    Ok(())
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    tls: Option<Arc<crate::tls::Tls>>,
+    state: AppState,
+    _done: tokio::sync::mpsc::Sender<()>,
+) {
+    let limits = state.limits.clone();
+    let timeout = limits.config().header_read_timeout;
+    let (guard, refusal) = match limits.connection(peer.ip()) {
+        Ok(g) => (Some(g), None),
+        Err(e) => (None, Some(e)),
+    };
+    let Some(tls) = tls else {
+        return serve_io(tcp, guard, refusal, peer, app, state).await;
+    };
+    match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
+        Ok(Ok(io)) => serve_io(io, guard, refusal, peer, app, state).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => {
+            limits.refused.count(crate::limits::Reason::HeaderTimeout);
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
+    }
+}
+
+async fn serve_io<IO>(
+    io: IO,
+    guard: Option<crate::limits::ConnGuard>,
+    refusal: Option<Error>,
+    peer: SocketAddr,
+    app: Router,
+    state: AppState,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let limits = state.limits.clone();
+    let refused = refusal.is_some();
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let app = app.clone();
+        let refusal = refusal.as_ref().map(error_response);
+        async move {
+            match refusal {
+                Some(mut r) => {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    Ok(r)
+                }
+                None => app.oneshot(req).await,
+            }
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.config().header_read_timeout)
+        .keep_alive(!refused);
+    let io = match guard {
+        Some(g) => TokioIo::new(crate::limits::Counted::new(io, g)),
+        None => {
+            // Refused: not counted, answered with the refusal and closed.
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
+            if let Err(e) = conn.await
+                && e.is_timeout()
+            {
+                limits.refused.count(crate::limits::Reason::HeaderTimeout);
+            }
+            return;
+        }
+    };
+    let conn = builder.serve_connection(io, svc).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = state.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            limits.refused.count(crate::limits::Reason::HeaderTimeout);
+            tracing::debug!(%peer, "closed: request headers not in within the timeout");
+        } else {
+            tracing::debug!(%peer, error = %e, "connection error");
+        }
+    }
 }

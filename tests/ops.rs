@@ -128,7 +128,11 @@ async fn metrics_move_with_real_traffic_and_parse_as_prometheus_text() {
     cfg.fanout.grace = Duration::from_millis(300);
     let relay = relay(cfg).await;
     let base = format!("127.0.0.1:{}", relay.addr.port());
-    relaycast::metrics::refused("test_reason");
+    relay
+        .state
+        .limits
+        .refused
+        .count(relaycast::limits::Reason::WrongKey);
 
     // Two viewers waiting for the stream: one WebSocket, one HTTP stream.
     let mut ws = ws_connect(&format!("ws://{base}/live/m1?wait=10")).await;
@@ -185,7 +189,7 @@ async fn metrics_move_with_real_traffic_and_parse_as_prometheus_text() {
         value(&s, "relaycast_stream_bytes_out_total", &[("stream", "m1")]).unwrap_or(0.0) > 0.0
     );
     assert_eq!(
-        value(&s, "relaycast_refused_total", &[("reason", "test_reason")]).map(|v| v >= 1.0),
+        value(&s, "relaycast_refused_total", &[("reason", "wrong_key")]).map(|v| v >= 1.0),
         Some(true)
     );
     assert_eq!(

@@ -14,16 +14,17 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 /// Serve one viewer.
-pub async fn serve(app: AppState, name: String, q: WatchQuery) -> Response {
+pub async fn serve(
+    app: AppState,
+    name: String,
+    q: WatchQuery,
+    peer: Option<std::net::SocketAddr>,
+) -> Response {
     let start = ViewerStart {
         after: q.after,
         transport: Transport::HttpStream,
     };
-    let viewer = match app
-        .registry
-        .subscribe(&name, start, app.wait_for(q.wait))
-        .await
-    {
+    let viewer = match super::admit(&app, &name, &q, start, app.wait_for(q.wait), peer).await {
         Ok(v) => v,
         Err(e) => return crate::server::error_response(&e),
     };

@@ -12,9 +12,52 @@ pub mod poll;
 pub mod socketio;
 pub mod websocket;
 
-use crate::fanout::Event;
+use crate::Error;
+use crate::fanout::{Event, Viewer, ViewerStart};
+use crate::server::AppState;
 use bytes::Bytes;
 use serde::Deserialize;
+use std::net::SocketAddr;
+
+/// Admission of a viewer, the one check every watch path (WebSocket, HTTP
+/// stream, poll, init, info, Socket.IO, QUIC) makes first: a valid name
+/// (400), the signed URL when the stream needs one (403), and the `on_play`
+/// callback (403). Refusals are counted by reason.
+pub async fn authorize(
+    app: &AppState,
+    name: &str,
+    exp: Option<u64>,
+    sig: Option<&str>,
+    peer: Option<SocketAddr>,
+) -> Result<(), Error> {
+    if !crate::fanout::valid_name(name) {
+        return Err(Error::BadName(name.to_string()));
+    }
+    let refused = &app.limits.refused;
+    app.auth.check_signature(refused, name, exp, sig)?;
+    app.auth
+        .callback(refused, crate::auth::Action::Play, name, peer, None)
+        .await
+}
+
+/// [`authorize`], then subscribe (waiting up to `wait` for the stream) and
+/// hold the viewer to the viewer limits (503 / close 1013 when full).
+pub async fn admit(
+    app: &AppState,
+    name: &str,
+    q: &WatchQuery,
+    start: ViewerStart,
+    wait: std::time::Duration,
+    peer: Option<SocketAddr>,
+) -> Result<Viewer, Error> {
+    authorize(app, name, q.exp, q.sig.as_deref(), peer).await?;
+    let viewer = tokio::select! {
+        v = app.registry.subscribe(name, start, wait) => v?,
+        _ = app.shutdown.cancelled() => return Err(Error::Shutdown),
+    };
+    app.limits.check_viewer(&app.registry, viewer.stream())?;
+    Ok(viewer)
+}
 
 /// The viewer transports, for counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -19,7 +19,12 @@ use std::time::Duration;
 const MAX_BODY: usize = 8 << 20;
 
 /// Serve one poll.
-pub async fn serve(app: AppState, name: String, q: WatchQuery) -> Response {
+pub async fn serve(
+    app: AppState,
+    name: String,
+    q: WatchQuery,
+    peer: Option<std::net::SocketAddr>,
+) -> Response {
     let cfg = &app.config.egress;
     let plain = q.wait == Some(0.0);
     let wait_stream = if plain {
@@ -40,7 +45,7 @@ pub async fn serve(app: AppState, name: String, q: WatchQuery) -> Response {
             Transport::LongPoll
         },
     };
-    let mut viewer = match app.registry.subscribe(&name, start, wait_stream).await {
+    let mut viewer = match super::admit(&app, &name, &q, start, wait_stream, peer).await {
         Ok(v) => v,
         Err(e) => return error_response(&e),
     };
@@ -162,7 +167,15 @@ impl Batch {
 }
 
 /// `GET /live/{name}/init.mp4`.
-pub async fn init(app: AppState, name: String, q: WatchQuery) -> Response {
+pub async fn init(
+    app: AppState,
+    name: String,
+    q: WatchQuery,
+    peer: Option<std::net::SocketAddr>,
+) -> Response {
+    if let Err(e) = super::authorize(&app, &name, q.exp, q.sig.as_deref(), peer).await {
+        return error_response(&e);
+    }
     let stream = match app.registry.find(&name, app.wait_for(q.wait)).await {
         Ok(s) => s,
         Err(e) => return error_response(&e),

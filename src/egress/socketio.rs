@@ -28,6 +28,10 @@ struct WatchReq {
     name: String,
     after: Option<u64>,
     wait: Option<f64>,
+    /// Signed URL expiry, as on the HTTP watch paths.
+    exp: Option<u64>,
+    /// Signed URL signature.
+    sig: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -94,10 +98,17 @@ async fn watch(socket: SocketRef, req: WatchReq, app: AppState, token: Cancellat
         after: req.after,
         transport: Transport::SocketIo,
     };
-    let viewer = match app
-        .registry
-        .subscribe(&req.name, start, app.wait_for(req.wait))
-        .await
+    let peer = socket
+        .req_parts()
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    let q = super::WatchQuery {
+        exp: req.exp,
+        sig: req.sig.clone(),
+        ..Default::default()
+    };
+    let viewer = match super::admit(&app, &req.name, &q, start, app.wait_for(req.wait), peer).await
     {
         Ok(v) => v,
         Err(e) => {

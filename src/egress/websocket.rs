@@ -17,7 +17,13 @@ use tracing::Instrument;
 const BATCH: usize = 64;
 
 /// Upgrade and serve one viewer.
-pub async fn serve(app: AppState, name: String, q: WatchQuery, ws: WebSocketUpgrade) -> Response {
+pub async fn serve(
+    app: AppState,
+    name: String,
+    q: WatchQuery,
+    peer: Option<std::net::SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let wait = app.wait_for(q.wait);
     let cfg = &app.config.egress;
     let ws = ws
@@ -32,10 +38,7 @@ pub async fn serve(app: AppState, name: String, q: WatchQuery, ws: WebSocketUpgr
                 after: q.after,
                 transport: Transport::WebSocket,
             };
-            let viewer = tokio::select! {
-                r = app.registry.subscribe(&name, start, wait) => r,
-                _ = app.shutdown.cancelled() => Err(crate::Error::Shutdown),
-            };
+            let viewer = super::admit(&app, &name, &q, start, wait, peer).await;
             match viewer {
                 Ok(viewer) => run(socket, viewer, app).await,
                 Err(e) => {

@@ -2,13 +2,15 @@
 //! for as long as the broadcast lasts (chunked or sized). The relay reads it
 //! incrementally and answers when it ends or fails, with a JSON summary.
 
-use super::{IngestSession, authorize, key_from};
+use super::{admit, key_from};
+use crate::limits::Reason;
 use crate::server::{AppState, error_response};
 use axum::Json;
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use std::net::SocketAddr;
 
 /// Serve one publisher.
 pub async fn serve(
@@ -16,21 +18,16 @@ pub async fn serve(
     name: String,
     key: Option<String>,
     headers: HeaderMap,
+    peer: Option<SocketAddr>,
     body: Body,
 ) -> Response {
     let cfg = &app.config.ingest;
-    if !crate::fanout::valid_name(&name) {
-        return error_response(&crate::Error::BadName(name));
-    }
-    if let Err(e) = authorize(cfg, &name, key_from(key.as_deref(), &headers).as_deref()) {
-        return error_response(&e);
-    }
-    let publisher = match app.registry.publish(&name) {
-        Ok(p) => p,
+    let key = key_from(key.as_deref(), &headers);
+    let mut session = match admit(&app, &name, key.as_deref(), peer).await {
+        Ok(s) => s,
         Err(e) => return error_response(&e),
     };
-    tracing::info!(stream = %name, "HTTP publisher connected");
-    let mut session = IngestSession::new(publisher, cfg);
+    tracing::info!(stream = %name, ?peer, "HTTP publisher connected");
     let mut body = body.into_data_stream();
     let result = loop {
         let next = tokio::select! {
@@ -39,10 +36,10 @@ pub async fn serve(
         };
         match next {
             Err(_) => {
-                break Err(crate::Error::BadRequest(format!(
-                    "no data for {:?}",
-                    cfg.idle_timeout
-                )));
+                break Err(app.limits.refused.refuse(
+                    Reason::PublisherIdle,
+                    format!("no data for {:?}", cfg.idle_timeout),
+                ));
             }
             Ok(None) => break session.finish(),
             Ok(Some(Err(e))) => break Err(crate::Error::BadRequest(format!("body: {e}"))),
@@ -64,7 +61,15 @@ pub async fn serve(
             tracing::warn!(stream = %name, error = %e, "HTTP publisher failed");
             let status =
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, Json(summary)).into_response()
+            let mut r = (status, Json(summary)).into_response();
+            if let Some(v) = crate::server::error_response(&e)
+                .headers()
+                .get(axum::http::header::RETRY_AFTER)
+            {
+                r.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v.clone());
+            }
+            r
         }
     }
 }

@@ -15,11 +15,14 @@ pub mod websocket;
 use crate::Error;
 use crate::config::IngestConfig;
 use crate::fanout::Publisher;
+use crate::limits::{Bucket, Refused};
 use crate::media::{Item, Splitter, SplitterConfig};
+use crate::server::AppState;
 use bytes::Bytes;
 use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
-use subtle::ConstantTimeEq;
 
 /// What a finished publish did (the HTTP publisher's response body).
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +51,10 @@ pub struct IngestSession {
     bytes: u64,
     inits: u64,
     started: Instant,
+    /// The bitrate budget, when limited.
+    bucket: Option<Bucket>,
+    /// Where box-size refusals are counted.
+    refused: Option<Arc<Refused>>,
 }
 
 impl IngestSession {
@@ -62,14 +69,30 @@ impl IngestSession {
             bytes: 0,
             inits: 0,
             started: Instant::now(),
+            bucket: None,
+            refused: None,
         }
     }
 
     /// Push the next bytes of the stream; publishes every complete item.
     pub fn push(&mut self, data: Bytes) -> Result<(), Error> {
         self.bytes += data.len() as u64;
+        if let Some(b) = &mut self.bucket {
+            b.take(data.len())?;
+        }
         self.splitter.push_bytes(data);
-        while let Some(item) = self.splitter.next_item()? {
+        loop {
+            let item = match self.splitter.next_item() {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(e) => {
+                    let e = Error::from(e);
+                    if let Some(r) = &self.refused {
+                        r.note_ingest_error(&e);
+                    }
+                    return Err(e);
+                }
+            };
             match item {
                 Item::Init(init) => {
                     self.inits += 1;
@@ -103,19 +126,44 @@ impl IngestSession {
     }
 }
 
-/// Check a publisher's key for `name`: 401 when one is required and none was
-/// given, 403 when it is wrong. Constant-time comparison.
-pub fn authorize(config: &IngestConfig, name: &str, given: Option<&str>) -> Result<(), Error> {
-    let Some(want) = config.key_for(name) else {
-        return Ok(());
-    };
-    match given {
-        None => Err(Error::Unauthorized(format!(
-            "publishing {name:?} needs a key (?key= or Authorization: Bearer)"
-        ))),
-        Some(k) if bool::from(k.as_bytes().ct_eq(want.as_bytes())) => Ok(()),
-        Some(_) => Err(Error::Forbidden(format!("wrong publish key for {name:?}"))),
+/// Admission of a publisher, the one check every ingest transport (HTTP,
+/// WebSocket, raw TCP, QUIC) makes before it publishes `name`, in this
+/// order: a valid name (400), the publish key (401 missing / 403 wrong,
+/// constant-time), room for a new stream (`max_streams`, 503), and the
+/// `on_publish` callback (403). `key` is what the client presented; `peer`
+/// its address, for the callback. Refusals are counted by reason.
+pub async fn authorize(
+    app: &AppState,
+    name: &str,
+    key: Option<&str>,
+    peer: Option<SocketAddr>,
+) -> Result<(), Error> {
+    if !crate::fanout::valid_name(name) {
+        return Err(Error::BadName(name.to_string()));
     }
+    let refused = &app.limits.refused;
+    crate::auth::check_key(&app.config.ingest, refused, name, key)?;
+    app.limits.check_stream(&app.registry, name)?;
+    app.auth
+        .callback(refused, crate::auth::Action::Publish, name, peer, key)
+        .await
+}
+
+/// [`authorize`], then attach a publisher to `name` and start an
+/// [`IngestSession`] for it with the relay's ingest limits (box size,
+/// bitrate).
+pub async fn admit(
+    app: &AppState,
+    name: &str,
+    key: Option<&str>,
+    peer: Option<SocketAddr>,
+) -> Result<IngestSession, Error> {
+    authorize(app, name, key, peer).await?;
+    let publisher = app.registry.publish(name)?;
+    let mut session = IngestSession::new(publisher, &app.config.ingest);
+    session.bucket = app.limits.ingest_bucket();
+    session.refused = Some(app.limits.refused.clone());
+    Ok(session)
 }
 
 /// The key from `?key=` or `Authorization: Bearer …`.

@@ -3,12 +3,14 @@
 //! socket with a code and a reason: 1008 bad key or name, 1009 too big,
 //! 1003 text instead of binary, 1007 not fMP4, 4009 name already live.
 
-use super::{IngestSession, authorize, key_from};
+use super::{IngestSession, admit, key_from};
 use crate::Error;
+use crate::limits::Reason;
 use crate::server::{AppState, error_response};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use std::net::SocketAddr;
 use tracing::Instrument;
 
 /// Upgrade and serve one publisher.
@@ -17,6 +19,7 @@ pub async fn serve(
     name: String,
     key: Option<String>,
     headers: HeaderMap,
+    peer: Option<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let cfg = app.config.ingest.clone();
@@ -25,15 +28,19 @@ pub async fn serve(
     if !crate::fanout::valid_name(&name) {
         return error_response(&Error::BadName(name));
     }
-    let auth = authorize(&cfg, &name, key_from(key.as_deref(), &headers).as_deref());
+    // Admission (key, limits, callback) happens before the upgrade is
+    // answered; a refusal is told as a close code (1008, 1013) on the
+    // upgraded socket, which every WebSocket client can read.
+    let key = key_from(key.as_deref(), &headers);
+    let admitted = admit(&app, &name, key.as_deref(), peer).await;
     // The upgraded connection runs in a task of its own: carry the session span.
     let span = tracing::Span::current();
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             async move {
-                let r = match auth {
-                    Ok(()) => run(socket, app, name.clone(), cfg).await,
+                let r = match admitted {
+                    Ok(session) => run(socket, app, name.clone(), cfg, session).await,
                     Err(e) => refuse(socket, e).await,
                 };
                 if let Err(e) = r {
@@ -65,13 +72,9 @@ async fn run(
     app: AppState,
     name: String,
     cfg: crate::config::IngestConfig,
+    mut session: IngestSession,
 ) -> Result<(), Error> {
-    let publisher = match app.registry.publish(&name) {
-        Ok(p) => p,
-        Err(e) => return refuse(socket, e).await,
-    };
     tracing::info!(stream = %name, "WebSocket publisher connected");
-    let mut session = IngestSession::new(publisher, &cfg);
     let result = loop {
         let msg = tokio::select! {
             m = tokio::time::timeout(cfg.idle_timeout, socket.recv()) => m,
@@ -79,19 +82,27 @@ async fn run(
         };
         match msg {
             Err(_) => {
-                break Err(Error::BadRequest(format!(
-                    "no data for {:?}",
-                    cfg.idle_timeout
-                )));
+                break Err(app.limits.refused.refuse(
+                    Reason::PublisherIdle,
+                    format!("no data for {:?}", cfg.idle_timeout),
+                ));
             }
             Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break session.finish(),
             Ok(Some(Err(e))) => {
                 let text = e.to_string();
                 if text.contains("too long") || text.contains("too big") {
-                    break Err(Error::MessageTooBig {
-                        size: 0,
+                    // tungstenite says "… Message too long: SIZE > MAX".
+                    let size = text
+                        .rsplit_once("too long: ")
+                        .and_then(|(_, t)| t.split(' ').next())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    let e = Error::MessageTooBig {
+                        size,
                         limit: cfg.max_ws_message,
-                    });
+                    };
+                    app.limits.refused.note_ingest_error(&e);
+                    break Err(e);
                 }
                 break Err(Error::BadRequest(format!("websocket: {text}")));
             }

@@ -1,0 +1,464 @@
+//! `limits`: what the relay refuses to protect itself and everyone else on it.
+//!
+//! Every limit is configurable ([`LimitsConfig`], plus `max_box_size`,
+//! `max_ws_message` and `idle_timeout` in the ingest config) and every refusal
+//! is counted by [`Reason`] in [`Refused`], which the metrics export. A
+//! refused client gets a clear answer — HTTP 429 (this client asks too much)
+//! or 503 (the relay is full) with `Retry-After`, WebSocket close 1013 — and
+//! nothing else on the relay is disturbed.
+//!
+//! The limits enforced here:
+//! - connections per client IP ([`Limits::connection`], held by the
+//!   connection's I/O through [`Counted`], so an upgraded WebSocket keeps
+//!   counting until it closes);
+//! - streams, viewers per stream and viewers in total ([`Limits::check_stream`],
+//!   [`Limits::check_viewer`]);
+//! - ingest bitrate per publisher ([`Bucket`], a token bucket with a burst);
+//! - HTTP request headers must arrive within `header_read_timeout` (slowloris;
+//!   enforced by hyper in the server's accept loop).
+
+use crate::Error;
+use crate::fanout::{Registry, Stream, serde_secs};
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Configured limits. `0` turns a count or rate limit off.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most streams at once (a new name beyond it → 503).
+    pub max_streams: usize,
+    /// Most viewers of one stream (→ 503, WebSocket close 1013).
+    pub max_viewers_per_stream: u64,
+    /// Most viewers of all streams together (→ 503, close 1013).
+    pub max_viewers: u64,
+    /// Most open connections from one client IP, HTTP and raw TCP ingest
+    /// together (→ 429 and the connection closed).
+    pub max_connections_per_ip: usize,
+    /// Most ingest bits per second per publisher, averaged over `ingest_burst`
+    /// (over it → the publisher is disconnected, 429 / close 1013).
+    pub max_ingest_bitrate: u64,
+    /// The burst a publisher may send above `max_ingest_bitrate`, in seconds
+    /// of that rate (a publisher starting with a backlog sends it at once).
+    #[serde(with = "serde_secs")]
+    pub ingest_burst: Duration,
+    /// An HTTP request's headers must arrive within this time, and a TLS
+    /// handshake must finish within it (slowloris).
+    #[serde(with = "serde_secs")]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_streams: 1000,
+            max_viewers_per_stream: 10_000,
+            max_viewers: 50_000,
+            max_connections_per_ip: 200,
+            max_ingest_bitrate: 50_000_000,
+            ingest_burst: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a client was refused or cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum Reason {
+    /// `max_streams` reached.
+    Streams = 0,
+    /// `max_viewers_per_stream` reached.
+    ViewersPerStream,
+    /// `max_viewers` reached.
+    Viewers,
+    /// `max_connections_per_ip` reached.
+    ConnectionsPerIp,
+    /// A publisher over `max_ingest_bitrate`.
+    IngestBitrate,
+    /// A box over `max_box_size`.
+    BoxSize,
+    /// A WebSocket message over `max_ws_message`.
+    WsMessage,
+    /// A publisher silent for `idle_timeout`.
+    PublisherIdle,
+    /// Headers (or the TLS handshake) not in within `header_read_timeout`.
+    HeaderTimeout,
+    /// A publisher without a key where one is needed.
+    MissingKey,
+    /// A publisher with a wrong key.
+    WrongKey,
+    /// A viewer without a valid signed URL where one is needed.
+    BadSignature,
+    /// An `on_publish` / `on_play` callback said no (or failed, with deny as default).
+    CallbackDenied,
+}
+
+impl Reason {
+    /// Number of reasons.
+    pub const COUNT: usize = 13;
+    /// Every reason.
+    pub const ALL: [Reason; Self::COUNT] = [
+        Reason::Streams,
+        Reason::ViewersPerStream,
+        Reason::Viewers,
+        Reason::ConnectionsPerIp,
+        Reason::IngestBitrate,
+        Reason::BoxSize,
+        Reason::WsMessage,
+        Reason::PublisherIdle,
+        Reason::HeaderTimeout,
+        Reason::MissingKey,
+        Reason::WrongKey,
+        Reason::BadSignature,
+        Reason::CallbackDenied,
+    ];
+
+    /// Label for metrics (`reason="…"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Streams => "max_streams",
+            Reason::ViewersPerStream => "max_viewers_per_stream",
+            Reason::Viewers => "max_viewers",
+            Reason::ConnectionsPerIp => "max_connections_per_ip",
+            Reason::IngestBitrate => "max_ingest_bitrate",
+            Reason::BoxSize => "max_box_size",
+            Reason::WsMessage => "max_ws_message",
+            Reason::PublisherIdle => "publisher_idle",
+            Reason::HeaderTimeout => "header_read_timeout",
+            Reason::MissingKey => "missing_key",
+            Reason::WrongKey => "wrong_key",
+            Reason::BadSignature => "bad_signature",
+            Reason::CallbackDenied => "callback_denied",
+        }
+    }
+
+    /// HTTP status of a refusal for this reason: 429 when this client asks
+    /// too much, 503 when the relay is full, 408 for a silent publisher.
+    /// (Key, signature, size and callback refusals have their own error
+    /// variants; these are their counters only.)
+    pub fn http_status(self) -> u16 {
+        match self {
+            Reason::ConnectionsPerIp | Reason::IngestBitrate => 429,
+            Reason::PublisherIdle | Reason::HeaderTimeout => 408,
+            _ => 503,
+        }
+    }
+
+    /// WebSocket close code of a refusal for this reason.
+    pub fn ws_close_code(self) -> u16 {
+        match self {
+            Reason::PublisherIdle | Reason::HeaderTimeout => 1008,
+            _ => 1013,
+        }
+    }
+}
+
+/// Refusals counted by reason (monotonic; the metrics export them).
+#[derive(Debug, Default)]
+pub struct Refused {
+    counts: [AtomicU64; Reason::COUNT],
+}
+
+impl Refused {
+    /// Count one refusal.
+    pub fn count(&self, reason: Reason) {
+        self.counts[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Refusals so far for `reason`.
+    pub fn get(&self, reason: Reason) -> u64 {
+        self.counts[reason as usize].load(Relaxed)
+    }
+
+    /// Every reason with its count.
+    pub fn snapshot(&self) -> Vec<(Reason, u64)> {
+        Reason::ALL.iter().map(|&r| (r, self.get(r))).collect()
+    }
+
+    /// Count `reason` and build the error the client gets.
+    pub fn refuse(&self, reason: Reason, detail: impl Into<String>) -> Error {
+        self.count(reason);
+        Error::Refused {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// Count the refusal an ingest error stands for, if it is one (box or
+    /// message over the limit); other errors are not counted here.
+    pub fn note_ingest_error(&self, e: &Error) {
+        match e {
+            Error::Media(crate::media::MediaError::BoxTooLarge { .. }) => {
+                self.count(Reason::BoxSize)
+            }
+            Error::MessageTooBig { .. } => self.count(Reason::WsMessage),
+            _ => {}
+        }
+    }
+}
+
+/// The relay's limits and refusal counters (one per relay, shared).
+#[derive(Debug)]
+pub struct Limits {
+    config: LimitsConfig,
+    /// Refusals by reason.
+    pub refused: Arc<Refused>,
+    per_ip: Arc<DashMap<IpAddr, usize>>,
+}
+
+impl Limits {
+    /// Limits from configuration.
+    pub fn new(config: LimitsConfig) -> Limits {
+        Limits {
+            config,
+            refused: Arc::new(Refused::default()),
+            per_ip: Arc::new(DashMap::new()),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LimitsConfig {
+        &self.config
+    }
+
+    /// Admit one more connection from `ip`: the guard counts it until dropped.
+    /// Over `max_connections_per_ip` the refusal is counted and `Err` returned.
+    pub fn connection(&self, ip: IpAddr) -> Result<ConnGuard, Error> {
+        let max = self.config.max_connections_per_ip;
+        let mut n = self.per_ip.entry(ip).or_insert(0);
+        if max != 0 && *n >= max {
+            drop(n);
+            return Err(self.refused.refuse(
+                Reason::ConnectionsPerIp,
+                format!("more than {max} connections from {ip}"),
+            ));
+        }
+        *n += 1;
+        Ok(ConnGuard {
+            ip,
+            table: self.per_ip.clone(),
+        })
+    }
+
+    /// Open connections from `ip` now.
+    pub fn connections_from(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ip).map(|n| *n).unwrap_or(0)
+    }
+
+    /// May a publisher start `name`? Refused when it would be a new stream
+    /// beyond `max_streams`.
+    pub fn check_stream(&self, registry: &Registry, name: &str) -> Result<(), Error> {
+        let max = self.config.max_streams;
+        if max != 0 && registry.get(name).is_none() && registry.len() >= max {
+            return Err(self
+                .refused
+                .refuse(Reason::Streams, format!("the relay has {max} streams")));
+        }
+        Ok(())
+    }
+
+    /// May a viewer that just subscribed to `stream` stay? (Its own
+    /// subscription is already counted, so the check is exact under races:
+    /// never more than the limit.)
+    pub fn check_viewer(&self, registry: &Registry, stream: &Stream) -> Result<(), Error> {
+        let per = self.config.max_viewers_per_stream;
+        if per != 0 && stream.viewer_count() > per {
+            return Err(self.refused.refuse(
+                Reason::ViewersPerStream,
+                format!("{:?} has {per} viewers", stream.name()),
+            ));
+        }
+        let max = self.config.max_viewers;
+        if max != 0 {
+            let total: u64 = registry.list().iter().map(|s| s.viewer_count()).sum();
+            if total > max {
+                return Err(self
+                    .refused
+                    .refuse(Reason::Viewers, format!("the relay has {max} viewers")));
+            }
+        }
+        Ok(())
+    }
+
+    /// A token bucket for one publisher, or `None` when bitrate is unlimited.
+    pub fn ingest_bucket(&self) -> Option<Bucket> {
+        let bits = self.config.max_ingest_bitrate;
+        if bits == 0 {
+            return None;
+        }
+        let rate = bits as f64 / 8.0;
+        let burst = (rate * self.config.ingest_burst.as_secs_f64()).max(rate);
+        Some(Bucket {
+            rate,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+            refused: self.refused.clone(),
+        })
+    }
+}
+
+/// Counts one connection from an IP until dropped.
+#[derive(Debug)]
+pub struct ConnGuard {
+    ip: IpAddr,
+    table: Arc<DashMap<IpAddr, usize>>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.table.entry(self.ip) {
+            *e.get_mut() = e.get().saturating_sub(1);
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// A connection's I/O with its [`ConnGuard`]: the connection counts for its
+/// IP for as long as the socket lives, also after a WebSocket upgrade.
+#[derive(Debug)]
+pub struct Counted<IO> {
+    io: IO,
+    _guard: ConnGuard,
+}
+
+impl<IO> Counted<IO> {
+    /// Wrap `io`.
+    pub fn new(io: IO, guard: ConnGuard) -> Self {
+        Counted { io, _guard: guard }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// A publisher's ingest budget: `rate` bytes per second with a `burst`.
+/// The caller passes nothing but byte counts; time is read from the clock
+/// (this is I/O-side code, not the sans-IO splitter).
+#[derive(Debug)]
+pub struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    refused: Arc<Refused>,
+}
+
+impl Bucket {
+    /// Spend `bytes`; `Err` (counted) when the publisher is over its bitrate.
+    pub fn take(&mut self, bytes: usize) -> Result<(), Error> {
+        self.take_at(bytes, Instant::now())
+    }
+
+    /// [`take`](Self::take) at a given instant (for tests).
+    pub fn take_at(&mut self, bytes: usize, now: Instant) -> Result<(), Error> {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst) - bytes as f64;
+        if self.tokens < 0.0 {
+            return Err(self.refused.refuse(
+                Reason::IngestBitrate,
+                format!("ingest over {} bit/s", (self.rate * 8.0).round() as u64),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_guard_counts_and_releases() {
+        let limits = Limits::new(LimitsConfig {
+            max_connections_per_ip: 2,
+            ..LimitsConfig::default()
+        });
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let other: IpAddr = [10, 0, 0, 2].into();
+        let a = limits.connection(ip);
+        let b = limits.connection(ip);
+        assert!(a.is_ok() && b.is_ok());
+        let c = limits.connection(ip);
+        assert!(matches!(
+            c,
+            Err(Error::Refused {
+                reason: Reason::ConnectionsPerIp,
+                ..
+            })
+        ));
+        assert!(limits.connection(other).is_ok(), "other IPs unaffected");
+        drop(a);
+        assert_eq!(limits.connections_from(ip), 1);
+        assert!(limits.connection(ip).is_ok());
+        assert_eq!(limits.refused.get(Reason::ConnectionsPerIp), 1);
+    }
+
+    #[test]
+    fn bucket_allows_the_burst_and_the_rate_but_not_more() {
+        let limits = Limits::new(LimitsConfig {
+            max_ingest_bitrate: 8_000, // 1000 bytes/s
+            ingest_burst: Duration::from_secs(2),
+            ..LimitsConfig::default()
+        });
+        let mut b = limits.ingest_bucket().expect("a bucket");
+        let t0 = b.last;
+        assert!(b.take_at(2000, t0).is_ok(), "the burst");
+        assert!(b.take_at(1000, t0 + Duration::from_secs(1)).is_ok());
+        assert!(b.take_at(10, t0 + Duration::from_secs(1)).is_err());
+        assert_eq!(limits.refused.get(Reason::IngestBitrate), 1);
+        let unlimited = Limits::new(LimitsConfig {
+            max_ingest_bitrate: 0,
+            ..LimitsConfig::default()
+        });
+        assert!(unlimited.ingest_bucket().is_none());
+    }
+}
