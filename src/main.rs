@@ -251,7 +251,15 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let running = relaycast::server::start(config, None).await?;
-    println!("relaycast: listening on http://{}/", running.addr);
+    let scheme = if running.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("relaycast: listening on {scheme}://{}/", running.addr);
+    if let Some(a) = running.redirect_addr {
+        println!("relaycast: redirecting http://{a}/ to https");
+    }
     for (name, addr) in &running.tcp_ingest {
         println!("relaycast: tcp ingest {name} on {addr}");
     }

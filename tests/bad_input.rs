@@ -394,6 +394,10 @@ async fn bad_input_table() {
     assert!(ok, "healthy stream plays before the table");
 
     let baseline = relay.state.limits.connections_from(addr.ip());
+    assert!(
+        baseline >= 2,
+        "the healthy publisher and its upgraded WebSocket viewer count for their IP"
+    );
     for (i, (what, probe, want)) in table.into_iter().enumerate() {
         let got_outcome = run_probe(probe, addr, tcp_port, &base).await;
         assert_eq!(got_outcome, want, "row {i} {what:?}");

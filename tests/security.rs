@@ -536,6 +536,47 @@ async fn sign_command_mints_urls_the_relay_accepts() {
     r.shutdown().await;
 }
 
+#[tokio::test]
+async fn cors_origins_apply_to_every_path() {
+    let mut cfg = config();
+    cfg.server.cors_origins = vec!["https://app.example".into()];
+    let r = relay(cfg).await;
+    let ask = |req: String| async move {
+        let mut s = TcpStream::connect(r.addr).await.expect("connect");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut s, &mut answer)
+            .await
+            .expect("read");
+        answer.to_ascii_lowercase()
+    };
+    for path in ["/healthz", "/live/nope/info", "/api/streams"] {
+        let ok = ask(format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        assert!(
+            ok.contains("access-control-allow-origin: https://app.example"),
+            "{path}: {ok}"
+        );
+        let other = ask(format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        assert!(
+            !other.contains("access-control-allow-origin"),
+            "{path}: {other}"
+        );
+    }
+    let preflight = ask("OPTIONS /publish/cam HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: authorization\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(preflight.starts_with("http/1.1 200"), "{preflight}");
+    assert!(
+        preflight.contains("access-control-allow-origin: https://app.example"),
+        "{preflight}"
+    );
+    r.shutdown().await;
+}
+
 /// PUT a body fed by a channel (a publisher kept open).
 async fn put_from(url: &str, mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> (u16, String) {
     use http_body_util::BodyExt;
