@@ -78,10 +78,25 @@ async fn tls_serves_https_and_wss_and_reloads_on_sighup_without_dropping_viewers
         name: "tlscam".into(),
         key: None,
     });
+    cfg.limits.header_read_timeout = Duration::from_secs(1);
     let relay = relay(cfg).await;
     let addr = relay.addr;
     let trust_a = client(&cert_a);
     assert_eq!(https_get(addr, &trust_a, "/healthz").await, Ok(200));
+
+    // A client that never finishes its TLS handshake is closed (slowloris on TLS).
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(&[0x16, 0x03, 0x01]).await.expect("write");
+    let mut sink = [0u8; 64];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read(&mut idle, &mut sink),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed: {closed:?}"
+    );
 
     // A wss viewer, fed through the raw TCP ingest port.
     let io = tls_connect(addr, &trust_a).await.expect("tls");
