@@ -69,7 +69,7 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Args)]
 struct PublishArgs {
-    /// Where to publish: http://HOST:PORT/publish/NAME, ws://HOST:PORT/publish/NAME or tcp://HOST:PORT.
+    /// Where to publish: http(s)://HOST:PORT/publish/NAME, ws(s)://HOST:PORT/publish/NAME or tcp://HOST:PORT.
     #[arg(long)]
     to: String,
     /// Pace the input at real time by its fragments' decode times.
@@ -90,7 +90,7 @@ struct PublishArgs {
 
 #[derive(Args)]
 struct WatchArgs {
-    /// The stream: http://HOST:PORT/live/NAME.mp4 or ws://HOST:PORT/live/NAME.
+    /// The stream: http(s)://HOST:PORT/live/NAME.mp4 or ws(s)://HOST:PORT/live/NAME.
     url: String,
     /// Output file, or `-` for stdout.
     #[arg(short, long, default_value = "-")]

@@ -158,6 +158,51 @@ async fn tls_serves_https_and_wss_and_reloads_on_sighup_without_dropping_viewers
     got.extend(read_ws(&mut ws, frags.len() - half).await);
     assert_eq!(got, file.to_vec(), "the whole stream, across the reload");
 
+    // The command-line clients speak https and wss, trusting RELAYCAST_CA_FILE.
+    let ca = dir.path().join("cert.pem");
+    // (tokio's Command: the relay runs on this test's runtime meanwhile.)
+    let cli = async |args: &[&str]| {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_relaycast"))
+            .env("RELAYCAST_CA_FILE", &ca)
+            .args(args)
+            .output()
+            .await
+            .expect("run relaycast");
+        assert!(
+            out.status.success(),
+            "relaycast {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let clip = format!(
+        "{}/tests/fixtures/h264_aac_keyframe.mp4",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let port = addr.port();
+    let summary = cli(&[
+        "publish",
+        "--to",
+        &format!("https://localhost:{port}/publish/clicam"),
+        "--max-retries",
+        "1",
+        &clip,
+    ])
+    .await;
+    assert!(
+        String::from_utf8_lossy(&summary).contains("fragments"),
+        "{}",
+        String::from_utf8_lossy(&summary)
+    );
+    let clip_init = split(&fixture("h264_aac_keyframe.mp4")).0.bytes;
+    for url in [
+        format!("https://localhost:{port}/live/clicam.mp4"),
+        format!("wss://localhost:{port}/live/clicam"),
+    ] {
+        let out = cli(&["watch", &url, "--max-bytes", "2000", "-o", "-"]).await;
+        assert!(out.starts_with(&clip_init), "{url}: starts with the init");
+    }
+
     // A reload that fails keeps the current certificate.
     std::fs::write(dir.path().join("key.pem"), "not a key").expect("write");
     assert!(relay.tls.as_ref().expect("tls").reload().is_err());
