@@ -16,6 +16,8 @@ use std::time::Duration;
 pub struct Config {
     /// HTTP listener, demo, shutdown, CORS, TLS.
     pub server: ServerConfig,
+    /// Logging: format and filter.
+    pub log: LogConfig,
     /// Ingest limits, keys and raw TCP ports.
     pub ingest: IngestConfig,
     /// The fan-out core: ring bounds, lag policy, grace period.
@@ -68,6 +70,36 @@ impl Default for ServerConfig {
             player_dir: None,
         }
     }
+}
+
+/// How the relay logs (to stderr).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (human-readable) or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// A `tracing` filter (`RUST_LOG` syntax); `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "relaycast=info,warn".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the span fields (stream, peer).
+    Json,
 }
 
 /// A raw TCP ingest port.
@@ -193,6 +225,19 @@ pub struct CascadeConfig {
     /// How long a pulled stream is kept after its last viewer left.
     #[serde(with = "serde_secs")]
     pub linger: Duration,
+    /// Which origin to ask first for a stream.
+    pub pick: OriginPick,
+}
+
+/// How an edge chooses among its origins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OriginPick {
+    /// In the configured order (the first is the primary).
+    #[default]
+    Ordered,
+    /// Starting at a stable hash of the stream name (spreads streams over origins).
+    Hash,
 }
 
 impl Default for CascadeConfig {
@@ -200,6 +245,7 @@ impl Default for CascadeConfig {
         Self {
             origins: Vec::new(),
             linger: Duration::from_secs(5),
+            pick: OriginPick::Ordered,
         }
     }
 }
@@ -215,5 +261,176 @@ impl Config {
     /// The effective configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}"))
+    }
+
+    /// The effective configuration as TOML with secrets (publish keys,
+    /// anything named like a secret, token or password) replaced by
+    /// `"<redacted>"`: what `relaycast config check` prints.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut v = match toml::Value::try_from(self) {
+            Ok(v) => v,
+            Err(e) => return format!("# cannot print config: {e}"),
+        };
+        redact(&mut v, false);
+        toml::to_string_pretty(&v).unwrap_or_else(|e| format!("# cannot print config: {e}"))
+    }
+
+    /// Apply `RELAYCAST_<SECTION>__<KEY>[__<SUBKEY>…]=VALUE` overrides (the
+    /// path of a key in the TOML file, upper-case, levels joined by `__`;
+    /// e.g. `RELAYCAST_SERVER__SHUTDOWN_TIMEOUT=10`,
+    /// `RELAYCAST_FANOUT__RING__MAX_BYTES=67108864`). A value is read as a
+    /// TOML value (`true`, `10`, `["a","b"]`) unless the key currently holds
+    /// a string or the value is not valid TOML; then it is a string. Variables
+    /// without `__` (`RELAYCAST_LISTEN`, …) are command-line flags' and are
+    /// ignored here. An unknown key is an error, like in the file.
+    pub fn apply_env<I: IntoIterator<Item = (String, String)>>(
+        &mut self,
+        vars: I,
+    ) -> anyhow::Result<()> {
+        let mut root = toml::Value::try_from(&*self)?;
+        let mut applied = Vec::new();
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix("RELAYCAST_") else {
+                continue;
+            };
+            if !rest.contains("__") {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            if path.iter().any(|p| p.is_empty()) {
+                anyhow::bail!("{name}: empty key in the path");
+            }
+            set_path(&mut root, &path, &value).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            applied.push(name);
+        }
+        if applied.is_empty() {
+            return Ok(());
+        }
+        *self = root
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("environment ({}): {e}", applied.join(", ")))?;
+        Ok(())
+    }
+
+    /// Check what serde cannot: returns every problem found (empty = valid).
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                errs.push("server.tls_cert and server.tls_key go together".to_string())
+            }
+            (Some(c), Some(k)) => {
+                for p in [c, k] {
+                    if let Err(e) = std::fs::metadata(p) {
+                        errs.push(format!("{}: {e}", p.display()));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        if let Some(d) = &self.server.player_dir
+            && !d.is_dir()
+        {
+            errs.push(format!(
+                "server.player_dir {} is not a directory",
+                d.display()
+            ));
+        }
+        if self.server.shutdown_timeout.is_zero() {
+            errs.push("server.shutdown_timeout must be > 0".into());
+        }
+        let mut ports = std::collections::BTreeSet::new();
+        for t in &self.ingest.tcp {
+            if !crate::fanout::valid_name(&t.name) {
+                errs.push(format!("ingest.tcp: bad stream name {:?}", t.name));
+            }
+            if t.port != 0 && !ports.insert(t.port) {
+                errs.push(format!("ingest.tcp: port {} given twice", t.port));
+            }
+            if t.port != 0 && t.port == self.server.listen.port() {
+                errs.push(format!("ingest.tcp: port {} is the HTTP port", t.port));
+            }
+        }
+        for name in self.ingest.keys.keys() {
+            if !crate::fanout::valid_name(name) {
+                errs.push(format!("ingest.keys: bad stream name {name:?}"));
+            }
+        }
+        if self.ingest.max_box_size < 1024 {
+            errs.push("ingest.max_box_size must be at least 1024".into());
+        }
+        if self.ingest.idle_timeout.is_zero() {
+            errs.push("ingest.idle_timeout must be > 0".into());
+        }
+        if self.fanout.ring.max_fragments == 0 || self.fanout.ring.max_bytes == 0 {
+            errs.push("fanout.ring: max_fragments and max_bytes must be > 0".into());
+        }
+        if self.fanout.lag.window.is_zero() {
+            errs.push("fanout.lag.window must be > 0".into());
+        }
+        if self.egress.long_poll_timeout > self.egress.long_poll_max {
+            errs.push("egress.long_poll_timeout is above egress.long_poll_max".into());
+        }
+        for o in &self.cascade.origins {
+            match url::Url::parse(o) {
+                Ok(u) if u.scheme() == "quic" && u.host_str().is_some() && u.port().is_some() => {}
+                _ => errs.push(format!(
+                    "cascade.origins: {o:?} is not quic://HOST:PORT[?fingerprint=HEX]"
+                )),
+            }
+        }
+        errs
+    }
+}
+
+/// Set `path` in a TOML table tree to `raw` (see [`Config::apply_env`]).
+fn set_path(root: &mut toml::Value, path: &[String], raw: &str) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty path")?;
+    let mut cur = root;
+    for p in parents {
+        let table = cur
+            .as_table_mut()
+            .ok_or_else(|| format!("{p}: not a section"))?;
+        cur = table
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    let table = cur
+        .as_table_mut()
+        .ok_or_else(|| format!("{last}: parent is not a section"))?;
+    let as_string = matches!(table.get(last), Some(toml::Value::String(_)));
+    let value = if as_string {
+        toml::Value::String(raw.to_string())
+    } else {
+        match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+            Ok(mut t) => t
+                .remove("v")
+                .unwrap_or_else(|| toml::Value::String(raw.into())),
+            Err(_) => toml::Value::String(raw.to_string()),
+        }
+    };
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Replace secret values in a TOML tree.
+fn redact(v: &mut toml::Value, secret: bool) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                let s = secret
+                    || k == "keys"
+                    || k == "key"
+                    || k == "publish_key"
+                    || k.contains("secret")
+                    || k.contains("token")
+                    || k.contains("password");
+                redact(v, s);
+            }
+        }
+        toml::Value::Array(a) => a.iter_mut().for_each(|v| redact(v, secret)),
+        toml::Value::String(s) if secret => *s = "<redacted>".into(),
+        _ => {}
     }
 }

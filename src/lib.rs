@@ -26,13 +26,15 @@
 //! Around them: [`config`] (one `Config`), [`server`] (the axum router, the
 //! listeners and graceful shutdown), [`auth`] (publish keys, signed viewer
 //! URLs, callbacks), [`limits`] (what is refused, counted by reason),
-//! [`tls`] (https/wss and certificate reload), [`client`] (the `publish` / `watch`
+//! [`tls`] (https/wss and certificate reload), [`metrics`] (`/metrics`),
+//! [`logging`], [`client`] (the `publish` / `watch`
 //! command-line clients), [`load`] (the load generator) and [`player`] (the
 //! embedded browser player).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cascade;
 pub mod client;
 pub mod config;
 pub mod egress;
@@ -40,8 +42,11 @@ mod error;
 pub mod fanout;
 pub mod ingest;
 pub mod limits;
+pub mod logging;
 pub mod media;
+pub mod metrics;
 pub mod player;
+pub mod quic;
 pub mod server;
 pub mod tls;
 

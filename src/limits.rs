@@ -203,19 +203,6 @@ impl Refused {
             _ => {}
         }
     }
-
-    /// Append these counters in Prometheus text format.
-    pub fn write_prometheus(&self, out: &mut String) {
-        use std::fmt::Write;
-        let _ = writeln!(out, "# TYPE relaycast_refused_total counter");
-        for (r, n) in self.snapshot() {
-            let _ = writeln!(
-                out,
-                "relaycast_refused_total{{reason=\"{}\"}} {n}",
-                r.name()
-            );
-        }
-    }
 }
 
 /// The relay's limits and refusal counters (one per relay, shared).

@@ -2,7 +2,7 @@
 //! Thin: parse flags, set up tracing and signals, call the library.
 
 use clap::{Args, Parser, Subcommand};
-use relaycast::config::{Config, TcpIngest};
+use relaycast::config::{Config, LogConfig, LogFormat, TcpIngest};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -30,6 +30,17 @@ enum Command {
     Watch(WatchArgs),
     /// Print a signed viewer URL query (`exp=…&sig=…`) for a stream.
     Sign(SignArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration (file, RELAYCAST_* environment, flags) and
+    /// print the effective result as TOML, secrets redacted. Exit code 1
+    /// when it is not valid.
+    Check(ServeArgs),
 }
 
 #[derive(Args)]
@@ -69,7 +80,8 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Args)]
 struct PublishArgs {
-    /// Where to publish: http(s)://HOST:PORT/publish/NAME, ws(s)://HOST:PORT/publish/NAME or tcp://HOST:PORT.
+    /// Where to publish: http(s)://HOST:PORT/publish/NAME, ws(s)://HOST:PORT/publish/NAME,
+    /// tcp://HOST:PORT or quic://HOST:PORT/NAME[?fingerprint=HEX].
     #[arg(long)]
     to: String,
     /// Pace the input at real time by its fragments' decode times.
@@ -90,8 +102,12 @@ struct PublishArgs {
 
 #[derive(Args)]
 struct WatchArgs {
-    /// The stream: http(s)://HOST:PORT/live/NAME.mp4 or ws(s)://HOST:PORT/live/NAME.
+    /// The stream: http(s)://HOST:PORT/live/NAME.mp4, ws(s)://HOST:PORT/live/NAME
+    /// or quic://HOST:PORT/NAME[?fingerprint=HEX].
     url: String,
+    /// Resume after this seq.
+    #[arg(long)]
+    after: Option<u64>,
     /// Output file, or `-` for stdout.
     #[arg(short, long, default_value = "-")]
     output: PathBuf,
@@ -120,6 +136,9 @@ struct ServeArgs {
     /// Serve the player from this directory instead of the embedded copy.
     #[arg(long, env = "RELAYCAST_PLAYER_DIR")]
     player_dir: Option<PathBuf>,
+    /// Log format: text or json (log.format in the file).
+    #[arg(long, env = "RELAYCAST_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     /// PEM certificate chain: serve https and wss on the listen port.
     #[arg(long, env = "RELAYCAST_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -129,14 +148,26 @@ struct ServeArgs {
     /// With TLS: a plain-HTTP address that redirects to https.
     #[arg(long, env = "RELAYCAST_HTTP_REDIRECT")]
     http_redirect: Option<SocketAddr>,
+    /// QUIC (relaycast/1) UDP address, e.g. 0.0.0.0:4433.
+    #[arg(long, env = "RELAYCAST_QUIC")]
+    quic: Option<SocketAddr>,
+    /// Pull streams on demand from this origin: quic://HOST:PORT[?fingerprint=HEX] (repeatable).
+    #[arg(long = "origin", value_name = "URL")]
+    origins: Vec<String>,
 }
 
 impl ServeArgs {
+    /// The effective configuration: defaults < file < `RELAYCAST_A__B`
+    /// environment < flags (and their own `RELAYCAST_*` variables).
     fn config(&self) -> anyhow::Result<Config> {
         let mut c = match &self.config {
             Some(p) => Config::from_file(p)?,
             None => Config::default(),
         };
+        c.apply_env(std::env::vars())?;
+        if let Some(f) = self.log_format {
+            c.log.format = f;
+        }
         if let Some(l) = self.listen {
             c.server.listen = l;
         }
@@ -159,27 +190,51 @@ impl ServeArgs {
         if let Some(a) = self.http_redirect {
             c.server.http_redirect = Some(a);
         }
+        if let Some(q) = self.quic {
+            c.quic.listen = Some(q);
+        }
+        c.cascade.origins.extend(self.origins.iter().cloned());
         Ok(c)
     }
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "relaycast=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new()?;
-    match cli.command {
-        None => rt.block_on(serve(cli.serve)),
-        Some(Command::Serve(args)) => rt.block_on(serve(args)),
-        Some(Command::Publish(args)) => rt.block_on(publish(args)),
-        Some(Command::Watch(args)) => rt.block_on(watch(args)),
-        Some(Command::Sign(args)) => sign(args),
+    let serve_args = match &cli.command {
+        None => Some(&cli.serve),
+        Some(Command::Serve(a)) => Some(a),
+        _ => None,
+    };
+    let config = serve_args.map(ServeArgs::config).transpose()?;
+    match &config {
+        Some(c) => relaycast::logging::init(&c.log)?,
+        None => relaycast::logging::init(&LogConfig::default())?,
     }
+    let rt = tokio::runtime::Runtime::new()?;
+    match (cli.command, config) {
+        (Some(Command::Config(ConfigCommand::Check(args))), _) => config_check(&args),
+        (None | Some(Command::Serve(_)), config) => {
+            let config = config.ok_or_else(|| anyhow::anyhow!("no configuration"))?;
+            rt.block_on(serve(config))
+        }
+        (Some(Command::Publish(args)), _) => rt.block_on(publish(args)),
+        (Some(Command::Watch(args)), _) => rt.block_on(watch(args)),
+        (Some(Command::Sign(args)), _) => sign(args),
+    }
+}
+
+fn config_check(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    print!("{}", config.to_toml_redacted());
+    let problems = config.validate();
+    if problems.is_empty() {
+        eprintln!("relaycast: configuration OK");
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("relaycast: config error: {p}");
+    }
+    anyhow::bail!("{} problem(s) in the configuration", problems.len())
 }
 
 fn sign(args: SignArgs) -> anyhow::Result<()> {
@@ -239,17 +294,20 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
 async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let written = if args.output.as_os_str() == "-" {
         let mut out = tokio::io::stdout();
-        relaycast::client::watch(&args.url, &mut out, args.max_bytes).await?
+        relaycast::client::watch_after(&args.url, &mut out, args.max_bytes, args.after).await?
     } else {
         let mut out = tokio::fs::File::create(&args.output).await?;
-        relaycast::client::watch(&args.url, &mut out, args.max_bytes).await?
+        relaycast::client::watch_after(&args.url, &mut out, args.max_bytes, args.after).await?
     };
     tracing::info!(bytes = written, "watch: stream ended");
     Ok(())
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let problems = config.validate();
+    if !problems.is_empty() {
+        anyhow::bail!("invalid configuration: {}", problems.join("; "));
+    }
     let running = relaycast::server::start(config, None).await?;
     let scheme = if running.tls.is_some() {
         "https"
@@ -262,6 +320,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     for (name, addr) in &running.tcp_ingest {
         println!("relaycast: tcp ingest {name} on {addr}");
+    }
+    if let Some(q) = &running.quic {
+        println!(
+            "relaycast: QUIC on {} (certificate sha256 {})",
+            q.addr, q.fingerprint
+        );
     }
     tracing::info!(addr = %running.addr, "relay started");
     let token = running.state.shutdown.clone();

@@ -105,6 +105,7 @@ pub fn router(app: AppState) -> Router {
         .route("/watch/{name}", get(watch_page))
         .route("/broadcast/{name}", get(broadcast_page))
         .route("/player/{*file}", get(player_file))
+        .layer(axum::middleware::from_fn(crate::logging::session_span))
         .layer(egress::socketio::layer(app.clone()))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(cors)
@@ -215,90 +216,19 @@ async fn healthz(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    let body = metrics_text_with_limits(&app.registry, &app.limits);
+    let body = metrics_text(&app.registry, &app.limits.refused);
     (
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
         body,
     )
         .into_response()
 }
 
-/// Prometheus text exposition of every stream's counters.
-pub fn metrics_text(registry: &Registry) -> String {
-    use std::fmt::Write;
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut out = String::new();
-    let streams = registry.list();
-    let _ = writeln!(out, "# TYPE relaycast_streams gauge");
-    let _ = writeln!(out, "relaycast_streams {}", streams.len());
-    type Get = fn(&crate::fanout::StreamStats) -> u64;
-    let counters: [(&str, &str, Get); 7] = [
-        ("relaycast_bytes_in_total", "counter", |s| {
-            s.bytes_in.load(Relaxed)
-        }),
-        ("relaycast_fragments_in_total", "counter", |s| {
-            s.fragments_in.load(Relaxed)
-        }),
-        ("relaycast_bytes_out_total", "counter", |s| {
-            s.bytes_out.load(Relaxed)
-        }),
-        ("relaycast_fragments_out_total", "counter", |s| {
-            s.fragments_out.load(Relaxed)
-        }),
-        ("relaycast_skips_total", "counter", |s| {
-            s.skips.load(Relaxed)
-        }),
-        ("relaycast_lag_disconnects_total", "counter", |s| {
-            s.lag_disconnects.load(Relaxed)
-        }),
-        ("relaycast_publishes_total", "counter", |s| {
-            s.publishes.load(Relaxed)
-        }),
-    ];
-    for (metric, kind, get) in counters {
-        let _ = writeln!(out, "# TYPE {metric} {kind}");
-        for s in &streams {
-            let _ = writeln!(
-                out,
-                "{metric}{{stream=\"{}\"}} {}",
-                s.name(),
-                get(s.stats())
-            );
-        }
-    }
-    let _ = writeln!(out, "# TYPE relaycast_viewers gauge");
-    for s in &streams {
-        for t in egress::Transport::ALL {
-            let n = s.stats().viewers[t as usize].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "relaycast_viewers{{stream=\"{}\",transport=\"{}\"}} {n}",
-                s.name(),
-                t.name()
-            );
-        }
-    }
-    let _ = writeln!(out, "# TYPE relaycast_stream_live gauge");
-    for s in &streams {
-        let _ = writeln!(
-            out,
-            "relaycast_stream_live{{stream=\"{}\"}} {}",
-            s.name(),
-            u8::from(s.is_live())
-        );
-    }
-    out
-}
-
-/// [`metrics_text`] plus the refusal counters by reason.
-pub fn metrics_text_with_limits(registry: &Registry, limits: &crate::limits::Limits) -> String {
-    let mut out = metrics_text(registry);
-    limits.refused.write_prometheus(&mut out);
-    out
-}
+/// Prometheus text exposition (see [`crate::metrics`]).
+pub use crate::metrics::metrics_text;
 
 async fn index(State(app): State<AppState>) -> Response {
     crate::player::serve(app.config.server.player_dir.as_deref(), "index.html").await
@@ -322,6 +252,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Raw TCP ingest ports: (stream name, address).
     pub tcp_ingest: Vec<(String, SocketAddr)>,
+    /// The QUIC endpoint's address and certificate fingerprint, when enabled.
+    pub quic: Option<crate::quic::Info>,
     /// Shared state (registry, config, shutdown token).
     pub state: AppState,
     /// TLS, when serving https/wss (reload it with [`crate::tls::Tls::reload`]).
@@ -345,10 +277,20 @@ impl Running {
         self.state.shutdown.cancelled().await;
         let deadline = self.state.config.server.shutdown_timeout;
         let registry = self.state.registry.clone();
+        let sessions = registry.clone();
         let drained = tokio::time::timeout(deadline, async move {
             let _ = self.http.await;
             for t in self.tasks {
                 let _ = t.await;
+            }
+            // Upgraded WebSockets (and other detached sessions) are no longer
+            // hyper's: wait for their viewers and publishers to say goodbye.
+            while sessions
+                .list()
+                .iter()
+                .any(|s| s.viewer_count() > 0 || s.is_live())
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await
@@ -426,11 +368,23 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
             let _ = accept_loop(l, router, None, state).await;
         }));
     }
-    let app = router(state.clone());
+    // QUIC (relaycast/1) and the cascade's edge side: see src/quic, src/cascade.
+    let quic = crate::quic::start(&state, &mut tasks)?;
+    if let Some(edge) = crate::cascade::Edge::new(
+        &state.config.cascade,
+        state.config.ingest.max_box_size,
+        state.shutdown.clone(),
+    )? {
+        registry.set_source(Arc::new(edge));
+    }
+    // The QUIC info route first: the router with its layers (Socket.IO, CORS)
+    // is merged in last so that its fallback, which Socket.IO serves, stays.
+    let app = crate::quic::api_router(quic.clone()).merge(router(state.clone()));
     let http = tokio::spawn(accept_loop(listener, app, tls.clone(), state.clone()));
     Ok(Running {
         addr,
         tcp_ingest,
+        quic,
         state,
         tls,
         redirect_addr,

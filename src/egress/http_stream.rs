@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::time::Instant;
 
 /// Serve one viewer.
 pub async fn serve(
@@ -20,7 +21,7 @@ pub async fn serve(
     peer: Option<std::net::SocketAddr>,
 ) -> Response {
     let start = ViewerStart {
-        after: q.after,
+        after: q.resume_after(&app.registry, &name),
         transport: Transport::HttpStream,
     };
     let viewer = match super::admit(&app, &name, &q, start, app.wait_for(q.wait), peer).await {
@@ -38,7 +39,7 @@ pub async fn serve(
             viewer.resumed(),
             viewer.cursor(),
         );
-        queue.push_back(meta_box(hello.as_bytes()));
+        queue.push_back((meta_box(hello.as_bytes()), None));
     }
     let first_seq = viewer.cursor();
     let state = Body2 {
@@ -69,14 +70,19 @@ struct Body2 {
     viewer: Viewer,
     app: AppState,
     meta: bool,
-    queue: VecDeque<Bytes>,
+    /// Bytes to write, with the arrival time of the fragment they are.
+    queue: VecDeque<(Bytes, Option<Instant>)>,
     done: bool,
 }
 
 impl Body2 {
     async fn next_bytes(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(b) = self.queue.pop_front() {
+            if let Some((b, arrived)) = self.queue.pop_front() {
+                // Handed to hyper, which pulls the body as the socket takes it.
+                if let Some(arrived) = arrived {
+                    self.viewer.wrote(arrived, Instant::now());
+                }
                 return Some(b);
             }
             if self.done {
@@ -103,10 +109,14 @@ impl Body2 {
         }
         if self.meta {
             let (json, _) = event_parts(ev);
-            self.queue.push_back(meta_box(&json));
+            self.queue.push_back((meta_box(&json), None));
         }
         if let Some(p) = payload(ev) {
-            self.queue.push_back(p.clone());
+            let arrived = match ev {
+                Event::Fragment(c) => Some(c.arrived),
+                _ => None,
+            };
+            self.queue.push_back((p.clone(), arrived));
         }
     }
 }

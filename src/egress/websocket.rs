@@ -11,6 +11,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Most events written before a flush.
 const BATCH: usize = 64;
@@ -29,18 +30,23 @@ pub async fn serve(
         .read_buffer_size(cfg.ws_read_buffer)
         .write_buffer_size(cfg.ws_write_buffer)
         .max_message_size(64 << 10);
-    ws.on_upgrade(move |mut socket| async move {
-        let start = ViewerStart {
-            after: q.after,
-            transport: Transport::WebSocket,
-        };
-        let viewer = super::admit(&app, &name, &q, start, wait, peer).await;
-        match viewer {
-            Ok(viewer) => run(socket, viewer, app).await,
-            Err(e) => {
-                let _ = socket.send(close(e.ws_close_code(), &e.to_string())).await;
+    // The upgraded connection runs in a task of its own: carry the session span.
+    let span = tracing::Span::current();
+    ws.on_upgrade(move |mut socket| {
+        async move {
+            let start = ViewerStart {
+                after: q.resume_after(&app.registry, &name),
+                transport: Transport::WebSocket,
+            };
+            let viewer = super::admit(&app, &name, &q, start, wait, peer).await;
+            match viewer {
+                Ok(viewer) => run(socket, viewer, app).await,
+                Err(e) => {
+                    let _ = socket.send(close(e.ws_close_code(), &e.to_string())).await;
+                }
             }
         }
+        .instrument(span)
     })
 }
 
@@ -114,10 +120,14 @@ async fn run(socket: WebSocket, mut viewer: Viewer, app: AppState) {
         if !ok {
             return;
         }
+        viewer.wrote_events(&batch);
         if let Some(r) = end {
             break r;
         }
     };
+    if end == EndReason::Lagging {
+        tracing::info!(skips = viewer.total_skips(), "viewer disconnected: lagging");
+    }
     let (meta, _) = event_parts(&Event::End(end));
     let code = match end {
         EndReason::PublisherGone => 1000,

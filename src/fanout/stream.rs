@@ -34,6 +34,8 @@ pub struct Chunk {
     pub keyframe: bool,
     /// Relay wall clock (Unix ms) when the fragment arrived.
     pub t_ms: u64,
+    /// Relay monotonic clock when the fragment arrived (delivery latency).
+    pub arrived: Instant,
     /// Decode time of the fragment, µs.
     pub dts_us: u64,
     /// Duration of the fragment, µs.
@@ -99,8 +101,17 @@ pub enum Source {
     Local,
     /// Pulled from an origin relay.
     Pulled {
-        /// The origin's URL.
+        /// The origin's URL (the one in use now).
         from: String,
+        /// Health of the upstream subscription: `connecting`, `up` or `down`.
+        upstream: String,
+        /// Round-trip time to the origin in use, ms (0 when unknown).
+        rtt_ms: u64,
+        /// Upstream subscriptions made after the first (reconnects and failovers).
+        failovers: u64,
+        /// The sequence space the seqs belong to (the root stream's epoch,
+        /// changed when a failover had to renumber).
+        seq_space: u64,
     },
 }
 
@@ -146,6 +157,19 @@ pub struct StreamStats {
     pub viewers: [AtomicU64; crate::egress::Transport::COUNT],
     /// Publisher (re)connections.
     pub publishes: AtomicU64,
+    /// Viewer join time: cursor opened to first fragment written.
+    pub join: crate::metrics::Histogram,
+    /// Fragment arrival to written to a viewer.
+    pub delivery: crate::metrics::Histogram,
+    /// Upstream (cascade) state, for `/metrics`.
+    pub upstream: crate::metrics::UpstreamCell,
+}
+
+impl StreamStats {
+    /// Record the stream's upstream (cascade) state.
+    pub fn set_upstream(&self, state: crate::metrics::UpstreamState) {
+        self.upstream.set(state);
+    }
 }
 
 pub(super) struct Inner {
@@ -155,7 +179,7 @@ pub(super) struct Inner {
     config: FanoutConfig,
     state: RwLock<State>,
     tx: watch::Sender<u64>,
-    stats: StreamStats,
+    stats: Arc<StreamStats>,
     registry: Weak<RegistryInner>,
     next_publisher_id: AtomicU64,
 }
@@ -234,6 +258,10 @@ impl Stream {
             .fetch_update(Relaxed, Relaxed, |e| Some(now.max(e + 1)))
             .map(|prev| now.max(prev + 1))
             .unwrap_or(now);
+        let stats = Arc::new(StreamStats::default());
+        if let Some(reg) = registry.upgrade() {
+            reg.totals.track(stats.clone());
+        }
         Stream(Arc::new(Inner {
             name,
             epoch,
@@ -252,7 +280,7 @@ impl Stream {
                 source,
             }),
             tx: watch::channel(0).0,
-            stats: StreamStats::default(),
+            stats,
             registry,
             next_publisher_id: AtomicU64::new(1),
         }))
@@ -296,6 +324,11 @@ impl Stream {
     /// Where the stream comes from.
     pub fn source(&self) -> Source {
         self.0.state.read().source.clone()
+    }
+
+    /// Replace where the stream comes from (a cascade edge reports its upstream's health).
+    pub fn set_source(&self, source: Source) {
+        self.0.state.write().source = source;
     }
 
     /// Seq of the newest fragment, if any.
@@ -430,6 +463,7 @@ impl Stream {
 
     fn push_fragment(&self, id: u64, frag: Fragment, seq: Option<u64>) -> Result<u64, Error> {
         let t_ms = unix_ms();
+        let arrived = Instant::now();
         let len = frag.bytes.len();
         let seq = {
             let mut st = self.0.state.write();
@@ -459,6 +493,7 @@ impl Stream {
                 seq,
                 keyframe: frag.keyframe,
                 t_ms,
+                arrived,
                 dts_us,
                 dur_us: frag.duration_us(),
                 bytes: frag.bytes,
@@ -574,6 +609,10 @@ impl Stream {
             ended: false,
             resumed: false,
             transport: start.transport,
+            metrics: crate::metrics::ViewerMetrics::new(!matches!(
+                start.transport,
+                crate::egress::Transport::Poll | crate::egress::Transport::LongPoll
+            )),
         };
         if let Some(after) = start.after {
             let front = st.ring.front().map_or(st.next_seq, |c| c.seq);
@@ -670,6 +709,7 @@ pub struct Viewer {
     ended: bool,
     resumed: bool,
     transport: crate::egress::Transport,
+    metrics: crate::metrics::ViewerMetrics,
 }
 
 impl Viewer {
@@ -686,6 +726,15 @@ impl Viewer {
     /// The seq of the next fragment this viewer will get.
     pub fn cursor(&self) -> u64 {
         self.cursor
+    }
+
+    /// True when the cursor has fallen out of the ring: the next event is a
+    /// skip (or the lag disconnect). Transports that may block on a slow peer
+    /// check this to abandon a write that is already stale.
+    pub fn fell_behind(&self) -> bool {
+        let st = self.stream.0.state.read();
+        let front = st.ring.front().map_or(st.next_seq, |c| c.seq);
+        self.cursor < front
     }
 
     /// Skips so far.
@@ -830,6 +879,24 @@ impl Viewer {
         let _ = self.rx.changed().await;
     }
 
+    /// The transport wrote a fragment that arrived at `arrived` to the
+    /// viewer's connection at `now`: feeds the join-time (first fragment)
+    /// and delivery-latency histograms. Plain arithmetic on the viewer; the
+    /// stream's atomics are touched once per [`crate::metrics::FLUSH_EVERY`].
+    pub fn wrote(&mut self, arrived: Instant, now: Instant) {
+        self.metrics.wrote(&self.stream.0.stats, arrived, now);
+    }
+
+    /// [`wrote`](Self::wrote) for every fragment among `events`, now.
+    pub fn wrote_events<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) {
+        let now = Instant::now();
+        for ev in events {
+            if let Event::Fragment(c) = ev {
+                self.wrote(c.arrived, now);
+            }
+        }
+    }
+
     /// How long this stream has existed.
     pub fn stream_age(&self) -> Duration {
         self.stream.0.created.elapsed()
@@ -839,6 +906,7 @@ impl Viewer {
 impl Drop for Viewer {
     fn drop(&mut self) {
         self.stream.0.stats.viewers[self.transport as usize].fetch_sub(1, Relaxed);
+        self.metrics.flush(&self.stream.0.stats);
         if let Some(reg) = self.stream.0.registry.upgrade() {
             let _ = reg;
         }

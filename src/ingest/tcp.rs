@@ -18,6 +18,7 @@ use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 /// Longest `KEY …` line accepted.
 const MAX_KEY_LINE: usize = 1024;
@@ -49,6 +50,7 @@ pub async fn run(listener: TcpListener, port: TcpIngest, app: AppState) {
             Ok((sock, peer)) => {
                 let app = app.clone();
                 let name = name.clone();
+                let span = tracing::info_span!("ingest", stream = %name, %peer, transport = "tcp");
                 let port_key = port.key.clone();
                 tokio::spawn(async move {
                     match session(sock, peer, &name, port_key.as_deref(), &app).await {
@@ -59,7 +61,7 @@ pub async fn run(listener: TcpListener, port: TcpIngest, app: AppState) {
                             tracing::warn!(stream = %name, %peer, error = %e, "TCP publisher failed")
                         }
                     }
-                });
+                }.instrument(span));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "tcp ingest accept");

@@ -11,6 +11,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::HeaderMap;
 use axum::response::Response;
 use std::net::SocketAddr;
+use tracing::Instrument;
 
 /// Upgrade and serve one publisher.
 pub async fn serve(
@@ -32,17 +33,32 @@ pub async fn serve(
     // upgraded socket, which every WebSocket client can read.
     let key = key_from(key.as_deref(), &headers);
     let admitted = admit(&app, &name, key.as_deref(), peer).await;
+    // The upgraded connection runs in a task of its own: carry the session span.
+    let span = tracing::Span::current();
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            let r = match admitted {
-                Ok(session) => run(socket, app, name.clone(), cfg, session).await,
-                Err(e) => refuse(socket, e).await,
-            };
-            if let Err(e) = r {
-                tracing::warn!(stream = %name, error = %e, "WebSocket publisher failed");
+        .on_upgrade(move |socket| {
+            async move {
+                let r = match admitted {
+                    Ok(session) => run(socket, app, name.clone(), cfg, session).await,
+                    Err(e) => refuse(socket, e).await,
+                };
+                if let Err(e) = r {
+                    tracing::warn!(stream = %name, error = %e, "WebSocket publisher failed");
+                }
             }
+            .instrument(span)
         })
+}
+
+/// The size in tungstenite's "Message too long: SIZE > MAX" (the frame or
+/// message that went over the limit), when the text carries it.
+fn oversize(text: &str) -> Option<usize> {
+    let (_, rest) = text.split_once("too long: ")?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 async fn refuse(mut socket: WebSocket, e: Error) -> Result<(), Error> {
@@ -85,14 +101,8 @@ async fn run(
             Ok(Some(Err(e))) => {
                 let text = e.to_string();
                 if text.contains("too long") || text.contains("too big") {
-                    // tungstenite says "… Message too long: SIZE > MAX".
-                    let size = text
-                        .rsplit_once("too long: ")
-                        .and_then(|(_, t)| t.split(' ').next())
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(0);
                     let e = Error::MessageTooBig {
-                        size,
+                        size: oversize(&text).unwrap_or(0),
                         limit: cfg.max_ws_message,
                     };
                     app.limits.refused.note_ingest_error(&e);
@@ -137,4 +147,16 @@ async fn run(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn oversize_reads_the_size_from_tungstenite_errors() {
+        assert_eq!(
+            super::oversize("Space limit exceeded: Message too long: 102400 > 65536"),
+            Some(102400)
+        );
+        assert_eq!(super::oversize("connection reset"), None);
+    }
 }

@@ -1,0 +1,806 @@
+//! `metrics`: what `GET /metrics` says, in the Prometheus text format
+//! (version 0.0.4), written by hand from atomics at scrape time.
+//!
+//! Why by hand: every number already lives in an atomic next to the thing it
+//! counts ([`StreamStats`] per stream), so a scrape is a walk over the
+//! streams, and the hot path stays what it was: no lock, no allocation, no
+//! map lookup per fragment per viewer. Histograms are real cumulative
+//! Prometheus histograms (`_bucket{le=…}`, `_sum`, `_count`); a viewer
+//! gathers its delivery latencies in a local [`LocalHistogram`] and folds
+//! them into its stream's shared [`Histogram`] every [`FLUSH_EVERY`]
+//! observations, every second, and when it goes away.
+//!
+//! # Families
+//!
+//! Relay-wide (`relaycast_*`): streams, publishers, viewers by transport,
+//! bytes and fragments in and out, skips, lag disconnects, publishes,
+//! refused clients by reason, join time and delivery latency histograms,
+//! streams by upstream (cascade) state, build info, process memory and file
+//! descriptors. The relay-wide counters never go backwards: when a stream
+//! ends, its counts are folded into the registry's [`Totals`].
+//!
+//! Per stream (`relaycast_stream_*{stream="…"}`): the same counters,
+//! histograms and gauges for each stream that exists now. They restart from
+//! zero when a stream ends and a new one starts under the same name (a
+//! counter reset, which `rate()` handles).
+//!
+//! # Adding a family
+//!
+//! A counter that belongs to a stream goes into [`StreamStats`] and gets a
+//! line in [`write_streams`]. A relay-wide family that has its own state
+//! registers a [`Collector`] with [`add_collector`]; it is called on every
+//! scrape with an [`Exposition`] to write to. Refusals go through
+//! [`refused`].
+
+use crate::egress::Transport;
+use crate::fanout::{Registry, StreamStats};
+use parking_lot::Mutex;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Upper bounds of the histogram buckets, in microseconds (0.5 ms … 30 s).
+/// One set serves both join time (tens of ms to seconds) and delivery
+/// latency (sub-millisecond on a LAN to seconds behind a slow link).
+pub const BUCKETS_US: [u64; 15] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000, 30_000_000,
+];
+const NB: usize = BUCKETS_US.len() + 1;
+
+/// A viewer's local histogram is folded into the shared one after this many
+/// observations (or after [`FLUSH_INTERVAL`]).
+pub const FLUSH_EVERY: u32 = 32;
+/// A viewer's local histogram is folded at least this often while it writes.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+fn bucket_of(us: u64) -> usize {
+    BUCKETS_US.partition_point(|&b| b < us)
+}
+
+/// A shared histogram of durations: one atomic per bucket, plus sum and count.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; NB],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// Record one duration (three relaxed atomic adds).
+    pub fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[bucket_of(us)].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// Add a local histogram's counts.
+    pub fn merge(&self, local: &LocalHistogram) {
+        if local.count == 0 {
+            return;
+        }
+        for (b, &n) in self.buckets.iter().zip(local.buckets.iter()) {
+            if n > 0 {
+                b.fetch_add(u64::from(n), Relaxed);
+            }
+        }
+        self.sum_us.fetch_add(local.sum_us, Relaxed);
+        self.count.fetch_add(u64::from(local.count), Relaxed);
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut s = HistogramSnapshot::default();
+        for (d, b) in s.buckets.iter_mut().zip(self.buckets.iter()) {
+            *d = b.load(Relaxed);
+        }
+        s.sum_us = self.sum_us.load(Relaxed);
+        // The count is the sum of the buckets read, so the exposition is
+        // consistent even when a scrape races an observation.
+        s.count = s.buckets.iter().sum();
+        s
+    }
+}
+
+/// Observations gathered by one viewer before they are folded into its
+/// stream's [`Histogram`] (plain integers: no atomics on the hot path).
+#[derive(Debug, Default, Clone)]
+pub struct LocalHistogram {
+    buckets: [u32; NB],
+    sum_us: u64,
+    count: u32,
+}
+
+impl LocalHistogram {
+    /// Record one duration.
+    pub fn observe(&mut self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[bucket_of(us)] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+        self.count += 1;
+    }
+
+    /// Observations held.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Fold into `into` and start over.
+    pub fn flush(&mut self, into: &Histogram) {
+        into.merge(self);
+        *self = LocalHistogram::default();
+    }
+}
+
+/// A histogram's counts at one moment (buckets not cumulative).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Count per bucket; the last is above the largest bound.
+    pub buckets: [u64; NB],
+    /// Sum of the observations, µs.
+    pub sum_us: u64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl HistogramSnapshot {
+    fn add(&mut self, o: &HistogramSnapshot) {
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets.iter()) {
+            *a += b;
+        }
+        self.sum_us += o.sum_us;
+        self.count += o.count;
+    }
+}
+
+/// Where a stream's data comes from, as far as the cascade is concerned
+/// (stored in [`StreamStats::upstream`]; the cascade sets it with
+/// [`StreamStats::set_upstream`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum UpstreamState {
+    /// Published on this relay: no upstream.
+    None = 0,
+    /// Pulling from an origin: connecting.
+    Connecting = 1,
+    /// Pulling from an origin: receiving.
+    Connected = 2,
+    /// Pulling from an origin: the connection failed; retrying or given up.
+    Failed = 3,
+}
+
+impl UpstreamState {
+    /// Every state.
+    pub const ALL: [UpstreamState; 4] = [
+        UpstreamState::None,
+        UpstreamState::Connecting,
+        UpstreamState::Connected,
+        UpstreamState::Failed,
+    ];
+
+    /// Label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamState::None => "none",
+            UpstreamState::Connecting => "connecting",
+            UpstreamState::Connected => "connected",
+            UpstreamState::Failed => "failed",
+        }
+    }
+
+    fn from_u8(v: u8) -> UpstreamState {
+        match v {
+            1 => UpstreamState::Connecting,
+            2 => UpstreamState::Connected,
+            3 => UpstreamState::Failed,
+            _ => UpstreamState::None,
+        }
+    }
+}
+
+/// The upstream state cell of a stream (an `AtomicU8` that reads as an
+/// [`UpstreamState`]).
+#[derive(Debug, Default)]
+pub struct UpstreamCell(AtomicU8);
+
+impl UpstreamCell {
+    /// Set the state.
+    pub fn set(&self, s: UpstreamState) {
+        self.0.store(s as u8, Relaxed);
+    }
+
+    /// The state now.
+    pub fn get(&self) -> UpstreamState {
+        UpstreamState::from_u8(self.0.load(Relaxed))
+    }
+}
+
+/// The counters of one stream at one moment.
+#[derive(Debug, Default, Clone)]
+struct Counts {
+    bytes_in: u64,
+    fragments_in: u64,
+    bytes_out: u64,
+    fragments_out: u64,
+    skips: u64,
+    lag_disconnects: u64,
+    publishes: u64,
+    join: HistogramSnapshot,
+    delivery: HistogramSnapshot,
+}
+
+impl Counts {
+    fn of(s: &StreamStats) -> Counts {
+        Counts {
+            bytes_in: s.bytes_in.load(Relaxed),
+            fragments_in: s.fragments_in.load(Relaxed),
+            bytes_out: s.bytes_out.load(Relaxed),
+            fragments_out: s.fragments_out.load(Relaxed),
+            skips: s.skips.load(Relaxed),
+            lag_disconnects: s.lag_disconnects.load(Relaxed),
+            publishes: s.publishes.load(Relaxed),
+            join: s.join.snapshot(),
+            delivery: s.delivery.snapshot(),
+        }
+    }
+
+    fn add(&mut self, o: &Counts) {
+        self.bytes_in += o.bytes_in;
+        self.fragments_in += o.fragments_in;
+        self.bytes_out += o.bytes_out;
+        self.fragments_out += o.fragments_out;
+        self.skips += o.skips;
+        self.lag_disconnects += o.lag_disconnects;
+        self.publishes += o.publishes;
+        self.join.add(&o.join);
+        self.delivery.add(&o.delivery);
+    }
+}
+
+/// Relay-wide totals of one registry: the stats of every stream that is
+/// still referenced, plus what the ended ones counted. Streams are tracked
+/// when created; an entry whose stream is gone (only this list holds its
+/// stats) is folded into `retired` on the next creation or scrape, so
+/// relay-wide counters never go backwards.
+#[derive(Debug, Default)]
+pub struct Totals {
+    inner: Mutex<TotalsInner>,
+}
+
+#[derive(Debug, Default)]
+struct TotalsInner {
+    live: Vec<Arc<StreamStats>>,
+    retired: Counts,
+}
+
+impl TotalsInner {
+    fn sweep(&mut self) {
+        let retired = &mut self.retired;
+        self.live.retain(|s| {
+            if Arc::strong_count(s) == 1 {
+                retired.add(&Counts::of(s));
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+impl Totals {
+    /// Track a new stream's stats.
+    pub fn track(&self, stats: Arc<StreamStats>) {
+        let mut t = self.inner.lock();
+        t.sweep();
+        t.live.push(stats);
+    }
+
+    fn snapshot(&self) -> (Counts, [u64; Transport::COUNT], [u64; 4]) {
+        let mut t = self.inner.lock();
+        t.sweep();
+        let mut c = t.retired.clone();
+        let mut viewers = [0; Transport::COUNT];
+        let mut upstream = [0; 4];
+        for s in &t.live {
+            c.add(&Counts::of(s));
+            for (v, a) in viewers.iter_mut().zip(s.viewers.iter()) {
+                *v += a.load(Relaxed);
+            }
+            upstream[s.upstream.get() as usize] += 1;
+        }
+        (c, viewers, upstream)
+    }
+}
+
+/// Writes extra families into a scrape; see [`add_collector`].
+pub type Collector = Box<dyn Fn(&Registry, &mut Exposition) + Send + Sync>;
+
+static COLLECTORS: Mutex<Vec<Collector>> = Mutex::new(Vec::new());
+
+/// Register a function called on every scrape (process-wide) to write more
+/// families, e.g. a QUIC endpoint's connection gauge.
+pub fn add_collector(c: Collector) {
+    COLLECTORS.lock().push(c);
+}
+
+/// Metric kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic (the name should end in `_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// `_bucket`/`_sum`/`_count`.
+    Histogram,
+}
+
+/// A scrape being written: families with `# HELP` / `# TYPE`, then samples.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    /// Start a family. Its samples must follow before the next family.
+    pub fn family(&mut self, name: &str, kind: Kind, help: &str) {
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// One sample of the current family.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.out.push_str(name);
+        self.labels(labels, None);
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    /// One sample of the current family, a float (seconds, ratios).
+    pub fn sample_f64(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        self.labels(labels, None);
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    /// A family with a single unlabelled sample.
+    pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: u64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    /// The samples of one histogram (seconds) of the current family.
+    pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
+        let mut cum = 0;
+        for (i, n) in h.buckets.iter().enumerate() {
+            cum += n;
+            let le = match BUCKETS_US.get(i) {
+                Some(&us) => secs(us),
+                None => "+Inf".to_string(),
+            };
+            let _ = write!(self.out, "{name}_bucket");
+            self.labels(labels, Some(&le));
+            let _ = writeln!(self.out, " {cum}");
+        }
+        let _ = write!(self.out, "{name}_sum");
+        self.labels(labels, None);
+        let _ = writeln!(self.out, " {}", secs(h.sum_us));
+        let _ = write!(self.out, "{name}_count");
+        self.labels(labels, None);
+        let _ = writeln!(self.out, " {}", h.count);
+    }
+
+    fn labels(&mut self, labels: &[(&str, &str)], le: Option<&str>) {
+        if labels.is_empty() && le.is_none() {
+            return;
+        }
+        self.out.push('{');
+        let mut first = true;
+        for (k, v) in labels.iter().copied().chain(le.map(|le| ("le", le))) {
+            if !first {
+                self.out.push(',');
+            }
+            first = false;
+            self.out.push_str(k);
+            self.out.push_str("=\"");
+            for ch in v.chars() {
+                match ch {
+                    '\\' => self.out.push_str("\\\\"),
+                    '"' => self.out.push_str("\\\""),
+                    '\n' => self.out.push_str("\\n"),
+                    c => self.out.push(c),
+                }
+            }
+            self.out.push('"');
+        }
+        self.out.push('}');
+    }
+
+    /// The text written so far.
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// Microseconds as seconds, exactly (`1500` → `0.0015`).
+fn secs(us: u64) -> String {
+    let s = format!("{}.{:06}", us / 1_000_000, us % 1_000_000);
+    let s = s.trim_end_matches('0');
+    s.strip_suffix('.').unwrap_or(s).to_string()
+}
+
+/// The whole `/metrics` text for a relay; `refused` are its refusals by
+/// reason (counted by [`crate::limits`]).
+pub fn metrics_text(registry: &Registry, refused: &crate::limits::Refused) -> String {
+    let mut e = Exposition::default();
+    write_totals(registry, refused, &mut e);
+    write_streams(registry, &mut e);
+    crate::cascade::metrics(&registry.list(), &mut e);
+    write_process(&mut e);
+    for c in COLLECTORS.lock().iter() {
+        c(registry, &mut e);
+    }
+    e.finish()
+}
+
+fn write_totals(registry: &Registry, refused: &crate::limits::Refused, e: &mut Exposition) {
+    let streams = registry.list();
+    let (c, viewers, upstream) = registry.totals().snapshot();
+    e.family(
+        "relaycast_build_info",
+        Kind::Gauge,
+        "Always 1; the version is a label.",
+    );
+    e.sample(
+        "relaycast_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    e.single(
+        "relaycast_streams",
+        Kind::Gauge,
+        "Streams that exist now (live or in their grace period).",
+        streams.len() as u64,
+    );
+    e.single(
+        "relaycast_publishers",
+        Kind::Gauge,
+        "Publishers connected now.",
+        streams.iter().filter(|s| s.is_live()).count() as u64,
+    );
+    e.family(
+        "relaycast_viewers",
+        Kind::Gauge,
+        "Viewers connected now, by transport.",
+    );
+    for t in Transport::ALL {
+        e.sample(
+            "relaycast_viewers",
+            &[("transport", t.name())],
+            viewers[t as usize],
+        );
+    }
+    let counters: [(&str, &str, u64); 7] = [
+        (
+            "relaycast_bytes_in_total",
+            "Fragment bytes received from publishers.",
+            c.bytes_in,
+        ),
+        (
+            "relaycast_fragments_in_total",
+            "Fragments received from publishers.",
+            c.fragments_in,
+        ),
+        (
+            "relaycast_bytes_out_total",
+            "Fragment bytes handed to viewers.",
+            c.bytes_out,
+        ),
+        (
+            "relaycast_fragments_out_total",
+            "Fragments handed to viewers.",
+            c.fragments_out,
+        ),
+        (
+            "relaycast_skips_total",
+            "Times a slow viewer was moved forward to the newest keyframe.",
+            c.skips,
+        ),
+        (
+            "relaycast_lag_disconnects_total",
+            "Viewers disconnected for lagging.",
+            c.lag_disconnects,
+        ),
+        (
+            "relaycast_publishes_total",
+            "Publisher connections accepted.",
+            c.publishes,
+        ),
+    ];
+    for (name, help, v) in counters {
+        e.single(name, Kind::Counter, help, v);
+    }
+    e.family(
+        "relaycast_refused_total",
+        Kind::Counter,
+        "Clients refused, by reason.",
+    );
+    for (reason, n) in refused.snapshot() {
+        e.sample("relaycast_refused_total", &[("reason", reason.name())], n);
+    }
+    e.family(
+        "relaycast_join_seconds",
+        Kind::Histogram,
+        "Viewer connected (cursor opened) to its first fragment written; push transports only.",
+    );
+    e.histogram("relaycast_join_seconds", &[], &c.join);
+    e.family(
+        "relaycast_delivery_seconds",
+        Kind::Histogram,
+        "Fragment arrival at the relay to written to a viewer.",
+    );
+    e.histogram("relaycast_delivery_seconds", &[], &c.delivery);
+    e.family(
+        "relaycast_upstream_streams",
+        Kind::Gauge,
+        "Streams by upstream (cascade) state; none = published here.",
+    );
+    for s in UpstreamState::ALL {
+        e.sample(
+            "relaycast_upstream_streams",
+            &[("state", s.name())],
+            upstream[s as usize],
+        );
+    }
+}
+
+/// The per-stream families.
+fn write_streams(registry: &Registry, e: &mut Exposition) {
+    let streams = registry.list();
+    let counts: Vec<Counts> = streams.iter().map(|s| Counts::of(s.stats())).collect();
+    e.family(
+        "relaycast_stream_live",
+        Kind::Gauge,
+        "1 while the stream has a publisher.",
+    );
+    for s in &streams {
+        e.sample(
+            "relaycast_stream_live",
+            &[("stream", s.name())],
+            u64::from(s.is_live()),
+        );
+    }
+    e.family(
+        "relaycast_stream_viewers",
+        Kind::Gauge,
+        "Viewers of the stream now, by transport.",
+    );
+    for s in &streams {
+        for t in Transport::ALL {
+            e.sample(
+                "relaycast_stream_viewers",
+                &[("stream", s.name()), ("transport", t.name())],
+                s.stats().viewers[t as usize].load(Relaxed),
+            );
+        }
+    }
+    type Get = fn(&Counts) -> u64;
+    let families: [(&str, &str, Get); 7] = [
+        (
+            "relaycast_stream_bytes_in_total",
+            "Fragment bytes received.",
+            |c| c.bytes_in,
+        ),
+        (
+            "relaycast_stream_fragments_in_total",
+            "Fragments received.",
+            |c| c.fragments_in,
+        ),
+        (
+            "relaycast_stream_bytes_out_total",
+            "Fragment bytes handed to viewers.",
+            |c| c.bytes_out,
+        ),
+        (
+            "relaycast_stream_fragments_out_total",
+            "Fragments handed to viewers.",
+            |c| c.fragments_out,
+        ),
+        (
+            "relaycast_stream_skips_total",
+            "Viewer skips to the newest keyframe.",
+            |c| c.skips,
+        ),
+        (
+            "relaycast_stream_lag_disconnects_total",
+            "Viewers disconnected for lagging.",
+            |c| c.lag_disconnects,
+        ),
+        (
+            "relaycast_stream_publishes_total",
+            "Publisher connections.",
+            |c| c.publishes,
+        ),
+    ];
+    for (name, help, get) in families {
+        e.family(name, Kind::Counter, help);
+        for (s, c) in streams.iter().zip(&counts) {
+            e.sample(name, &[("stream", s.name())], get(c));
+        }
+    }
+    e.family(
+        "relaycast_stream_join_seconds",
+        Kind::Histogram,
+        "Viewer join time (cursor opened to first fragment written).",
+    );
+    for (s, c) in streams.iter().zip(&counts) {
+        e.histogram(
+            "relaycast_stream_join_seconds",
+            &[("stream", s.name())],
+            &c.join,
+        );
+    }
+    e.family(
+        "relaycast_stream_delivery_seconds",
+        Kind::Histogram,
+        "Fragment arrival to written to a viewer.",
+    );
+    for (s, c) in streams.iter().zip(&counts) {
+        e.histogram(
+            "relaycast_stream_delivery_seconds",
+            &[("stream", s.name())],
+            &c.delivery,
+        );
+    }
+    e.family(
+        "relaycast_stream_upstream_state",
+        Kind::Gauge,
+        "1 for the stream's current upstream (cascade) state.",
+    );
+    for s in &streams {
+        let cur = s.stats().upstream.get();
+        for st in UpstreamState::ALL {
+            e.sample(
+                "relaycast_stream_upstream_state",
+                &[("stream", s.name()), ("state", st.name())],
+                u64::from(st == cur),
+            );
+        }
+    }
+}
+
+/// `process_resident_memory_bytes` and `process_open_fds` (Linux /proc).
+fn write_process(e: &mut Exposition) {
+    if let Some(rss) = resident_memory_bytes() {
+        e.single(
+            "process_resident_memory_bytes",
+            Kind::Gauge,
+            "Resident memory size in bytes.",
+            rss,
+        );
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        e.single(
+            "process_open_fds",
+            Kind::Gauge,
+            "Open file descriptors.",
+            dir.count() as u64,
+        );
+    }
+}
+
+/// This process's resident set size (Linux), in bytes.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A viewer's metrics: join time once, delivery latency per fragment,
+/// gathered locally and folded into the stream's histograms.
+#[derive(Debug)]
+pub struct ViewerMetrics {
+    opened: Instant,
+    /// Join time still to be recorded (push transports only).
+    joining: bool,
+    local: LocalHistogram,
+    last_flush: Instant,
+}
+
+impl ViewerMetrics {
+    /// A viewer opened now; `push` is false for the polling transports,
+    /// whose every request opens a cursor (their join time is not recorded).
+    pub fn new(push: bool) -> ViewerMetrics {
+        let now = Instant::now();
+        ViewerMetrics {
+            opened: now,
+            joining: push,
+            local: LocalHistogram::default(),
+            last_flush: now,
+        }
+    }
+
+    /// A fragment that arrived at `arrived` was written at `now`.
+    pub fn wrote(&mut self, stats: &StreamStats, arrived: Instant, now: Instant) {
+        if self.joining {
+            self.joining = false;
+            stats
+                .join
+                .observe(now.saturating_duration_since(self.opened));
+        }
+        self.local.observe(now.saturating_duration_since(arrived));
+        if self.local.len() >= FLUSH_EVERY
+            || now.saturating_duration_since(self.last_flush) >= FLUSH_INTERVAL
+        {
+            self.local.flush(&stats.delivery);
+            self.last_flush = now;
+        }
+    }
+
+    /// Fold what is held (when the viewer goes away).
+    pub fn flush(&mut self, stats: &StreamStats) {
+        if !self.local.is_empty() {
+            self.local.flush(&stats.delivery);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_inclusive_upper_bounds() {
+        assert_eq!(bucket_of(0), 0);
+        assert_eq!(bucket_of(500), 0);
+        assert_eq!(bucket_of(501), 1);
+        assert_eq!(bucket_of(30_000_000), 14);
+        assert_eq!(bucket_of(30_000_001), 15);
+    }
+
+    #[test]
+    fn histogram_exposition_is_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        let mut l = LocalHistogram::default();
+        l.observe(Duration::from_secs(40));
+        h.merge(&l);
+        let mut e = Exposition::default();
+        e.family("x_seconds", Kind::Histogram, "test");
+        e.histogram("x_seconds", &[("stream", "a")], &h.snapshot());
+        let text = e.finish();
+        assert!(text.contains("x_seconds_bucket{stream=\"a\",le=\"0.0005\"} 1\n"));
+        assert!(text.contains("x_seconds_bucket{stream=\"a\",le=\"0.005\"} 2\n"));
+        assert!(text.contains("x_seconds_bucket{stream=\"a\",le=\"30\"} 2\n"));
+        assert!(text.contains("x_seconds_bucket{stream=\"a\",le=\"+Inf\"} 3\n"));
+        assert!(text.contains("x_seconds_sum{stream=\"a\"} 40.0033\n"));
+        assert!(text.contains("x_seconds_count{stream=\"a\"} 3\n"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut e = Exposition::default();
+        e.sample("m", &[("k", "a\"b\\c\nd")], 1);
+        assert_eq!(e.finish(), "m{k=\"a\\\"b\\\\c\\nd\"} 1\n");
+    }
+
+    #[test]
+    fn seconds_are_exact() {
+        assert_eq!(secs(500), "0.0005");
+        assert_eq!(secs(1_000_000), "1");
+        assert_eq!(secs(2_500_000), "2.5");
+        assert_eq!(secs(0), "0");
+    }
+}
