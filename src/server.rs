@@ -375,6 +375,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         state.config.ingest.max_box_size,
         state.shutdown.clone(),
     )? {
+        edge.set_auth(state.auth.clone());
         registry.set_source(Arc::new(edge));
     }
     // The QUIC info route first: the router with its layers (Socket.IO, CORS)
