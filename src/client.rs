@@ -186,10 +186,8 @@ fn refused_close(code: u16) -> bool {
     matches!(code, 1003 | 1007 | 1008 | 1009)
 }
 
-type WsSink = futures_util::stream::SplitSink<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-    Message,
->;
+type WsSink =
+    futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStream<Box<dyn Io>>, Message>;
 
 /// What a WebSocket publisher hears from the relay: its close frame and its
 /// last text message (the summary).
@@ -217,13 +215,10 @@ enum Conn {
 impl Conn {
     async fn connect(to: &url::Url, key: Option<&str>) -> anyhow::Result<Conn> {
         match to.scheme() {
-            "http" => {
+            "http" | "https" => {
                 let host = to.host_str().context("URL without host")?;
                 let port = to.port_or_known_default().unwrap_or(80);
-                let tcp = TcpStream::connect((host, port))
-                    .await
-                    .with_context(|| format!("connecting to {host}:{port}"))?;
-                tcp.set_nodelay(true)?;
+                let tcp = dial(to).await?;
                 let (mut sender, conn) =
                     hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
                         .await?;
@@ -249,12 +244,12 @@ impl Conn {
                 });
                 Ok(Conn::Http { tx, done })
             }
-            "ws" => {
+            "ws" | "wss" => {
                 let mut url = to.clone();
                 if let Some(k) = key {
                     url.query_pairs_mut().append_pair("key", k);
                 }
-                let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                let (ws, _) = tokio_tungstenite::client_async(url.as_str(), dial(&url).await?)
                     .await
                     .with_context(|| format!("connecting to {url}"))?;
                 let (sink, mut stream) = ws.split();
@@ -298,7 +293,7 @@ impl Conn {
                 let client = crate::quic::client::Client::new()?;
                 Ok(Conn::Quic(client.publish(&url, key).await?))
             }
-            s => bail!("unsupported scheme {s:?}: use http://, ws://, tcp:// or quic://"),
+            s => bail!("unsupported scheme {s:?}: use http(s)://, ws(s)://, tcp:// or quic://"),
         }
     }
 
@@ -478,7 +473,33 @@ pub async fn publish(to: &str, input: Input, opts: PublishOptions) -> anyhow::Re
     }
 }
 
-/// Write a stream (`http://…/live/NAME.mp4` or `ws://…/live/NAME`) to `out`
+/// A connection to a relay: plain TCP, or TLS for `https://` and `wss://`.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// TCP to the URL's host and port, with TLS for `https://` and `wss://`
+/// (trusting the system's roots and `RELAYCAST_CA_FILE`, see
+/// [`crate::tls::client_connector`]).
+async fn dial(url: &url::Url) -> anyhow::Result<Box<dyn Io>> {
+    let host = url.host_str().context("URL without host")?;
+    let port = url.port_or_known_default().context("URL without port")?;
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .with_context(|| format!("connecting to {host}:{port}"))?;
+    tcp.set_nodelay(true)?;
+    if !matches!(url.scheme(), "https" | "wss") {
+        return Ok(Box::new(tcp));
+    }
+    let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+        .with_context(|| format!("bad TLS server name {host:?}"))?;
+    let tls = crate::tls::client_connector()?
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("TLS with {host}:{port}"))?;
+    Ok(Box::new(tls))
+}
+
+/// Write a stream (`http(s)://…/live/NAME.mp4` or `ws(s)://…/live/NAME`) to `out`
 /// until it ends.
 pub async fn watch(
     from: &str,
@@ -505,8 +526,8 @@ pub async fn watch_after(
     }
     let mut written = 0u64;
     match url.scheme() {
-        "ws" => {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        "ws" | "wss" => {
+            let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), dial(&url).await?)
                 .await
                 .with_context(|| format!("connecting to {url}"))?;
             while let Some(m) = ws.next().await {
@@ -534,10 +555,10 @@ pub async fn watch_after(
                 }
             }
         }
-        "http" => {
+        "http" | "https" => {
             let host = url.host_str().context("URL without host")?;
             let port = url.port_or_known_default().unwrap_or(80);
-            let tcp = TcpStream::connect((host, port)).await?;
+            let tcp = dial(&url).await?;
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
             tokio::spawn(conn);
@@ -564,7 +585,7 @@ pub async fn watch_after(
                 }
             }
         }
-        s => bail!("unsupported scheme {s:?}: use http:// or ws://"),
+        s => bail!("unsupported scheme {s:?}: use http(s)://, ws(s):// or quic://"),
     }
     out.flush().await?;
     Ok(written)

@@ -80,8 +80,8 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Args)]
 struct PublishArgs {
-    /// Where to publish: http://HOST:PORT/publish/NAME, ws://HOST:PORT/publish/NAME, tcp://HOST:PORT
-    /// or quic://HOST:PORT/NAME[?fingerprint=HEX].
+    /// Where to publish: http(s)://HOST:PORT/publish/NAME, ws(s)://HOST:PORT/publish/NAME,
+    /// tcp://HOST:PORT or quic://HOST:PORT/NAME[?fingerprint=HEX].
     #[arg(long)]
     to: String,
     /// Pace the input at real time by its fragments' decode times.
@@ -102,7 +102,7 @@ struct PublishArgs {
 
 #[derive(Args)]
 struct WatchArgs {
-    /// The stream: http://HOST:PORT/live/NAME.mp4, ws://HOST:PORT/live/NAME
+    /// The stream: http(s)://HOST:PORT/live/NAME.mp4, ws(s)://HOST:PORT/live/NAME
     /// or quic://HOST:PORT/NAME[?fingerprint=HEX].
     url: String,
     /// Resume after this seq.

@@ -375,6 +375,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         state.config.ingest.max_box_size,
         state.shutdown.clone(),
     )? {
+        edge.set_auth(state.auth.clone());
         registry.set_source(Arc::new(edge));
     }
     // The QUIC info route first: the router with its layers (Socket.IO, CORS)
@@ -474,7 +475,11 @@ async fn connection(
     let Some(tls) = tls else {
         return serve_io(tcp, guard, refusal, peer, app, state).await;
     };
-    match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
+    let handshake = tokio::select! {
+        h = tokio::time::timeout(timeout, tls.acceptor().accept(tcp)) => h,
+        _ = state.shutdown.cancelled() => return,
+    };
+    match handshake {
         Ok(Ok(io)) => serve_io(io, guard, refusal, peer, app, state).await,
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => {
@@ -524,7 +529,15 @@ async fn serve_io<IO>(
         None => {
             // Refused: not counted, answered with the refusal and closed.
             let conn = builder.serve_connection(TokioIo::new(io), svc);
-            if let Err(e) = conn.await
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = state.shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result
                 && e.is_timeout()
             {
                 limits.refused.count(crate::limits::Reason::HeaderTimeout);

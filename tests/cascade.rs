@@ -274,3 +274,37 @@ async fn ffprobe_frames(input: &str) -> u64 {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or_else(|| panic!("no frame count in {text:?}"))
 }
+
+#[tokio::test]
+async fn an_edge_signs_its_pull_of_a_signed_stream_and_checks_its_viewers() {
+    // Origin and edge share the view secrets (one config); the publisher
+    // goes to the origin, viewers to the edge.
+    let signed = |mut c: relaycast::config::Config| {
+        c.auth.view_secrets.insert("sig-*".into(), "shared".into());
+        c
+    };
+    let origin = relay(signed(quic_config())).await;
+    let mut ec = signed(quic_config());
+    ec.cascade.origins = vec![quic_url(&origin, None)];
+    let edge = relay(ec).await;
+    let publisher = publish_demo(stream_url(&origin, "sig-1"));
+    wait_live(&origin, "sig-1").await;
+
+    // Unsigned at the edge: refused there.
+    let mut ws = ws_connect(&ws_url(&edge, "sig-1")).await;
+    let got = ws_read(&mut ws, 1, Duration::from_secs(10)).await;
+    assert_eq!(got.close.map(|c| c.0), Some(1008));
+    // Signed at the edge: the edge pulls with its own signature and plays.
+    let exp = relaycast::auth::unix_now() + 600;
+    let q = format!(
+        "exp={exp}&sig={}",
+        relaycast::auth::sign("shared", "sig-1", exp)
+    );
+    let mut ws = ws_connect(&format!("{}?{q}", ws_url(&edge, "sig-1"))).await;
+    let got = ws_read(&mut ws, 3, Duration::from_secs(20)).await;
+    assert_eq!(got.seqs.len(), 3, "{:?}", got.texts);
+    assert_eq!(viewers(&origin, "sig-1", Transport::Edge), 1);
+    publisher.abort();
+    edge.shutdown().await;
+    origin.shutdown().await;
+}

@@ -94,6 +94,9 @@ struct EdgeInner {
     opening: Mutex<HashMap<String, Arc<OnceCell<Option<Stream>>>>>,
     /// Names no origin had, and when that was found.
     misses: Mutex<HashMap<String, Instant>>,
+    /// This relay's access control: signs upstream subscriptions of streams
+    /// that need signed URLs (edges share their origin's view secrets).
+    auth: std::sync::OnceLock<Arc<crate::auth::Auth>>,
 }
 
 impl Edge {
@@ -126,9 +129,20 @@ impl Edge {
             max_box_size,
             opening: Mutex::new(HashMap::new()),
             misses: Mutex::new(HashMap::new()),
+            auth: std::sync::OnceLock::new(),
         }))))
     }
+
+    /// Sign upstream subscriptions with this relay's view secrets (see
+    /// [`crate::auth::Auth::upstream_signature`]). Only the first call counts.
+    pub fn set_auth(&self, auth: Arc<crate::auth::Auth>) {
+        let _ = self.0.auth.set(auth);
+    }
 }
+
+/// How long an edge's own signature for an upstream subscription is valid
+/// (checked when the subscription starts, which it then outlives).
+const UPSTREAM_SIGNATURE_TTL: Duration = Duration::from_secs(300);
 
 impl StreamSource for Edge {
     fn open<'a>(&'a self, registry: &'a Registry, name: &'a str) -> OpenFuture<'a> {
@@ -203,7 +217,15 @@ impl EdgeInner {
             edge: true,
             receive_window: None,
         };
-        self.client.watch(&self.origins[origin], opts).await
+        let mut url = std::borrow::Cow::Borrowed(&self.origins[origin]);
+        if let Some(signed) = self
+            .auth
+            .get()
+            .and_then(|a| a.upstream_signature(name, UPSTREAM_SIGNATURE_TTL))
+        {
+            url.to_mut().signed = Some(signed);
+        }
+        self.client.watch(&url, opts).await
     }
 
     async fn open_now(self: Arc<Self>, registry: Registry, name: String) -> Option<Stream> {
