@@ -274,3 +274,91 @@ async fn ffprobe_frames(input: &str) -> u64 {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or_else(|| panic!("no frame count in {text:?}"))
 }
+
+#[tokio::test]
+async fn ffmpeg_over_quic_through_three_tiers_decodes_at_the_edge() {
+    if !have("ffmpeg") || !have("ffprobe") {
+        return;
+    }
+    let origin = relay(quic_config()).await;
+    let mid = edge(&[&origin]).await;
+    let edge = edge(&[&mid]).await;
+    // ffmpeg → relaycast publish (QUIC) → origin → mid → edge → ffprobe (HTTP stream).
+    let mut ffmpeg = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x180:rate=30",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "8",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "15",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "mp4",
+            "-movflags",
+            "frag_keyframe+empty_moov+default_base_moof",
+            "-",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ffmpeg");
+    let pipe: std::process::Stdio = ffmpeg
+        .stdout
+        .take()
+        .expect("ffmpeg stdout")
+        .try_into()
+        .expect("pipe");
+    let mut publisher = tokio::process::Command::new(env!("CARGO_BIN_EXE_relaycast"))
+        .args([
+            "publish",
+            "--max-retries",
+            "2",
+            "--to",
+            &stream_url(&origin, "ff"),
+            "-",
+        ])
+        .stdin(pipe)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("relaycast publish");
+    wait_live(&origin, "ff").await;
+    let url = format!("http://127.0.0.1:{}/live/ff.mp4", edge.addr.port());
+    let frames = ffprobe_frames(&url).await;
+    assert!(
+        frames >= 45,
+        "ffprobe decoded {frames} frames of ffmpeg's stream at the edge"
+    );
+    assert!(matches!(
+        edge.state.registry.get("ff").map(|s| s.source()),
+        Some(relaycast::fanout::Source::Pulled { .. })
+    ));
+    let _ = publisher.kill().await;
+    let _ = ffmpeg.kill().await;
+    edge.shutdown().await;
+    mid.shutdown().await;
+    origin.shutdown().await;
+}

@@ -468,3 +468,36 @@ async fn a_quic_viewer_that_stops_reading_is_skipped_then_disconnected() {
     pusher.abort();
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_configured_pem_certificate_is_served_and_pinned() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    let mut cfg = quic_config();
+    cfg.server.tls_cert = Some(cert);
+    cfg.server.tls_key = Some(key);
+    let relay = relay(cfg).await;
+    let want = relaycast::quic::fingerprint_hex(ck.cert.der());
+    assert_eq!(
+        relay.quic.as_ref().expect("quic").fingerprint,
+        want,
+        "the configured certificate is used"
+    );
+    // A client pinning it can use the relay.
+    let client = Client::new().expect("client");
+    let url = QuicUrl::parse(&stream_url(&relay, "pem")).expect("url");
+    let e = client
+        .watch(&url, WatchOptions::default())
+        .await
+        .err()
+        .expect("no such stream yet");
+    assert_eq!(
+        e.code(),
+        Some(code::NOT_FOUND),
+        "handshake passed, request answered: {e}"
+    );
+    relay.shutdown().await;
+}
