@@ -24,9 +24,11 @@
 //!    QUIC and a publisher into its own registry.
 //!
 //! Around them: [`config`] (one `Config`), [`server`] (the axum router, the
-//! listeners and graceful shutdown), [`client`] (the `publish` / `watch`
-//! command-line clients), [`load`] (the load generator) and [`player`] (the
-//! embedded browser player).
+//! listeners and graceful shutdown), [`quic`] (the QUIC endpoint, TLS and
+//! the `relaycast/1` protocol that QUIC ingest, egress and the cascade
+//! speak), [`client`] (the `publish` / `watch` command-line clients),
+//! [`load`] (the load generator) and [`player`] (the embedded browser
+//! player).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
