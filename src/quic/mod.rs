@@ -298,6 +298,8 @@ impl QuicServer {
         transport
             .send_window(SEND_WINDOW)
             .max_concurrent_bidi_streams(VarInt::from_u32(4))
+            // Clients never open unidirectional streams (media flows to them).
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
             .keep_alive_interval(Some(Duration::from_secs(2)));
         server.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::server(server, addr)?;
