@@ -307,15 +307,18 @@ async fn failover_between_independent_origins_renumbers_and_stays_valid() {
         }
         v
     };
-    let rec = rec_b.lock();
-    let b_frags: Vec<_> = rec.fragments.values().map(|(_, b)| b.clone()).collect();
+    let b_frags: Vec<_> = rec_b
+        .lock()
+        .fragments
+        .values()
+        .map(|(_, b)| b.clone())
+        .collect();
     for bin in &binaries_after {
         assert!(
             b_frags.contains(bin),
             "every fragment after the failover is one of B's, byte for byte"
         );
     }
-    drop(rec);
     // The viewer's whole byte stream still decodes.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("independent.mp4");
