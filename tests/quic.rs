@@ -305,6 +305,12 @@ async fn quic_refusals_carry_application_codes_and_reasons() {
     assert_eq!(v["addr"], info.addr.to_string().as_str());
     drop(ok);
     relay.shutdown().await;
+    // Without --quic, /api/quic says so.
+    let plain = common::relay(common::config()).await;
+    let (status, _, body) = get(&format!("http://127.0.0.1:{}/api/quic", plain.addr.port())).await;
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("QUIC is not enabled"));
+    plain.shutdown().await;
 }
 
 #[tokio::test]

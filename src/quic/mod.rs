@@ -334,8 +334,16 @@ impl QuicServer {
                     }
                 };
                 if let Err(e) = session(&conn, &app).await {
-                    tracing::info!(%peer, error = %e, "QUIC session refused or failed");
-                    close(&conn, error_code(&e), &e.to_string());
+                    match conn.close_reason() {
+                        // The client left (or the connection died) first: nothing to tell it.
+                        Some(reason) => {
+                            tracing::debug!(%peer, error = %e, %reason, "QUIC session ended by the client")
+                        }
+                        None => {
+                            tracing::info!(%peer, error = %e, "QUIC session refused or failed");
+                            close(&conn, error_code(&e), &e.to_string());
+                        }
+                    }
                 }
             });
         }
