@@ -507,3 +507,47 @@ async fn a_configured_pem_certificate_is_served_and_pinned() {
     );
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_quic_publisher_on_a_lossy_delayed_link_is_served_intact() {
+    let relay = relay(quic_config()).await;
+    let q = relay.quic.as_ref().expect("quic").clone();
+    let (proxy, stats) = lossy_proxy(q.addr, Duration::from_millis(50), 2).await;
+    let publisher = publish_demo(format!(
+        "quic://{proxy}/lossy-pub?fingerprint={}",
+        q.fingerprint
+    ));
+    wait_live(&relay, "lossy-pub").await;
+    // Every fragment the relay got is a complete, in-order fragment of the clip.
+    let mut ws = ws_connect(&format!(
+        "ws://127.0.0.1:{}/live/lossy-pub",
+        relay.addr.port()
+    ))
+    .await;
+    let got = ws_read(&mut ws, 15, Duration::from_secs(30)).await;
+    assert_eq!(got.seqs.len(), 15);
+    assert!(
+        got.seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no fragment lost: {:?}",
+        got.seqs
+    );
+    let demo = relaycast::media::demo::Demo::load().expect("demo");
+    let clip = demo.len() as u64;
+    let mut bins = got.binaries.iter().skip(1); // the init first
+    assert_eq!(got.binaries[0], demo.init().bytes);
+    for &seq in &got.seqs {
+        let (frag, _) = demo.fragment(seq);
+        assert_eq!(
+            bins.next(),
+            Some(&frag.bytes),
+            "fragment {seq} (clip fragment {})",
+            seq % clip
+        );
+    }
+    assert!(
+        stats.dropped.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the proxy dropped datagrams"
+    );
+    publisher.abort();
+    relay.shutdown().await;
+}
