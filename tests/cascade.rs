@@ -535,3 +535,32 @@ async fn the_edge_moves_back_to_its_preferred_origin_when_it_returns() {
     b.shutdown().await;
     root.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_edge_answers_404_for_unknown_streams_and_waits_for_late_ones() {
+    let origin = relay(quic_config()).await;
+    let edge = edge(&[&origin]).await;
+    let (status, _, _) = get(&format!(
+        "http://127.0.0.1:{}/live/nothing/info",
+        edge.addr.port()
+    ))
+    .await;
+    assert_eq!(status, 404, "no origin has it");
+    assert_eq!(viewers(&origin, "nothing", Transport::Edge), 0);
+
+    // A viewer that waits for a stream the origin only gets later.
+    let mut ws = ws_connect(&format!("{}?wait=15", ws_url(&edge, "late"))).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let publisher = publish_demo(stream_url(&origin, "late"));
+    wait_live(&origin, "late").await;
+    let got = ws_read(&mut ws, 3, Duration::from_secs(20)).await;
+    assert_eq!(
+        got.seqs.len(),
+        3,
+        "the waiting viewer got the stream once it started upstream"
+    );
+    assert_eq!(viewers(&origin, "late", Transport::Edge), 1);
+    publisher.abort();
+    edge.shutdown().await;
+    origin.shutdown().await;
+}
