@@ -492,3 +492,109 @@ async fn ffmpeg_over_quic_through_three_tiers_decodes_at_the_edge() {
     mid.shutdown().await;
     origin.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_edge_moves_back_to_its_preferred_origin_when_it_returns() {
+    // root → (mid A with a fixed certificate and port, mid B) → edge [A, B].
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+    std::fs::write(&cert, ck.cert.pem()).expect("cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("key");
+    let root = relay(quic_config()).await;
+    let a_config = |listen: std::net::SocketAddr| {
+        let mut c = quic_config();
+        c.quic.listen = Some(listen);
+        c.server.tls_cert = Some(cert.clone());
+        c.server.tls_key = Some(key.clone());
+        c.cascade.origins = vec![quic_url(&root, None)];
+        c
+    };
+    let a = relay(a_config("127.0.0.1:0".parse().expect("addr"))).await;
+    let a_addr = a.quic.as_ref().expect("quic").addr;
+    let b = edge(&[&root]).await;
+    let mut c = quic_config();
+    c.cascade.origins = vec![quic_url(&a, None), quic_url(&b, None)];
+    c.cascade.return_after = Duration::from_millis(500);
+    let edge = relay(c).await;
+    let publisher = publish_demo(stream_url(&root, "back"));
+    wait_live(&root, "back").await;
+    let (rec, recorder) = record(&root, "back");
+
+    let mut ws = ws_connect(&ws_url(&edge, "back")).await;
+    let mut all = ws_read(&mut ws, 5, Duration::from_secs(20)).await;
+    assert_eq!(viewers(&a, "back", Transport::Edge), 1);
+    a.shutdown().await;
+    let more = ws_read(&mut ws, 5, Duration::from_secs(20)).await;
+    assert_eq!(more.seqs.len(), 5, "served from B meanwhile");
+    assert_eq!(viewers(&b, "back", Transport::Edge), 1);
+    // A comes back on the same address with the same certificate.
+    let mut a2 = None;
+    for _ in 0..50 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        match relaycast::server::start(a_config(a_addr), Some(l)).await {
+            Ok(r) => {
+                a2 = Some(r);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let a2 = a2.expect("A restarts on its address");
+    let mut back = false;
+    let mut rest = Vec::new();
+    for _ in 0..40 {
+        rest.push(ws_read(&mut ws, 2, Duration::from_secs(10)).await);
+        if viewers(&a2, "back", Transport::Edge) == 1 && viewers(&b, "back", Transport::Edge) == 0 {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "the edge returned to A and left B");
+    rest.push(ws_read(&mut ws, 5, Duration::from_secs(20)).await);
+    for r in std::iter::once(more).chain(rest) {
+        all.texts.extend(r.texts);
+        all.binaries.extend(r.binaries);
+        all.bytes.extend(r.bytes);
+        all.seqs.extend(r.seqs);
+    }
+    // Every fragment is the root's, in order; any jump lands on a keyframe.
+    check_against_origin(&all, &rec.lock());
+    recorder.abort();
+    publisher.abort();
+    edge.shutdown().await;
+    a2.shutdown().await;
+    b.shutdown().await;
+    root.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_edge_answers_404_for_unknown_streams_and_waits_for_late_ones() {
+    let origin = relay(quic_config()).await;
+    let edge = edge(&[&origin]).await;
+    let (status, _, _) = get(&format!(
+        "http://127.0.0.1:{}/live/nothing/info",
+        edge.addr.port()
+    ))
+    .await;
+    assert_eq!(status, 404, "no origin has it");
+    assert_eq!(viewers(&origin, "nothing", Transport::Edge), 0);
+
+    // A viewer that waits for a stream the origin only gets later.
+    let mut ws = ws_connect(&format!("{}?wait=15", ws_url(&edge, "late"))).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let publisher = publish_demo(stream_url(&origin, "late"));
+    wait_live(&origin, "late").await;
+    let got = ws_read(&mut ws, 3, Duration::from_secs(20)).await;
+    assert_eq!(
+        got.seqs.len(),
+        3,
+        "the waiting viewer got the stream once it started upstream"
+    );
+    assert_eq!(viewers(&origin, "late", Transport::Edge), 1);
+    publisher.abort();
+    edge.shutdown().await;
+    origin.shutdown().await;
+}
