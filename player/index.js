@@ -22,6 +22,18 @@ function hue(name) {
 const EYE = '<svg viewBox="0 0 24 24" aria-label="viewers"><path d="M12 5C6.5 5 2.7 9.1 1.5 12c1.2 2.9 5 7 10.5 7s9.3-4.1 10.5-7C21.3 9.1 17.5 5 12 5zm0 11.5a4.5 4.5 0 1 1 0-9 4.5 4.5 0 0 1 0 9zm0-2.3a2.2 2.2 0 1 0 0-4.4 2.2 2.2 0 0 0 0 4.4z"/></svg>';
 const PLAY = '<svg viewBox="0 0 24 24"><path d="M8 5v14l11-7z"/></svg>';
 
+// The operator's view of a stream (the same numbers as /metrics).
+function opsLine(s) {
+  const ms = (v) => (v == null ? '–' : v < 10 ? `${v.toFixed(1)} ms` : `${Math.round(v)} ms`);
+  const d = s.delivery || {};
+  const by = Object.entries(s.viewers_by_transport || {}).map(([t, n]) => `${t} ${n}`).join(', ');
+  return [
+    `<span>delivery ${ms(d.p50_ms)} / ${ms(d.p99_ms)}</span>`,
+    `<span>skips ${esc(s.skips ?? 0)} · dropped ${esc(s.lag_disconnects ?? 0)}</span>`,
+    by ? `<span>${esc(by)}</span>` : '',
+  ].join('');
+}
+
 function card(s) {
   const h = hue(s.name);
   const bg = `radial-gradient(120% 90% at 15% 10%, hsl(${h} 70% 42%) 0%, transparent 60%),` +
@@ -37,6 +49,7 @@ function card(s) {
     <div class="body">
       <div class="name">${esc(s.name)}</div>
       <div class="sub"><span>${esc(s.codecs || '–')}</span><span>${fmtRate(s.bitrate_bps)}</span></div>
+      <div class="sub ops" title="delivery latency p50 / p99 (arrival → written to a viewer) · viewer skips · lag disconnects · viewers by transport">${opsLine(s)}</div>
     </div>
   </a>`;
 }

@@ -150,7 +150,55 @@ pub struct HistogramSnapshot {
     pub count: u64,
 }
 
+/// A histogram in brief, for JSON (`/api/streams`, `/live/{name}/info`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LatencySummary {
+    /// Observations.
+    pub count: u64,
+    /// Mean, milliseconds.
+    pub mean_ms: Option<f64>,
+    /// Median, milliseconds (interpolated within its bucket, as Prometheus'
+    /// `histogram_quantile` does).
+    pub p50_ms: Option<f64>,
+    /// 99th percentile, milliseconds (as above).
+    pub p99_ms: Option<f64>,
+}
+
 impl HistogramSnapshot {
+    /// The `q` quantile in seconds, interpolated linearly within the bucket
+    /// it falls in; `None` without observations. Above the largest bound it
+    /// is that bound.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * self.count as f64;
+        let mut below = 0u64;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let Some(&upper) = BUCKETS_US.get(i) else {
+                    return BUCKETS_US.last().map(|&b| b as f64 / 1e6);
+                };
+                let lower = if i == 0 { 0 } else { BUCKETS_US[i - 1] };
+                let frac = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+                return Some((lower as f64 + (upper - lower) as f64 * frac) / 1e6);
+            }
+            below += n;
+        }
+        BUCKETS_US.last().map(|&b| b as f64 / 1e6)
+    }
+
+    /// Count, mean, p50 and p99 in milliseconds.
+    pub fn summary(&self) -> LatencySummary {
+        let ms = |s: f64| (s * 1e6).round() / 1e3;
+        LatencySummary {
+            count: self.count,
+            mean_ms: (self.count > 0).then(|| ms(self.sum_us as f64 / 1e6 / self.count as f64)),
+            p50_ms: self.quantile(0.5).map(ms),
+            p99_ms: self.quantile(0.99).map(ms),
+        }
+    }
+
     fn add(&mut self, o: &HistogramSnapshot) {
         for (a, b) in self.buckets.iter_mut().zip(o.buckets.iter()) {
             *a += b;
@@ -787,6 +835,24 @@ mod tests {
         assert!(text.contains("x_seconds_bucket{stream=\"a\",le=\"+Inf\"} 3\n"));
         assert!(text.contains("x_seconds_sum{stream=\"a\"} 40.0033\n"));
         assert!(text.contains("x_seconds_count{stream=\"a\"} 3\n"));
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let h = Histogram::default();
+        assert_eq!(h.snapshot().quantile(0.5), None);
+        for _ in 0..10 {
+            h.observe(Duration::from_millis(20)); // (10 ms, 25 ms]
+        }
+        let s = h.snapshot();
+        let p50 = s.quantile(0.5).expect("p50");
+        assert!((p50 - 0.0175).abs() < 1e-9, "{p50}");
+        assert_eq!(s.quantile(1.0), Some(0.025));
+        let sum = s.summary();
+        assert_eq!(sum.count, 10);
+        assert_eq!(sum.mean_ms, Some(20.0));
+        h.observe(Duration::from_secs(100));
+        assert_eq!(h.snapshot().quantile(1.0), Some(30.0));
     }
 
     #[test]

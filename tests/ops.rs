@@ -215,6 +215,17 @@ async fn metrics_move_with_real_traffic_and_parse_as_prometheus_text() {
         Some(2.0)
     );
     assert!(value(&s, "process_resident_memory_bytes", &[]).unwrap_or(0.0) > 0.0);
+    // /api/streams says the same per stream, as JSON.
+    let (status, _, body) = get(&format!("http://{base}/api/streams")).await;
+    assert_eq!(status, 200);
+    let api: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let m1 = &api["streams"][0];
+    assert_eq!(m1["name"], "m1");
+    assert_eq!(m1["join"]["count"], 2);
+    assert!(m1["join"]["p50_ms"].as_f64().is_some_and(|v| v >= 0.0));
+    assert!(m1["fragments_out"].as_u64().is_some_and(|v| v >= 40));
+    assert_eq!(m1["publishes"], 1);
+    assert_eq!(m1["viewers_by_transport"]["ws"], 1);
 
     // The publisher leaves and the stream ends: viewers go, their delivery
     // latencies are folded in, and relay-wide counters do not go backwards.

@@ -236,6 +236,14 @@ pub struct StreamInfo {
     pub fragments_in: u64,
     /// Total bytes sent to viewers.
     pub bytes_out: u64,
+    /// Total fragments sent to viewers.
+    pub fragments_out: u64,
+    /// Publisher (re)connections.
+    pub publishes: u64,
+    /// Viewer join time (cursor opened → first fragment written).
+    pub join: crate::metrics::LatencySummary,
+    /// Fragment arrival → written to a viewer.
+    pub delivery: crate::metrics::LatencySummary,
     /// Total viewer skips.
     pub skips: u64,
     /// Total viewers disconnected for lagging.
@@ -581,6 +589,10 @@ impl Stream {
             bytes_in: self.0.stats.bytes_in.load(Relaxed),
             fragments_in: self.0.stats.fragments_in.load(Relaxed),
             bytes_out: self.0.stats.bytes_out.load(Relaxed),
+            fragments_out: self.0.stats.fragments_out.load(Relaxed),
+            publishes: self.0.stats.publishes.load(Relaxed),
+            join: self.0.stats.join.snapshot().summary(),
+            delivery: self.0.stats.delivery.snapshot().summary(),
             skips: self.0.stats.skips.load(Relaxed),
             lag_disconnects: self.0.stats.lag_disconnects.load(Relaxed),
             source: st.source.clone(),

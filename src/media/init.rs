@@ -5,9 +5,9 @@
 //! The track table is read by hand (a few fixed fields, bounds-checked), so a
 //! `moov` that `mp4-atom` cannot decode (a box version it does not know, an
 //! odd sample entry) still yields a usable [`Init`]: MSE may well play it.
-//! `mp4-atom` supplies the codec configuration records; when it rejects the
-//! whole `moov` each `trak` is tried alone, and a track it still cannot read
-//! gets an empty codec string.
+//! `mp4-atom` supplies the codec configuration records from each track's
+//! `stsd` alone; a track whose `stsd` it cannot read gets an empty codec
+//! string.
 
 use super::boxes::{Children, Reader};
 use super::codec::codec_string;
@@ -48,7 +48,7 @@ impl TrackTable {
 
 /// The hand-read facts of one `trak`.
 struct RawTrak<'a> {
-    /// The whole `trak` box, header included (for `mp4_atom::Trak::decode`).
+    /// The whole `trak` box, header included (its `stsd` goes to `mp4-atom`).
     bytes: &'a [u8],
     id: u32,
     kind: TrackKind,
@@ -222,38 +222,39 @@ fn parse_trak<'a>(whole: &'a [u8], body: &'a [u8]) -> Result<RawTrak<'a>, MediaE
     })
 }
 
-/// The codec string of each track, in `traks` order: from the whole `moov`
-/// through `mp4-atom`, else trak by trak, else empty.
-fn track_codecs(moov: &[u8], traks: &[RawTrak<'_>]) -> Vec<String> {
-    let from_trak = |trak: &mp4_atom::Trak| {
-        trak.mdia
-            .minf
-            .stbl
-            .stsd
-            .codecs
-            .first()
-            .map(codec_string)
-            .unwrap_or_default()
-    };
-    if let Ok(decoded) = mp4_atom::Moov::decode(&mut &moov[..]) {
-        return traks
-            .iter()
-            .map(|t| {
-                decoded
-                    .trak
-                    .iter()
-                    .find(|d| d.tkhd.track_id == t.id)
-                    .map(from_trak)
-                    .unwrap_or_default()
-            })
-            .collect();
-    }
+/// The codec string of each track, in `traks` order: each track's `stsd`
+/// (found by hand: trak → mdia → minf → stbl → stsd) decoded by `mp4-atom`,
+/// else empty.
+///
+/// Only the `stsd` goes to `mp4-atom`, not the whole `moov`: fuzzing found
+/// that `mp4-atom` 0.17 decoding an `sgpd` whose entries take no bytes loops
+/// up to its 32-bit `entry_count`, pushing empty entries until memory runs
+/// out (tests/fixtures/fuzz/splitter-oom-moov.bin). The codec string needs
+/// nothing outside the sample descriptions.
+fn track_codecs(_moov: &[u8], traks: &[RawTrak<'_>]) -> Vec<String> {
     traks
         .iter()
         .map(|t| {
-            mp4_atom::Trak::decode(&mut &t.bytes[..])
-                .map(|d| from_trak(&d))
+            find_stsd(t.bytes)
+                .and_then(|stsd| mp4_atom::Stsd::decode(&mut &stsd[..]).ok())
+                .and_then(|stsd| stsd.codecs.first().map(codec_string))
                 .unwrap_or_default()
         })
         .collect()
+}
+
+/// The whole `stsd` box of a whole `trak` box.
+fn find_stsd(trak: &[u8]) -> Option<&[u8]> {
+    let header = super::boxes::peek_header(trak).ok()?;
+    let mut body = trak.get(header.header_len as usize..)?;
+    for (kind, parent) in [(b"mdia", "trak"), (b"minf", "mdia"), (b"stbl", "minf")] {
+        body = Children::new(body, 0, parent)
+            .map_while(Result::ok)
+            .find(|c| &c.kind == kind)?
+            .body;
+    }
+    Children::new(body, 0, "stbl")
+        .map_while(Result::ok)
+        .find(|c| &c.kind == b"stsd")
+        .map(|c| c.whole)
 }

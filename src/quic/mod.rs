@@ -314,6 +314,8 @@ impl QuicServer {
         transport
             .send_window(SEND_WINDOW)
             .max_concurrent_bidi_streams(VarInt::from_u32(4))
+            // Clients never open unidirectional streams (media flows to them).
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
             .keep_alive_interval(Some(Duration::from_secs(2)));
         server.transport_config(Arc::new(transport));
         Ok(server)
@@ -343,8 +345,16 @@ impl QuicServer {
                     }
                 };
                 if let Err(e) = session(&conn, &app).await {
-                    tracing::info!(%peer, error = %e, "QUIC session refused or failed");
-                    close(&conn, error_code(&e), &e.to_string());
+                    match conn.close_reason() {
+                        // The client left (or the connection died) first: nothing to tell it.
+                        Some(reason) => {
+                            tracing::debug!(%peer, error = %e, %reason, "QUIC session ended by the client")
+                        }
+                        None => {
+                            tracing::info!(%peer, error = %e, "QUIC session refused or failed");
+                            close(&conn, error_code(&e), &e.to_string());
+                        }
+                    }
                 }
             });
         }
