@@ -7,11 +7,15 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startRelay, launchBrowser, newPage, waitPlaying, watchAdvance, screenshot, diagnose } from './lib.mjs';
 
-/** `quic://ADDR?fingerprint=HEX` from a relay's "QUIC on …" stdout line. */
-function quicUrl(relay) {
-  for (const line of relay.log) {
-    const m = /relaycast: QUIC on (\S+) \(certificate sha256 ([0-9a-f]{64})\)/.exec(line);
-    if (m) return `quic://${m[1]}?fingerprint=${m[2]}`;
+/** `quic://ADDR?fingerprint=HEX` from a relay's "QUIC on …" stdout line,
+ * which follows its "listening on" line (waits up to 10 s for it). */
+async function quicUrl(relay) {
+  for (let i = 0; i < 100; i++) {
+    for (const line of relay.log) {
+      const m = /relaycast: QUIC on (\S+) \(certificate sha256 ([0-9a-f]{64})\)/.exec(line);
+      if (m) return `quic://${m[1]}?fingerprint=${m[2]}`;
+    }
+    await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`no QUIC line in the relay's output:\n${relay.log.join('\n')}`);
 }
@@ -23,8 +27,8 @@ describe('player behind origin → mid → edge', () => {
   let browser;
   before(async () => {
     origin = await startRelay({ args: ['--quic', '127.0.0.1:0'] });
-    mid = await startRelay({ args: ['--no-demo', '--quic', '127.0.0.1:0', '--origin', quicUrl(origin)] });
-    edge = await startRelay({ args: ['--no-demo', '--origin', quicUrl(mid)] });
+    mid = await startRelay({ args: ['--no-demo', '--quic', '127.0.0.1:0', '--origin', await quicUrl(origin)] });
+    edge = await startRelay({ args: ['--no-demo', '--origin', await quicUrl(mid)] });
     browser = await launchBrowser();
   });
   after(async () => {
