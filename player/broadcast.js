@@ -165,8 +165,9 @@ function connect() {
       setState('idle');
       return;
     }
-    if (e.code === 1008 || e.code === 4001 || e.code === 4003 || e.code === 4009) {
-      // Not allowed (bad key) or the name is taken: retrying will not help.
+    if ([1003, 1007, 1008, 1009, 4001, 4003, 4009].includes(e.code)) {
+      // Not allowed (bad key), the name is taken, or the relay cannot take
+      // what this browser records (not fMP4, too big): retrying will not help.
       wanted = false;
       setError(`The relay refused the broadcast: ${e.reason || `close code ${e.code}`}${e.code === 1008 && !params.get('key') ? ' (a publish key may be needed: add ?key=… to this page’s address)' : ''}`);
       setState('refused');

@@ -57,9 +57,9 @@ export class LongPollLoader {
   /** Pause before the next request (poll.js paces; long polling does not). */
   async pace() {}
 
-  open({ after = null } = {}) {
+  open({ after = null, epoch = null } = {}) {
     this.ctrl = new AbortController();
-    this._run(after).catch((error) => {
+    this._run(after, epoch).catch((error) => {
       if (this.closed) return;
       const status = error && error.status;
       this._close({
@@ -114,13 +114,16 @@ export class LongPollLoader {
     this.onevent({ kind: 'init', version: this.initVersion, mime, codecs, bytes: body, recvAt: Date.now() });
   }
 
-  async _run(after) {
+  async _run(after, epoch) {
     await this._hello();
     if (this.closed) return;
     await this._init();
-    let next = after;
+    // A seq from another life of the stream (the relay restarted) means
+    // nothing here: start afresh. Every poll says which epoch its `after`
+    // is from, so a restart between two polls is caught by the relay too.
+    let next = epoch !== null && epoch !== undefined && epoch !== this.epoch ? null : after;
     while (!this.closed) {
-      const path = livePath(this.name, '/poll', { after: next, ...this.pollParams() });
+      const path = livePath(this.name, '/poll', { after: next, epoch: next === null ? null : this.epoch, ...this.pollParams() });
       const { res, body } = await this._get(path, 35000);
       if (this.closed) return;
       this.requests++;

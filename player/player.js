@@ -44,6 +44,8 @@ export class Player {
   /**
    * @param {HTMLVideoElement} video
    * @param {object} o  name, transport (forced id or null), latency (target s or null),
+   *                    relay (the relay's origin, e.g. 'https://relay.example:8080',
+   *                    when the page is served from elsewhere; default: this page's),
    *                    onState(text), onLog(msg), chooser overrides (upgradeAfter…)
    */
   constructor(video, o) {
@@ -77,14 +79,20 @@ export class Player {
     });
     this.chooser = new TransportChooser(this.name, {
       forced: o.transport || null,
+      origin: o.relay || null,
       onEvent: (ev, id) => this._event(ev, id),
       onState: (s) => this._setState(s),
       onFatal: (why) => this._setState(why),
-      resume: () => ({ after: this.lastSeq }),
+      // `after` with the epoch it belongs to: a relay that restarted (a new
+      // epoch) ignores it and starts us at a keyframe instead of mid-group.
+      resume: () => ({ after: this.lastSeq, epoch: this.lastSeq === null ? null : this.epoch }),
       log: (m) => this._log(m),
       ...(o.chooser || {}),
     });
-    video.addEventListener('waiting', () => { if (this.latency.started) this.n.stalls++; });
+    // A stall is playback that had started and then ran dry; the 'waiting'
+    // before the first frame, and the one a seek causes, are not stalls.
+    video.addEventListener('playing', () => { this.hasPlayed = true; });
+    video.addEventListener('waiting', () => { if (this.latency.started && this.hasPlayed && !video.seeking) this.n.stalls++; });
     video.addEventListener('error', () => this._mseError(video.error ? new Error(`media error ${video.error.code}: ${video.error.message}`) : new Error('media error')));
   }
 
@@ -267,6 +275,8 @@ export class Player {
       delayP90: pct(0.9),
       targetAhead: this.latency.target(),
       reconnects: c.reconnects,
+      // HTTP requests of the current polling connection (null on ws/stream).
+      requests: c.current && typeof c.current.loader.requests === 'number' ? c.current.loader.requests : null,
       fallbacks: c.fallbacks,
       upgrades: c.upgrades,
       probes: c.probes,

@@ -70,7 +70,8 @@ export class StreamLoader {
     this.bytes = 0;
   }
 
-  open({ after = null } = {}) {
+  open({ after = null, epoch = null } = {}) {
+    this.resumeEpoch = after === null ? null : epoch;
     this.ctrl = new AbortController();
     this._run(after).catch((error) => {
       if (!this.closed) this._close({ code: 0, reason: String(error && error.message || error), error: true });
@@ -78,7 +79,7 @@ export class StreamLoader {
   }
 
   async _run(after) {
-    const url = new URL(livePath(this.name, '.mp4', { meta: 1, after }), this.origin);
+    const url = new URL(livePath(this.name, '.mp4', { meta: 1, after, epoch: this.resumeEpoch }), this.origin);
     const res = await fetch(url, { signal: this.ctrl.signal, cache: 'no-store' });
     if (!res.ok || !res.body) {
       const text = await res.text().catch(() => '');

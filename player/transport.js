@@ -35,8 +35,9 @@ export class TransportChooser {
   /**
    * @param {string} name stream name
    * @param {object} o
-   *   forced: one of LADDER or null; onEvent(ev, transportId); onState(text);
-   *   resume(): {after} to reconnect with; log(msg); plus any DEFAULTS override.
+   *   forced: one of LADDER or null; origin: the relay (default: this page's
+   *   origin); onEvent(ev, transportId); onState(text);
+   *   resume(): {after, epoch} to reconnect with; log(msg); plus any DEFAULTS override.
    */
   constructor(name, o) {
     this.name = name;
@@ -94,7 +95,7 @@ export class TransportChooser {
 
   _open(rung, onEvent, onClose) {
     const id = this.ladder[rung];
-    const loader = new LOADERS[id](this.name, {});
+    const loader = new LOADERS[id](this.name, this.o.origin ? { origin: this.o.origin } : {});
     const conn = { loader, id, rung, gotData: false, openedAt: Date.now(), lastDataAt: 0 };
     loader.onevent = (ev) => {
       if (ev.kind === 'init' || ev.kind === 'fragment') {
@@ -104,8 +105,8 @@ export class TransportChooser {
       onEvent(conn, ev);
     };
     loader.onclose = (info) => onClose(conn, info);
-    const { after } = this.o.resume();
-    loader.open({ after });
+    const { after, epoch } = this.o.resume();
+    loader.open({ after, epoch });
     return conn;
   }
 
@@ -136,7 +137,7 @@ export class TransportChooser {
     const ctrl = new AbortController();
     const t = setTimeout(() => ctrl.abort(), 3000);
     try {
-      const res = await fetch(livePath(this.name, '/info'), { cache: 'no-store', signal: ctrl.signal });
+      const res = await fetch(new URL(livePath(this.name, '/info'), this.o.origin || location.origin), { cache: 'no-store', signal: ctrl.signal });
       if (res.status === 404) return { reachable: true, exists: false, live: false };
       if (!res.ok) return { reachable: res.status < 500, exists: false, live: false };
       const info = await res.json();

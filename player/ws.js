@@ -11,7 +11,8 @@
 //                                 {kind:'end', reason}
 //   loader.onclose = (info) => …  once, unless abort() was called first:
 //                                 {code, reason, error, gotData, notFound, ended}
-//   loader.open({after})          after: the last seq appended (or null)
+//   loader.open({after, epoch})   after: the last seq appended (or null);
+//                                 epoch: the stream life it belongs to (ignored by a relay in another)
 //   loader.abort()
 // `bytes` are Uint8Arrays; `recvAt` (performance-independent Date.now() at
 // receipt) is added to every event for the relay-clock estimate.
@@ -46,8 +47,8 @@ export class WsLoader {
     this.bytes = 0;
   }
 
-  open({ after = null } = {}) {
-    const u = new URL(livePath(this.name, '', { after }), this.origin);
+  open({ after = null, epoch = null } = {}) {
+    const u = new URL(livePath(this.name, '', { after, epoch: after === null ? null : epoch }), this.origin);
     u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
     let ws;
     try {

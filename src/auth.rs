@@ -274,6 +274,17 @@ impl Auth {
         })
     }
 
+    /// The `(exp, sig)` an edge presents to its origin when it pulls `name`
+    /// (cascade), valid for `ttl`: an edge holds the same view secrets as
+    /// its origin and signs its own upstream subscription, so a viewer's
+    /// right, checked at the edge, carries on to the origin. `None` when
+    /// `name` needs no signature here.
+    pub fn upstream_signature(&self, name: &str, ttl: Duration) -> Option<(u64, String)> {
+        let secret = self.config.view_secret_for(name)?;
+        let exp = unix_now().saturating_add(ttl.as_secs());
+        Some((exp, sign(secret, name, exp)))
+    }
+
     /// Ask the configured callback for `action`, if any: `Ok` to accept,
     /// `Forbidden` (counted) to refuse.
     pub async fn callback(
@@ -469,6 +480,21 @@ mod tests {
                 "case {i}"
             );
         }
+        let mut c = AuthConfig::default();
+        c.view_secrets.insert("vip-*".into(), "v".into());
+        let auth = Auth::new(c);
+        assert!(
+            auth.upstream_signature("open", Duration::from_secs(60))
+                .is_none()
+        );
+        let (exp, sig) = auth
+            .upstream_signature("vip-1", Duration::from_secs(60))
+            .expect("signed");
+        let refused = Refused::default();
+        assert!(
+            auth.check_signature(&refused, "vip-1", Some(exp), Some(&sig))
+                .is_ok()
+        );
         let q = signed_query("k", "n", Duration::from_secs(3600));
         assert!(q.starts_with("exp=") && q.contains("&sig="), "{q}");
     }

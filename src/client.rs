@@ -167,26 +167,58 @@ impl Pacer {
     }
 }
 
+/// The relay refused the broadcast for a reason that retrying cannot fix
+/// (a bad key, bytes that are not fMP4, a box or message over its limits):
+/// `publish` stops instead of reconnecting.
+#[derive(Debug, thiserror::Error)]
+#[error("the relay refused the broadcast: {0}")]
+pub struct Refused(pub String);
+
+/// HTTP statuses that retrying cannot fix (409 "already live" can: the relay
+/// may still hold our previous connection).
+fn refused_status(status: u16) -> bool {
+    matches!(status, 400 | 401 | 403 | 413)
+}
+
+/// WebSocket close codes that retrying cannot fix (4009 "already live" and
+/// 1001 "shutting down" can).
+fn refused_close(code: u16) -> bool {
+    matches!(code, 1003 | 1007 | 1008 | 1009)
+}
+
+type WsSink =
+    futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStream<Box<dyn Io>>, Message>;
+
+/// What a WebSocket publisher hears from the relay: its close frame and its
+/// last text message (the summary).
+#[derive(Debug, Default)]
+struct WsHeard {
+    close: Option<(u16, String)>,
+    summary: String,
+}
+
 /// A connection to a relay that takes stream bytes.
 enum Conn {
     Http {
         tx: mpsc::Sender<Bytes>,
         done: tokio::task::JoinHandle<anyhow::Result<(u16, String)>>,
     },
-    Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
+    Ws {
+        sink: Box<WsSink>,
+        /// Reads the relay's side of the socket; ends with what it heard.
+        reader: tokio::task::JoinHandle<WsHeard>,
+    },
     Tcp(TcpStream),
+    Quic(crate::quic::client::PublishSession),
 }
 
 impl Conn {
     async fn connect(to: &url::Url, key: Option<&str>) -> anyhow::Result<Conn> {
         match to.scheme() {
-            "http" => {
+            "http" | "https" => {
                 let host = to.host_str().context("URL without host")?;
                 let port = to.port_or_known_default().unwrap_or(80);
-                let tcp = TcpStream::connect((host, port))
-                    .await
-                    .with_context(|| format!("connecting to {host}:{port}"))?;
-                tcp.set_nodelay(true)?;
+                let tcp = dial(to).await?;
                 let (mut sender, conn) =
                     hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
                         .await?;
@@ -212,15 +244,35 @@ impl Conn {
                 });
                 Ok(Conn::Http { tx, done })
             }
-            "ws" => {
+            "ws" | "wss" => {
                 let mut url = to.clone();
                 if let Some(k) = key {
                     url.query_pairs_mut().append_pair("key", k);
                 }
-                let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                let (ws, _) = tokio_tungstenite::client_async(url.as_str(), dial(&url).await?)
                     .await
                     .with_context(|| format!("connecting to {url}"))?;
-                Ok(Conn::Ws(Box::new(ws)))
+                let (sink, mut stream) = ws.split();
+                // The relay speaks only to refuse (a close frame with a code and
+                // a reason) and to sum up at the end: listen all along.
+                let reader = tokio::spawn(async move {
+                    let mut heard = WsHeard::default();
+                    while let Some(Ok(m)) = stream.next().await {
+                        match m {
+                            Message::Text(t) => heard.summary = t.to_string(),
+                            Message::Close(f) => {
+                                heard.close = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    heard
+                });
+                Ok(Conn::Ws {
+                    sink: Box::new(sink),
+                    reader,
+                })
             }
             "tcp" => {
                 let host = to.host_str().context("URL without host")?;
@@ -236,7 +288,12 @@ impl Conn {
                 }
                 Ok(Conn::Tcp(tcp))
             }
-            s => bail!("unsupported scheme {s:?}: use http://, ws:// or tcp://"),
+            "quic" => {
+                let url = crate::quic::QuicUrl::parse(to.as_str())?;
+                let client = crate::quic::client::Client::new()?;
+                Ok(Conn::Quic(client.publish(&url, key).await?))
+            }
+            s => bail!("unsupported scheme {s:?}: use http(s)://, ws(s)://, tcp:// or quic://"),
         }
     }
 
@@ -246,6 +303,9 @@ impl Conn {
                 if tx.send(bytes).await.is_err() {
                     // The request ended: the relay answered (an error) or the connection broke.
                     return Err(match done.await {
+                        Ok(Ok((status, body))) if refused_status(status) => {
+                            Refused(format!("HTTP {status}: {}", body.trim())).into()
+                        }
                         Ok(Ok((status, body))) => {
                             anyhow::anyhow!("relay answered {status}: {body}")
                         }
@@ -255,8 +315,33 @@ impl Conn {
                 }
                 Ok(())
             }
-            Conn::Ws(ws) => Ok(ws.send(Message::Binary(bytes)).await?),
+            Conn::Ws { sink, reader } => {
+                let sent = if reader.is_finished() {
+                    Err(anyhow::anyhow!("the relay closed the connection"))
+                } else {
+                    sink.send(Message::Binary(bytes)).await.map_err(Into::into)
+                };
+                let Err(e) = sent else { return Ok(()) };
+                // Why: the relay's close frame, if it sent one.
+                let heard = tokio::time::timeout(Duration::from_secs(1), reader).await;
+                match heard {
+                    Ok(Ok(WsHeard {
+                        close: Some((code, reason)),
+                        ..
+                    })) => {
+                        if refused_close(code) {
+                            Err(Refused(format!("close {code}: {reason}")).into())
+                        } else {
+                            Err(anyhow::anyhow!(
+                                "relay closed the connection: {code} {reason}"
+                            ))
+                        }
+                    }
+                    _ => Err(e),
+                }
+            }
             Conn::Tcp(t) => Ok(t.write_all(&bytes).await?),
+            Conn::Quic(q) => Ok(q.send(bytes).await?),
         }
     }
 
@@ -265,25 +350,33 @@ impl Conn {
             Conn::Http { tx, done } => {
                 drop(tx);
                 let (status, body) = done.await??;
+                if refused_status(status) {
+                    return Err(Refused(format!("HTTP {status}: {}", body.trim())).into());
+                }
                 if status != 200 {
                     bail!("relay answered {status}: {body}");
                 }
                 Ok(body)
             }
-            Conn::Ws(mut ws) => {
-                ws.as_mut().close(None).await.ok();
-                let mut summary = String::new();
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Text(t) = m {
-                        summary = t.to_string();
+            Conn::Ws { mut sink, reader } => {
+                sink.close().await.ok();
+                let heard = tokio::time::timeout(Duration::from_secs(5), reader)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                match heard.close {
+                    Some((code, reason)) if code != 1000 => {
+                        bail!("relay closed the connection: {code} {reason}")
                     }
+                    _ => Ok(heard.summary),
                 }
-                Ok(summary)
             }
             Conn::Tcp(mut t) => {
                 t.shutdown().await.ok();
                 Ok(String::new())
             }
+            Conn::Quic(q) => Ok(q.finish().await?),
         }
     }
 }
@@ -326,6 +419,9 @@ pub async fn publish(to: &str, input: Input, opts: PublishOptions) -> anyhow::Re
                         _ => Ok(()),
                     };
                     if let Err(e) = init_first {
+                        if e.downcast_ref::<Refused>().is_some() {
+                            return Err(e.context(format!("publishing to {to}")));
+                        }
                         tracing::warn!(error = %e, "publish: connection failed");
                     } else {
                         if failures > 0 {
@@ -355,6 +451,9 @@ pub async fn publish(to: &str, input: Input, opts: PublishOptions) -> anyhow::Re
         if let Some(c) = conn.as_mut()
             && let Err(e) = c.send(bytes).await
         {
+            if e.downcast_ref::<Refused>().is_some() {
+                return Err(e.context(format!("publishing to {to}")));
+            }
             tracing::warn!(error = %e, "publish: connection lost; reconnecting");
             conn = None;
             failures += 1;
@@ -374,18 +473,61 @@ pub async fn publish(to: &str, input: Input, opts: PublishOptions) -> anyhow::Re
     }
 }
 
-/// Write a stream (`http://…/live/NAME.mp4` or `ws://…/live/NAME`) to `out`
+/// A connection to a relay: plain TCP, or TLS for `https://` and `wss://`.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// TCP to the URL's host and port, with TLS for `https://` and `wss://`
+/// (trusting the system's roots and `RELAYCAST_CA_FILE`, see
+/// [`crate::tls::client_connector`]).
+async fn dial(url: &url::Url) -> anyhow::Result<Box<dyn Io>> {
+    let host = url.host_str().context("URL without host")?;
+    let port = url.port_or_known_default().context("URL without port")?;
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .with_context(|| format!("connecting to {host}:{port}"))?;
+    tcp.set_nodelay(true)?;
+    if !matches!(url.scheme(), "https" | "wss") {
+        return Ok(Box::new(tcp));
+    }
+    let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+        .with_context(|| format!("bad TLS server name {host:?}"))?;
+    let tls = crate::tls::client_connector()?
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("TLS with {host}:{port}"))?;
+    Ok(Box::new(tls))
+}
+
+/// Write a stream (`http(s)://…/live/NAME.mp4` or `ws(s)://…/live/NAME`) to `out`
 /// until it ends.
 pub async fn watch(
     from: &str,
     out: &mut (dyn AsyncWrite + Unpin + Send),
     max_bytes: Option<u64>,
 ) -> anyhow::Result<u64> {
-    let url = url::Url::parse(from).with_context(|| format!("bad URL {from:?}"))?;
+    watch_after(from, out, max_bytes, None).await
+}
+
+/// Like [`watch`], resuming after seq `after` when given; also takes
+/// `quic://HOST:PORT/NAME[?fingerprint=HEX]`.
+pub async fn watch_after(
+    from: &str,
+    out: &mut (dyn AsyncWrite + Unpin + Send),
+    max_bytes: Option<u64>,
+    after: Option<u64>,
+) -> anyhow::Result<u64> {
+    let mut url = url::Url::parse(from).with_context(|| format!("bad URL {from:?}"))?;
+    if url.scheme() == "quic" {
+        return watch_quic(from, out, max_bytes, after).await;
+    }
+    if let Some(a) = after {
+        url.query_pairs_mut().append_pair("after", &a.to_string());
+    }
     let mut written = 0u64;
     match url.scheme() {
-        "ws" => {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        "ws" | "wss" => {
+            let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), dial(&url).await?)
                 .await
                 .with_context(|| format!("connecting to {url}"))?;
             while let Some(m) = ws.next().await {
@@ -413,10 +555,10 @@ pub async fn watch(
                 }
             }
         }
-        "http" => {
+        "http" | "https" => {
             let host = url.host_str().context("URL without host")?;
             let port = url.port_or_known_default().unwrap_or(80);
-            let tcp = TcpStream::connect((host, port)).await?;
+            let tcp = dial(&url).await?;
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
             tokio::spawn(conn);
@@ -443,7 +585,57 @@ pub async fn watch(
                 }
             }
         }
-        s => bail!("unsupported scheme {s:?}: use http:// or ws://"),
+        s => bail!("unsupported scheme {s:?}: use http(s)://, ws(s):// or quic://"),
+    }
+    out.flush().await?;
+    Ok(written)
+}
+
+/// `relaycast watch quic://…`: write init and fragment bytes in order; a skip
+/// continues at a keyframe, so the output stays a valid fMP4 stream.
+async fn watch_quic(
+    from: &str,
+    out: &mut (dyn AsyncWrite + Unpin + Send),
+    max_bytes: Option<u64>,
+    after: Option<u64>,
+) -> anyhow::Result<u64> {
+    use crate::quic::client::{Client, WatchEvent, WatchOptions};
+    let url = crate::quic::QuicUrl::parse(from)?;
+    let client = Client::new()?;
+    let opts = WatchOptions {
+        after,
+        ..WatchOptions::default()
+    };
+    let mut session = client.watch(&url, opts).await?;
+    tracing::info!(
+        next_seq = session.hello().next_seq,
+        resumed = session.hello().resumed,
+        "watch: joined"
+    );
+    let mut written = 0u64;
+    loop {
+        match session.next().await? {
+            WatchEvent::Init { bytes, .. } | WatchEvent::Fragment { bytes, .. } => {
+                out.write_all(&bytes).await?;
+                written += bytes.len() as u64;
+            }
+            WatchEvent::Skip { from, to } => {
+                tracing::warn!(from, to, "watch: skipped forward (too slow)")
+            }
+            WatchEvent::Publisher(live) => tracing::info!(live, "watch: publisher"),
+            WatchEvent::End { code, reason } => {
+                use crate::quic::code::{DONE, PUBLISHER_GONE};
+                if code != DONE && code != PUBLISHER_GONE {
+                    out.flush().await?;
+                    bail!("relay ended the stream: {reason} (code {code})");
+                }
+                break;
+            }
+        }
+        if max_bytes.is_some_and(|m| written >= m) {
+            session.close(crate::quic::code::DONE, "enough");
+            break;
+        }
     }
     out.flush().await?;
     Ok(written)

@@ -225,6 +225,19 @@ pub struct CascadeConfig {
     /// How long a pulled stream is kept after its last viewer left.
     #[serde(with = "serde_secs")]
     pub linger: Duration,
+    /// Which origin to ask first for a stream.
+    pub pick: OriginPick,
+}
+
+/// How an edge chooses among its origins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OriginPick {
+    /// In the configured order (the first is the primary).
+    #[default]
+    Ordered,
+    /// Starting at a stable hash of the stream name (spreads streams over origins).
+    Hash,
 }
 
 impl Default for CascadeConfig {
@@ -232,6 +245,7 @@ impl Default for CascadeConfig {
         Self {
             origins: Vec::new(),
             linger: Duration::from_secs(5),
+            pick: OriginPick::Ordered,
         }
     }
 }

@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cascade;
 pub mod client;
 pub mod config;
 pub mod egress;
@@ -45,6 +46,7 @@ pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod player;
+pub mod quic;
 pub mod server;
 pub mod tls;
 

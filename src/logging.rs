@@ -25,6 +25,8 @@ pub fn init(config: &LogConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("log filter {:?}: {e}", config.filter))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal, not in files, journald or `docker logs`.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let r = match config.format {
         LogFormat::Text => builder.try_init(),

@@ -80,7 +80,8 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Args)]
 struct PublishArgs {
-    /// Where to publish: http://HOST:PORT/publish/NAME, ws://HOST:PORT/publish/NAME or tcp://HOST:PORT.
+    /// Where to publish: http(s)://HOST:PORT/publish/NAME, ws(s)://HOST:PORT/publish/NAME,
+    /// tcp://HOST:PORT or quic://HOST:PORT/NAME[?fingerprint=HEX].
     #[arg(long)]
     to: String,
     /// Pace the input at real time by its fragments' decode times.
@@ -101,8 +102,12 @@ struct PublishArgs {
 
 #[derive(Args)]
 struct WatchArgs {
-    /// The stream: http://HOST:PORT/live/NAME.mp4 or ws://HOST:PORT/live/NAME.
+    /// The stream: http(s)://HOST:PORT/live/NAME.mp4, ws(s)://HOST:PORT/live/NAME
+    /// or quic://HOST:PORT/NAME[?fingerprint=HEX].
     url: String,
+    /// Resume after this seq.
+    #[arg(long)]
+    after: Option<u64>,
     /// Output file, or `-` for stdout.
     #[arg(short, long, default_value = "-")]
     output: PathBuf,
@@ -143,6 +148,12 @@ struct ServeArgs {
     /// With TLS: a plain-HTTP address that redirects to https.
     #[arg(long, env = "RELAYCAST_HTTP_REDIRECT")]
     http_redirect: Option<SocketAddr>,
+    /// QUIC (relaycast/1) UDP address, e.g. 0.0.0.0:4433.
+    #[arg(long, env = "RELAYCAST_QUIC")]
+    quic: Option<SocketAddr>,
+    /// Pull streams on demand from this origin: quic://HOST:PORT[?fingerprint=HEX] (repeatable).
+    #[arg(long = "origin", value_name = "URL")]
+    origins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -179,6 +190,10 @@ impl ServeArgs {
         if let Some(a) = self.http_redirect {
             c.server.http_redirect = Some(a);
         }
+        if let Some(q) = self.quic {
+            c.quic.listen = Some(q);
+        }
+        c.cascade.origins.extend(self.origins.iter().cloned());
         Ok(c)
     }
 }
@@ -279,10 +294,10 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
 async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let written = if args.output.as_os_str() == "-" {
         let mut out = tokio::io::stdout();
-        relaycast::client::watch(&args.url, &mut out, args.max_bytes).await?
+        relaycast::client::watch_after(&args.url, &mut out, args.max_bytes, args.after).await?
     } else {
         let mut out = tokio::fs::File::create(&args.output).await?;
-        relaycast::client::watch(&args.url, &mut out, args.max_bytes).await?
+        relaycast::client::watch_after(&args.url, &mut out, args.max_bytes, args.after).await?
     };
     tracing::info!(bytes = written, "watch: stream ended");
     Ok(())
@@ -305,6 +320,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     for (name, addr) in &running.tcp_ingest {
         println!("relaycast: tcp ingest {name} on {addr}");
+    }
+    if let Some(q) = &running.quic {
+        println!(
+            "relaycast: QUIC on {} (certificate sha256 {})",
+            q.addr, q.fingerprint
+        );
     }
     tracing::info!(addr = %running.addr, "relay started");
     let token = running.state.shutdown.clone();

@@ -414,6 +414,13 @@ impl Exposition {
         let _ = writeln!(self.out, " {value}");
     }
 
+    /// One sample of the current family, a float (seconds, ratios).
+    pub fn sample_f64(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        self.labels(labels, None);
+        let _ = writeln!(self.out, " {value}");
+    }
+
     /// A family with a single unlabelled sample.
     pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: u64) {
         self.family(name, kind, help);
@@ -486,6 +493,7 @@ pub fn metrics_text(registry: &Registry, refused: &crate::limits::Refused) -> St
     let mut e = Exposition::default();
     write_totals(registry, refused, &mut e);
     write_streams(registry, &mut e);
+    crate::cascade::metrics(&registry.list(), &mut e);
     write_process(&mut e);
     for c in COLLECTORS.lock().iter() {
         c(registry, &mut e);

@@ -252,6 +252,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Raw TCP ingest ports: (stream name, address).
     pub tcp_ingest: Vec<(String, SocketAddr)>,
+    /// The QUIC endpoint's address and certificate fingerprint, when enabled.
+    pub quic: Option<crate::quic::Info>,
     /// Shared state (registry, config, shutdown token).
     pub state: AppState,
     /// TLS, when serving https/wss (reload it with [`crate::tls::Tls::reload`]).
@@ -366,11 +368,24 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
             let _ = accept_loop(l, router, None, state).await;
         }));
     }
-    let app = router(state.clone());
+    // QUIC (relaycast/1) and the cascade's edge side: see src/quic, src/cascade.
+    let quic = crate::quic::start(&state, &mut tasks)?;
+    if let Some(edge) = crate::cascade::Edge::new(
+        &state.config.cascade,
+        state.config.ingest.max_box_size,
+        state.shutdown.clone(),
+    )? {
+        edge.set_auth(state.auth.clone());
+        registry.set_source(Arc::new(edge));
+    }
+    // The QUIC info route first: the router with its layers (Socket.IO, CORS)
+    // is merged in last so that its fallback, which Socket.IO serves, stays.
+    let app = crate::quic::api_router(quic.clone()).merge(router(state.clone()));
     let http = tokio::spawn(accept_loop(listener, app, tls.clone(), state.clone()));
     Ok(Running {
         addr,
         tcp_ingest,
+        quic,
         state,
         tls,
         redirect_addr,
@@ -460,7 +475,11 @@ async fn connection(
     let Some(tls) = tls else {
         return serve_io(tcp, guard, refusal, peer, app, state).await;
     };
-    match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
+    let handshake = tokio::select! {
+        h = tokio::time::timeout(timeout, tls.acceptor().accept(tcp)) => h,
+        _ = state.shutdown.cancelled() => return,
+    };
+    match handshake {
         Ok(Ok(io)) => serve_io(io, guard, refusal, peer, app, state).await,
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => {
@@ -510,7 +529,15 @@ async fn serve_io<IO>(
         None => {
             // Refused: not counted, answered with the refusal and closed.
             let conn = builder.serve_connection(TokioIo::new(io), svc);
-            if let Err(e) = conn.await
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = state.shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result
                 && e.is_timeout()
             {
                 limits.refused.count(crate::limits::Reason::HeaderTimeout);

@@ -70,6 +70,35 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<ServerConfig> {
     Ok(config)
 }
 
+/// A TLS client for `https://` and `wss://` relays (`relaycast publish`,
+/// `watch`): the system's root certificates, plus the PEM certificates in
+/// the file named by `RELAYCAST_CA_FILE` (a relay with a self-signed or
+/// private-CA certificate).
+pub fn client_connector() -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert); // skip the odd unparsable system certificate
+    }
+    if let Some(path) = std::env::var_os("RELAYCAST_CA_FILE") {
+        let path = PathBuf::from(path);
+        for cert in CertificateDer::pem_file_iter(&path)
+            .map_err(|e| anyhow::anyhow!("RELAYCAST_CA_FILE {}: {e}", path.display()))?
+        {
+            let cert = cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
 /// The router of the plain-HTTP redirect port: every request gets a 308 to
 /// the same path and query on https, at `https_port` of the same host.
 pub fn redirect_router(https_port: u16) -> axum::Router {

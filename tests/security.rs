@@ -78,10 +78,25 @@ async fn tls_serves_https_and_wss_and_reloads_on_sighup_without_dropping_viewers
         name: "tlscam".into(),
         key: None,
     });
+    cfg.limits.header_read_timeout = Duration::from_secs(1);
     let relay = relay(cfg).await;
     let addr = relay.addr;
     let trust_a = client(&cert_a);
     assert_eq!(https_get(addr, &trust_a, "/healthz").await, Ok(200));
+
+    // A client that never finishes its TLS handshake is closed (slowloris on TLS).
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(&[0x16, 0x03, 0x01]).await.expect("write");
+    let mut sink = [0u8; 64];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read(&mut idle, &mut sink),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed: {closed:?}"
+    );
 
     // A wss viewer, fed through the raw TCP ingest port.
     let io = tls_connect(addr, &trust_a).await.expect("tls");
@@ -142,6 +157,51 @@ async fn tls_serves_https_and_wss_and_reloads_on_sighup_without_dropping_viewers
         .expect("publish second half");
     got.extend(read_ws(&mut ws, frags.len() - half).await);
     assert_eq!(got, file.to_vec(), "the whole stream, across the reload");
+
+    // The command-line clients speak https and wss, trusting RELAYCAST_CA_FILE.
+    let ca = dir.path().join("cert.pem");
+    // (tokio's Command: the relay runs on this test's runtime meanwhile.)
+    let cli = async |args: &[&str]| {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_relaycast"))
+            .env("RELAYCAST_CA_FILE", &ca)
+            .args(args)
+            .output()
+            .await
+            .expect("run relaycast");
+        assert!(
+            out.status.success(),
+            "relaycast {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let clip = format!(
+        "{}/tests/fixtures/h264_aac_keyframe.mp4",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let port = addr.port();
+    let summary = cli(&[
+        "publish",
+        "--to",
+        &format!("https://localhost:{port}/publish/clicam"),
+        "--max-retries",
+        "1",
+        &clip,
+    ])
+    .await;
+    assert!(
+        String::from_utf8_lossy(&summary).contains("fragments"),
+        "{}",
+        String::from_utf8_lossy(&summary)
+    );
+    let clip_init = split(&fixture("h264_aac_keyframe.mp4")).0.bytes;
+    for url in [
+        format!("https://localhost:{port}/live/clicam.mp4"),
+        format!("wss://localhost:{port}/live/clicam"),
+    ] {
+        let out = cli(&["watch", &url, "--max-bytes", "2000", "-o", "-"]).await;
+        assert!(out.starts_with(&clip_init), "{url}: starts with the init");
+    }
 
     // A reload that fails keeps the current certificate.
     std::fs::write(dir.path().join("key.pem"), "not a key").expect("write");
@@ -532,6 +592,47 @@ async fn sign_command_mints_urls_the_relay_accepts() {
             .await
             .0,
         403
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn cors_origins_apply_to_every_path() {
+    let mut cfg = config();
+    cfg.server.cors_origins = vec!["https://app.example".into()];
+    let r = relay(cfg).await;
+    let ask = |req: String| async move {
+        let mut s = TcpStream::connect(r.addr).await.expect("connect");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut s, &mut answer)
+            .await
+            .expect("read");
+        answer.to_ascii_lowercase()
+    };
+    for path in ["/healthz", "/live/nope/info", "/api/streams"] {
+        let ok = ask(format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        assert!(
+            ok.contains("access-control-allow-origin: https://app.example"),
+            "{path}: {ok}"
+        );
+        let other = ask(format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        assert!(
+            !other.contains("access-control-allow-origin"),
+            "{path}: {other}"
+        );
+    }
+    let preflight = ask("OPTIONS /publish/cam HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: authorization\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(preflight.starts_with("http/1.1 200"), "{preflight}");
+    assert!(
+        preflight.contains("access-control-allow-origin: https://app.example"),
+        "{preflight}"
     );
     r.shutdown().await;
 }

@@ -21,7 +21,7 @@ pub async fn serve(
     peer: Option<std::net::SocketAddr>,
 ) -> Response {
     let start = ViewerStart {
-        after: q.after,
+        after: q.resume_after(&app.registry, &name),
         transport: Transport::HttpStream,
     };
     let viewer = match super::admit(&app, &name, &q, start, app.wait_for(q.wait), peer).await {

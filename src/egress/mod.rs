@@ -5,15 +5,17 @@
 //! - [`websocket`]: binary messages = the stored bytes, text = JSON control;
 //! - [`http_stream`]: one never-ending `video/mp4` response;
 //! - [`poll`]: long polling and plain polling, one request per batch;
-//! - [`socketio`]: Socket.IO events for apps that speak it.
+//! - [`socketio`]: Socket.IO events for apps that speak it;
+//! - [`quic`]: `relaycast/1` over QUIC, one stream per group.
 
 pub mod http_stream;
 pub mod poll;
+pub mod quic;
 pub mod socketio;
 pub mod websocket;
 
 use crate::Error;
-use crate::fanout::{Event, Viewer, ViewerStart};
+use crate::fanout::{Event, Registry, Viewer, ViewerStart};
 use crate::server::AppState;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -112,6 +114,8 @@ impl Transport {
 pub struct WatchQuery {
     /// Resume after this seq.
     pub after: Option<u64>,
+    /// The epoch (life of the stream) that `after` belongs to; see [`WatchQuery::resume_after`].
+    pub epoch: Option<u64>,
     /// Seconds to wait for a stream that has not started.
     pub wait: Option<f64>,
     /// Long poll: seconds to wait for the next fragment.
@@ -122,6 +126,31 @@ pub struct WatchQuery {
     pub exp: Option<u64>,
     /// Signed URL signature.
     pub sig: Option<String>,
+}
+
+impl WatchQuery {
+    /// The `after` to honour. A seq belongs to one life of a stream (its
+    /// epoch): when the client says which epoch its `after` came from and the
+    /// stream now has another (the relay restarted, the stream was
+    /// recreated), the seq means nothing here, and the viewer starts afresh
+    /// at the newest keyframe (`resumed: false`) rather than mid-group.
+    pub fn resume_after(&self, registry: &Registry, name: &str) -> Option<u64> {
+        resume_after(self.after, self.epoch, registry, name)
+    }
+}
+
+/// [`WatchQuery::resume_after`] for transports with their own request shape.
+pub fn resume_after(
+    after: Option<u64>,
+    epoch: Option<u64>,
+    registry: &Registry,
+    name: &str,
+) -> Option<u64> {
+    let after = after?;
+    match epoch {
+        Some(e) if registry.get(name).map(|s| s.epoch()) != Some(e) => None,
+        _ => Some(after),
+    }
 }
 
 /// JSON control messages (shared by WebSocket, Socket.IO and `meta=1`).

@@ -37,8 +37,9 @@ pub async fn serve(
         .and_then(|t| Duration::try_from_secs_f64(t).ok())
         .unwrap_or(cfg.long_poll_timeout)
         .min(cfg.long_poll_max);
+    let after = q.resume_after(&app.registry, &name);
     let start = ViewerStart {
-        after: q.after,
+        after,
         transport: if plain {
             Transport::Poll
         } else {
@@ -51,23 +52,29 @@ pub async fn serve(
     };
     let stream = viewer.stream().clone();
     let mut batch = Batch::default();
-    let mut first = viewer.try_next();
-    if first.is_none() && !plain {
-        first = tokio::select! {
-            ev = tokio::time::timeout(timeout, viewer.next()) => ev.ok(),
-            _ = app.shutdown.cancelled() => None,
-        };
-    }
-    if let Some(ev) = first {
-        batch.add(ev);
+    // A fresh cursor hands out the init segment first, and maybe publisher
+    // news: neither is an answer to a long poll, which waits for a fragment
+    // (or the end, or a change of publisher) until its timeout.
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
         while !batch.full {
             match viewer.try_next() {
                 Some(ev) => batch.add(ev),
                 None => break,
             }
         }
+        if plain || batch.answers() {
+            break;
+        }
+        tokio::select! {
+            ev = tokio::time::timeout_at(deadline, viewer.next()) => match ev {
+                Ok(ev) => batch.add(ev),
+                Err(_) => break,
+            },
+            _ = app.shutdown.cancelled() => break,
+        }
     }
-    let next = batch.last_seq.or(q.after.filter(|_| batch.skipped == 0));
+    let next = batch.last_seq.or(after.filter(|_| batch.skipped == 0));
     let init_version = batch
         .init_version
         .or_else(|| stream.init().map(|i| i.version))
@@ -119,9 +126,15 @@ struct Batch {
     ended: bool,
     /// Arrival times of the fragments in `body` (delivery latency).
     arrived: Vec<std::time::Instant>,
+    publisher_changed: bool,
 }
 
 impl Batch {
+    /// Something a long poll should answer with now.
+    fn answers(&self) -> bool {
+        self.last_seq.is_some() || self.ended || self.publisher_changed
+    }
+
     fn add(&mut self, ev: Event) {
         match ev {
             Event::Fragment(c) => {
@@ -157,7 +170,7 @@ impl Batch {
                     self.full = true;
                 }
             }
-            Event::Publisher(_) => {}
+            Event::Publisher(_) => self.publisher_changed = true,
             Event::End(_) => {
                 self.ended = true;
                 self.full = true;

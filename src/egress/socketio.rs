@@ -6,7 +6,10 @@
 //! socketioxide queues packets per socket and refuses more when the queue is
 //! full; the viewer then simply stops reading its cursor until there is
 //! room, so a slow Socket.IO viewer falls behind the ring and gets the same
-//! lag policy (skip to a keyframe, then disconnect) as any other.
+//! lag policy (skip to a keyframe, then disconnect) as any other. The queue
+//! is kept short (`BUFFER` packets, one per fragment) so that this happens
+//! about as soon as for a WebSocket viewer, and so that a stalled client pins
+//! a few fragments in memory, not minutes of them.
 
 use super::Transport;
 use crate::fanout::{EndReason, Event, Viewer, ViewerStart};
@@ -18,8 +21,11 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Packets queued per socket before emits are refused (socketioxide's default is 128).
-const BUFFER: usize = 1024;
+/// Packets queued per socket before emits are refused (socketioxide's
+/// default is 128). One fragment is one packet, binary attachment included:
+/// 32 is a few seconds of a typical stream, enough to ride over a polling
+/// round trip, and a bound on what a stalled client holds.
+const BUFFER: usize = 32;
 /// Largest polling payload (socketioxide's default, 100 KB, is less than one 1 s fragment).
 const MAX_PAYLOAD: u64 = 64 << 20;
 
@@ -27,6 +33,7 @@ const MAX_PAYLOAD: u64 = 64 << 20;
 struct WatchReq {
     name: String,
     after: Option<u64>,
+    epoch: Option<u64>,
     wait: Option<f64>,
     /// Signed URL expiry, as on the HTTP watch paths.
     exp: Option<u64>,
@@ -95,7 +102,7 @@ pub fn layer(app: AppState) -> socketioxide::layer::SocketIoLayer {
 
 async fn watch(socket: SocketRef, req: WatchReq, app: AppState, token: CancellationToken) {
     let start = ViewerStart {
-        after: req.after,
+        after: super::resume_after(req.after, req.epoch, &app.registry, &req.name),
         transport: Transport::SocketIo,
     };
     let peer = socket

@@ -35,7 +35,7 @@ pub async fn serve(
     ws.on_upgrade(move |mut socket| {
         async move {
             let start = ViewerStart {
-                after: q.after,
+                after: q.resume_after(&app.registry, &name),
                 transport: Transport::WebSocket,
             };
             let viewer = super::admit(&app, &name, &q, start, wait, peer).await;

@@ -48,7 +48,7 @@
 mod registry;
 mod stream;
 
-pub use registry::{Registry, StreamSource};
+pub use registry::{OpenFuture, Registry, StreamSource};
 pub use stream::{
     Chunk, EndReason, Event, InitEntry, Publisher, Source, Stream, StreamInfo, StreamStats, Viewer,
     ViewerStart,

@@ -5,17 +5,26 @@ use super::{FanoutConfig, Publisher, valid_name};
 use crate::Error;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// What [`StreamSource::open`] returns.
+pub type OpenFuture<'a> = Pin<Box<dyn Future<Output = Option<Stream>> + Send + 'a>>;
+
 /// Where streams this relay does not have come from (the cascade's edge
 /// side implements it): asked when a viewer wants a stream that is missing.
 pub trait StreamSource: Send + Sync + 'static {
-    /// Start pulling `name` from upstream. Returns the stream when it could be
-    /// created (it may not be live yet), or `None` when no upstream has it.
-    fn open(&self, registry: &Registry, name: &str) -> Option<Stream>;
+    /// Start pulling `name` from upstream. Resolves to the stream when an
+    /// upstream has it (it may not be live yet), or `None` when none has it.
+    /// Concurrent calls for one name should share one upstream subscription.
+    fn open<'a>(&'a self, registry: &'a Registry, name: &'a str) -> OpenFuture<'a>;
 }
+
+/// How often a viewer waiting with `wait=` asks the upstream source again.
+const SOURCE_RETRY: Duration = Duration::from_secs(1);
 
 pub(crate) struct RegistryInner {
     streams: DashMap<String, Stream>,
@@ -157,14 +166,26 @@ impl Registry {
             if let Some(s) = self.get(name) {
                 return Ok(s);
             }
-            if let Some(source) = self.0.source.get()
-                && let Some(s) = source.open(self, name)
+            let source = self.0.source.get();
+            if let Some(source) = source
+                && let Some(s) = source.open(self, name).await
             {
                 return Ok(s);
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::NotFound(name.to_string()));
+            }
+            // With an upstream, ask it again now and then: the stream may start there.
+            let until = match source {
+                Some(_) => deadline.min(now + SOURCE_RETRY),
+                None => deadline,
+            };
+            match tokio::time::timeout_at(until, rx.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return Err(Error::NotFound(name.to_string())),
+                Ok(Err(_)) => return Err(Error::NotFound(name.to_string())),
+                Err(_) if until < deadline => continue,
+                Err(_) => return Err(Error::NotFound(name.to_string())),
             }
         }
     }

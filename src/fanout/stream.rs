@@ -101,8 +101,17 @@ pub enum Source {
     Local,
     /// Pulled from an origin relay.
     Pulled {
-        /// The origin's URL.
+        /// The origin's URL (the one in use now).
         from: String,
+        /// Health of the upstream subscription: `connecting`, `up` or `down`.
+        upstream: String,
+        /// Round-trip time to the origin in use, ms (0 when unknown).
+        rtt_ms: u64,
+        /// Upstream subscriptions made after the first (reconnects and failovers).
+        failovers: u64,
+        /// The sequence space the seqs belong to (the root stream's epoch,
+        /// changed when a failover had to renumber).
+        seq_space: u64,
     },
 }
 
@@ -323,6 +332,11 @@ impl Stream {
     /// Where the stream comes from.
     pub fn source(&self) -> Source {
         self.0.state.read().source.clone()
+    }
+
+    /// Replace where the stream comes from (a cascade edge reports its upstream's health).
+    pub fn set_source(&self, source: Source) {
+        self.0.state.write().source = source;
     }
 
     /// Seq of the newest fragment, if any.
@@ -724,6 +738,15 @@ impl Viewer {
     /// The seq of the next fragment this viewer will get.
     pub fn cursor(&self) -> u64 {
         self.cursor
+    }
+
+    /// True when the cursor has fallen out of the ring: the next event is a
+    /// skip (or the lag disconnect). Transports that may block on a slow peer
+    /// check this to abandon a write that is already stale.
+    pub fn fell_behind(&self) -> bool {
+        let st = self.stream.0.state.read();
+        let front = st.ring.front().map_or(st.next_seq, |c| c.seq);
+        self.cursor < front
     }
 
     /// Skips so far.

@@ -12,6 +12,30 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use std::net::SocketAddr;
 
+/// Most of a refused publisher's body read (and dropped) while it gets its answer.
+const LINGER_BYTES: usize = 4 << 20;
+/// Longest time spent on that.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Read and drop a refused publisher's body for a short while (a lingering
+/// close, as nginx does): a client still sending its stream then reads the
+/// refusal instead of a connection reset that would hide it.
+fn linger(body: Body) {
+    tokio::spawn(async move {
+        let mut body = body.into_data_stream();
+        let mut read = 0;
+        let _ = tokio::time::timeout(LINGER_TIME, async {
+            while let Some(Ok(d)) = body.next().await {
+                read += d.len();
+                if read > LINGER_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
 /// Serve one publisher.
 pub async fn serve(
     app: AppState,
@@ -25,7 +49,10 @@ pub async fn serve(
     let key = key_from(key.as_deref(), &headers);
     let mut session = match admit(&app, &name, key.as_deref(), peer).await {
         Ok(s) => s,
-        Err(e) => return error_response(&e),
+        Err(e) => {
+            linger(body);
+            return error_response(&e);
+        }
     };
     tracing::info!(stream = %name, ?peer, "HTTP publisher connected");
     let mut body = body.into_data_stream();

@@ -5,10 +5,12 @@
 //! - [`http`]: `PUT`/`POST /publish/{name}` with a chunked (or sized) body;
 //! - [`websocket`]: `GET /publish/{name}` upgraded, binary messages;
 //! - [`tcp`]: `--tcp-ingest PORT=NAME`, raw bytes;
+//! - [`quic`]: `relaycast/1` publish sessions over QUIC;
 //! - [`demo`]: the built-in looping `demo` stream.
 
 pub mod demo;
 pub mod http;
+pub mod quic;
 pub mod tcp;
 pub mod websocket;
 

@@ -51,6 +51,16 @@ pub async fn serve(
         })
 }
 
+/// The size in tungstenite's "Message too long: SIZE > MAX" (the frame or
+/// message that went over the limit), when the text carries it.
+fn oversize(text: &str) -> Option<usize> {
+    let (_, rest) = text.split_once("too long: ")?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 async fn refuse(mut socket: WebSocket, e: Error) -> Result<(), Error> {
     let _ = socket.send(close(&e)).await;
     Err(e)
@@ -91,14 +101,8 @@ async fn run(
             Ok(Some(Err(e))) => {
                 let text = e.to_string();
                 if text.contains("too long") || text.contains("too big") {
-                    // tungstenite says "… Message too long: SIZE > MAX".
-                    let size = text
-                        .rsplit_once("too long: ")
-                        .and_then(|(_, t)| t.split(' ').next())
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(0);
                     let e = Error::MessageTooBig {
-                        size,
+                        size: oversize(&text).unwrap_or(0),
                         limit: cfg.max_ws_message,
                     };
                     app.limits.refused.note_ingest_error(&e);
@@ -143,4 +147,16 @@ async fn run(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn oversize_reads_the_size_from_tungstenite_errors() {
+        assert_eq!(
+            super::oversize("Space limit exceeded: Message too long: 102400 > 65536"),
+            Some(102400)
+        );
+        assert_eq!(super::oversize("connection reset"), None);
+    }
 }

@@ -53,4 +53,56 @@ describe('browser broadcast', () => {
       await viewer.context().close().catch(() => {});
     }
   });
+
+  test('a refused broadcast stops and says why (the name is already live)', { timeout: 30000 }, async () => {
+    const page = await newPage(browser);
+    try {
+      // `demo` is the relay's own live stream: a second publisher gets 4009.
+      await page.goto(`${relay.base}/broadcast/demo?autostart=1`);
+      await waitFor(async () => (await page.evaluate(() => window.relaycastBroadcast.stats())).state === 'refused',
+        { timeout: 15000, what: 'the page to give up' });
+      const text = await page.textContent('#error');
+      assert.match(text, /refused the broadcast: .*already has a live publisher/, text);
+      const st = await page.evaluate(() => window.relaycastBroadcast.stats());
+      assert.match(st.closeInfo, /^4009/);
+      assert.equal(st.reconnects, 0, 'no retrying');
+      console.log(`# broadcast refused: "${text}"`);
+      await screenshot(page, 'broadcast-refused');
+    } finally {
+      await page.context().close().catch(() => {});
+    }
+  });
+
+  // Browsers that cannot record MP4 (Firefox records WebM only) or have no
+  // MediaRecorder at all: the page says so at once and offers no Go live.
+  const unsupported = {
+    'MediaRecorder without MP4': () => {
+      const real = MediaRecorder.isTypeSupported.bind(MediaRecorder);
+      MediaRecorder.isTypeSupported = (t) => !/mp4/i.test(t) && real(t);
+    },
+    'no MediaRecorder': () => { delete window.MediaRecorder; },
+  };
+  for (const [label, script] of Object.entries(unsupported)) {
+    test(`the page says clearly when it cannot record MP4 (${label})`, { timeout: 30000 }, async () => {
+      const page = await newPage(browser);
+      try {
+        await page.addInitScript(script);
+        await page.goto(`${relay.base}/broadcast/nomp4`);
+        await page.waitForSelector('#error:not(.hidden)', { timeout: 10000 });
+        const text = await page.textContent('#error');
+        assert.match(text, /cannot (record MP4|broadcast)/, text);
+        assert.match(text, /ffmpeg/, 'points to another way to publish');
+        assert.equal(await page.isDisabled('#start'), true, 'Go live is disabled');
+        const st = await page.evaluate(() => window.relaycastBroadcast.stats());
+        assert.equal(st.state, 'unsupported');
+        assert.equal(st.bytes, 0);
+        const res = await fetch(`${relay.base}/live/nomp4/info`);
+        assert.equal(res.status, 404, 'nothing was published');
+        console.log(`# broadcast page (${label}): "${text}"`);
+        await screenshot(page, `broadcast-unsupported-${label.replace(/\W+/g, '-').toLowerCase()}`);
+      } finally {
+        await page.context().close().catch(() => {});
+      }
+    });
+  }
 });

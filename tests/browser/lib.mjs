@@ -256,7 +256,13 @@ export async function getJson(url) {
 export async function tcpProxy(targetPort, { bufferIf = null, bufferBytes = 4 << 20 } = {}) {
   const net = await import('node:net');
   const sockets = new Set();
+  let refuseUntil = 0;
   const server = net.createServer((client) => {
+    if (Date.now() < refuseUntil) {
+      // During an outage: reset every new connection at once.
+      client.resetAndDestroy();
+      return;
+    }
     const upstream = net.connect(targetPort, '127.0.0.1');
     sockets.add(client);
     sockets.add(upstream);
@@ -294,9 +300,15 @@ export async function tcpProxy(targetPort, { bufferIf = null, bufferBytes = 4 <<
   return {
     port,
     base: `http://127.0.0.1:${port}`,
-    /** Cuts every open connection (both ways), like a network drop. */
-    dropAll() {
+    /**
+     * Cuts every open connection (both ways), like a network drop; returns how
+     * many were cut. With `outageMs`, new connections are reset for that long
+     * (the network stays down), so the browser cannot hide the drop by
+     * silently retrying an idempotent request on a fresh connection.
+     */
+    dropAll({ outageMs = 0 } = {}) {
       const n = sockets.size;
+      refuseUntil = Date.now() + outageMs;
       for (const s of sockets) s.destroy();
       sockets.clear();
       return n / 2;

@@ -1,0 +1,76 @@
+//! QUIC ingest: a `relaycast/1` publish session (see [`crate::quic`]).
+//!
+//! After the request (name, key) is accepted, the client's bytes on the
+//! request stream are the fMP4 stream, read in the order sent and pushed into
+//! an [`IngestSession`] like every other ingest transport. When the client
+//! finishes its side, the relay answers with the JSON summary.
+
+use super::admit;
+use crate::Error;
+use crate::quic::{Request, Response, write_control};
+use crate::server::AppState;
+use std::time::Duration;
+
+/// Most bytes read from the stream at once.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Serve one publish session on `conn`; `send`/`recv` are the request stream.
+pub async fn serve(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    req: &Request,
+    app: &AppState,
+) -> Result<(), Error> {
+    let name = req.name.as_str();
+    let cfg = &app.config.ingest;
+    let peer = conn.remote_address();
+    let mut session = admit(app, name, req.key.as_deref(), Some(peer)).await?;
+    let stream = session.publisher.stream().clone();
+    tracing::info!(stream = %name, %peer, "QUIC publisher connected");
+    let ok = Response {
+        ok: true,
+        epoch: stream.epoch(),
+        seq_space: stream.epoch(),
+        live: true,
+        next_seq: stream.newest_seq().map_or(0, |s| s + 1),
+        ..Response::default()
+    };
+    write_control(send, &ok)
+        .await
+        .map_err(|e| Error::BadRequest(format!("answering the request: {e}")))?;
+    let result = loop {
+        let chunk = tokio::select! {
+            c = tokio::time::timeout(cfg.idle_timeout, recv.read_chunk(READ_CHUNK, true)) => c,
+            _ = app.shutdown.cancelled() => break Err(Error::Shutdown),
+        };
+        match chunk {
+            Err(_) => {
+                break Err(Error::BadRequest(format!(
+                    "no data for {:?}",
+                    cfg.idle_timeout
+                )));
+            }
+            Ok(Err(e)) => break Err(Error::Io(std::io::Error::from(e))),
+            Ok(Ok(None)) => break session.finish(),
+            Ok(Ok(Some(c))) => {
+                if let Err(e) = session.push(c.bytes) {
+                    break Err(e);
+                }
+            }
+        }
+    };
+    let summary = session.summary(result.as_ref().err());
+    match &result {
+        Ok(()) => {
+            tracing::info!(stream = %name, %peer, fragments = summary.fragments, "QUIC publisher finished")
+        }
+        Err(e) => tracing::warn!(stream = %name, %peer, error = %e, "QUIC publisher failed"),
+    }
+    result?;
+    let _ = write_control(send, &summary).await;
+    let _ = send.finish();
+    // Let the client read the summary and close; do not hold the task forever.
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    Ok(())
+}
