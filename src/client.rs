@@ -366,6 +366,9 @@ impl Conn {
                     .and_then(Result::ok)
                     .unwrap_or_default();
                 match heard.close {
+                    Some((code, reason)) if refused_close(code) => {
+                        Err(Refused(format!("close {code}: {reason}")).into())
+                    }
                     Some((code, reason)) if code != 1000 => {
                         bail!("relay closed the connection: {code} {reason}")
                     }

@@ -227,6 +227,10 @@ pub struct CascadeConfig {
     pub linger: Duration,
     /// Which origin to ask first for a stream.
     pub pick: OriginPick,
+    /// After a failover, try the stream's preferred origin again this often
+    /// and move back when it answers (0 = stay on the origin in use).
+    #[serde(with = "serde_secs")]
+    pub return_after: Duration,
 }
 
 /// How an edge chooses among its origins.
@@ -246,6 +250,7 @@ impl Default for CascadeConfig {
             origins: Vec::new(),
             linger: Duration::from_secs(5),
             pick: OriginPick::Ordered,
+            return_after: Duration::from_secs(10),
         }
     }
 }

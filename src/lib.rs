@@ -24,12 +24,13 @@
 //!    QUIC and a publisher into its own registry.
 //!
 //! Around them: [`config`] (one `Config`), [`server`] (the axum router, the
-//! listeners and graceful shutdown), [`auth`] (publish keys, signed viewer
-//! URLs, callbacks), [`limits`] (what is refused, counted by reason),
-//! [`tls`] (https/wss and certificate reload), [`metrics`] (`/metrics`),
-//! [`logging`], [`client`] (the `publish` / `watch`
-//! command-line clients), [`load`] (the load generator) and [`player`] (the
-//! embedded browser player).
+//! listeners and graceful shutdown), [`quic`] (the QUIC endpoint, TLS and
+//! the `relaycast/1` protocol that QUIC ingest, egress and the cascade
+//! speak), [`auth`] (publish keys, signed viewer URLs, callbacks),
+//! [`limits`] (what is refused, counted by reason), [`tls`] (https/wss and
+//! certificate reload), [`metrics`] (`/metrics`), [`logging`], [`client`]
+//! (the `publish` / `watch` command-line clients), [`load`] (the load
+//! generator) and [`player`] (the embedded browser player).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

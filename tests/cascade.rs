@@ -239,17 +239,113 @@ async fn a_lossy_delayed_link_still_gives_a_decodable_stream() {
     origin.shutdown().await;
 }
 
+#[tokio::test]
+async fn failover_between_independent_origins_renumbers_and_stays_valid() {
+    if !have("ffprobe") {
+        return;
+    }
+    // The publisher sends to A and, a little later, separately to B: two
+    // sequence spaces, B's seqs behind A's.
+    let a = relay(quic_config()).await;
+    let b = relay(quic_config()).await;
+    let edge = edge(&[&a, &b]).await;
+    let pub_a = publish_demo(stream_url(&a, "ind"));
+    wait_live(&a, "ind").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pub_b = publish_demo(stream_url(&b, "ind"));
+    wait_live(&b, "ind").await;
+    let (rec_b, recorder_b) = record(&b, "ind");
+
+    let mut ws = ws_connect(&ws_url(&edge, "ind")).await;
+    let mut all = ws_read(&mut ws, 8, Duration::from_secs(20)).await;
+    assert_eq!(all.seqs.len(), 8);
+    let last_from_a = *all.seqs.last().expect("seq");
+    a.shutdown().await;
+    let after = ws_read(&mut ws, 15, Duration::from_secs(30)).await;
+    assert_eq!(
+        after.seqs.len(),
+        15,
+        "the viewers keep receiving fragments from B"
+    );
+    all.texts.extend(after.texts);
+    all.binaries.extend(after.binaries);
+    all.bytes.extend(after.bytes);
+    all.seqs.extend(after.seqs.iter().copied());
+
+    // Seqs keep growing on the edge, and the first fragment from B is a keyframe.
+    let metas: Vec<&serde_json::Value> = all.of_type("fragment");
+    for w in metas.windows(2) {
+        let (p, n) = (
+            w[0]["seq"].as_u64().unwrap_or(0),
+            w[1]["seq"].as_u64().unwrap_or(0),
+        );
+        assert!(n > p, "seqs grow across the failover: {p} then {n}");
+        if n != p + 1 {
+            assert_eq!(w[1]["key"], true, "a jump {p} → {n} lands on a keyframe");
+        }
+    }
+    let first_b = after.seqs[0];
+    assert!(first_b > last_from_a);
+    // B's fragments arrive unchanged, under renumbered seqs (B is behind A).
+    let src = serde_json::to_value(edge.state.registry.get("ind").expect("stream").source())
+        .expect("json");
+    let b_epoch = b.state.registry.get("ind").expect("stream").epoch();
+    assert_ne!(src["seq_space"], b_epoch, "renumbered: a space of its own");
+    let binaries_after: Vec<_> = {
+        // Skip init messages: pair fragment metas with their binaries.
+        let mut v = Vec::new();
+        let mut bins = all.binaries.iter();
+        for t in all
+            .texts
+            .iter()
+            .filter(|t| t["type"] == "init" || t["type"] == "fragment")
+        {
+            let bin = bins.next().expect("binary");
+            if t["type"] == "fragment" && t["seq"].as_u64().unwrap_or(0) >= first_b {
+                v.push(bin.clone());
+            }
+        }
+        v
+    };
+    let b_frags: Vec<_> = rec_b
+        .lock()
+        .fragments
+        .values()
+        .map(|(_, b)| b.clone())
+        .collect();
+    for bin in &binaries_after {
+        assert!(
+            b_frags.contains(bin),
+            "every fragment after the failover is one of B's, byte for byte"
+        );
+    }
+    // The viewer's whole byte stream still decodes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("independent.mp4");
+    std::fs::write(&path, &all.bytes).expect("write");
+    let frames = ffprobe_count(path.to_str().expect("path"), &[]).await;
+    assert!(
+        frames >= 60,
+        "ffprobe decoded {frames} frames across the failover"
+    );
+    recorder_b.abort();
+    pub_a.abort();
+    pub_b.abort();
+    edge.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Video frames ffprobe decodes from `input` (the first 3 s of a live URL).
 async fn ffprobe_frames(input: &str) -> u64 {
+    ffprobe_count(input, &["-read_intervals", "%+3"]).await
+}
+
+/// Video frames ffprobe decodes from `input`, with extra arguments.
+async fn ffprobe_count(input: &str, extra: &[&str]) -> u64 {
     let out = tokio::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
+        .args(extra)
         .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-count_frames",
-            "-read_intervals",
-            "%+3",
             "-show_entries",
             "stream=nb_read_frames",
             "-of",
@@ -304,6 +400,200 @@ async fn an_edge_signs_its_pull_of_a_signed_stream_and_checks_its_viewers() {
     let got = ws_read(&mut ws, 3, Duration::from_secs(20)).await;
     assert_eq!(got.seqs.len(), 3, "{:?}", got.texts);
     assert_eq!(viewers(&origin, "sig-1", Transport::Edge), 1);
+    publisher.abort();
+    edge.shutdown().await;
+    origin.shutdown().await;
+}
+
+#[tokio::test]
+async fn ffmpeg_over_quic_through_three_tiers_decodes_at_the_edge() {
+    if !have("ffmpeg") || !have("ffprobe") {
+        return;
+    }
+    let origin = relay(quic_config()).await;
+    let mid = edge(&[&origin]).await;
+    let edge = edge(&[&mid]).await;
+    // ffmpeg → relaycast publish (QUIC) → origin → mid → edge → ffprobe (HTTP stream).
+    let mut ffmpeg = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x180:rate=30",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "8",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "15",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "mp4",
+            "-movflags",
+            "frag_keyframe+empty_moov+default_base_moof",
+            "-",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ffmpeg");
+    let pipe: std::process::Stdio = ffmpeg
+        .stdout
+        .take()
+        .expect("ffmpeg stdout")
+        .try_into()
+        .expect("pipe");
+    let mut publisher = tokio::process::Command::new(env!("CARGO_BIN_EXE_relaycast"))
+        .args([
+            "publish",
+            "--max-retries",
+            "2",
+            "--to",
+            &stream_url(&origin, "ff"),
+            "-",
+        ])
+        .stdin(pipe)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("relaycast publish");
+    wait_live(&origin, "ff").await;
+    let url = format!("http://127.0.0.1:{}/live/ff.mp4", edge.addr.port());
+    let frames = ffprobe_frames(&url).await;
+    assert!(
+        frames >= 45,
+        "ffprobe decoded {frames} frames of ffmpeg's stream at the edge"
+    );
+    assert!(matches!(
+        edge.state.registry.get("ff").map(|s| s.source()),
+        Some(relaycast::fanout::Source::Pulled { .. })
+    ));
+    let _ = publisher.kill().await;
+    let _ = ffmpeg.kill().await;
+    edge.shutdown().await;
+    mid.shutdown().await;
+    origin.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_edge_moves_back_to_its_preferred_origin_when_it_returns() {
+    // root → (mid A with a fixed certificate and port, mid B) → edge [A, B].
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+    std::fs::write(&cert, ck.cert.pem()).expect("cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("key");
+    let root = relay(quic_config()).await;
+    let a_config = |listen: std::net::SocketAddr| {
+        let mut c = quic_config();
+        c.quic.listen = Some(listen);
+        c.server.tls_cert = Some(cert.clone());
+        c.server.tls_key = Some(key.clone());
+        c.cascade.origins = vec![quic_url(&root, None)];
+        c
+    };
+    let a = relay(a_config("127.0.0.1:0".parse().expect("addr"))).await;
+    let a_addr = a.quic.as_ref().expect("quic").addr;
+    let b = edge(&[&root]).await;
+    let mut c = quic_config();
+    c.cascade.origins = vec![quic_url(&a, None), quic_url(&b, None)];
+    c.cascade.return_after = Duration::from_millis(500);
+    let edge = relay(c).await;
+    let publisher = publish_demo(stream_url(&root, "back"));
+    wait_live(&root, "back").await;
+    let (rec, recorder) = record(&root, "back");
+
+    let mut ws = ws_connect(&ws_url(&edge, "back")).await;
+    let mut all = ws_read(&mut ws, 5, Duration::from_secs(20)).await;
+    assert_eq!(viewers(&a, "back", Transport::Edge), 1);
+    a.shutdown().await;
+    let more = ws_read(&mut ws, 5, Duration::from_secs(20)).await;
+    assert_eq!(more.seqs.len(), 5, "served from B meanwhile");
+    assert_eq!(viewers(&b, "back", Transport::Edge), 1);
+    // A comes back on the same address with the same certificate.
+    let mut a2 = None;
+    for _ in 0..50 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        match relaycast::server::start(a_config(a_addr), Some(l)).await {
+            Ok(r) => {
+                a2 = Some(r);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let a2 = a2.expect("A restarts on its address");
+    let mut back = false;
+    let mut rest = Vec::new();
+    for _ in 0..40 {
+        rest.push(ws_read(&mut ws, 2, Duration::from_secs(10)).await);
+        if viewers(&a2, "back", Transport::Edge) == 1 && viewers(&b, "back", Transport::Edge) == 0 {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "the edge returned to A and left B");
+    rest.push(ws_read(&mut ws, 5, Duration::from_secs(20)).await);
+    for r in std::iter::once(more).chain(rest) {
+        all.texts.extend(r.texts);
+        all.binaries.extend(r.binaries);
+        all.bytes.extend(r.bytes);
+        all.seqs.extend(r.seqs);
+    }
+    // Every fragment is the root's, in order; any jump lands on a keyframe.
+    check_against_origin(&all, &rec.lock());
+    recorder.abort();
+    publisher.abort();
+    edge.shutdown().await;
+    a2.shutdown().await;
+    b.shutdown().await;
+    root.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_edge_answers_404_for_unknown_streams_and_waits_for_late_ones() {
+    let origin = relay(quic_config()).await;
+    let edge = edge(&[&origin]).await;
+    let (status, _, _) = get(&format!(
+        "http://127.0.0.1:{}/live/nothing/info",
+        edge.addr.port()
+    ))
+    .await;
+    assert_eq!(status, 404, "no origin has it");
+    assert_eq!(viewers(&origin, "nothing", Transport::Edge), 0);
+
+    // A viewer that waits for a stream the origin only gets later.
+    let mut ws = ws_connect(&format!("{}?wait=15", ws_url(&edge, "late"))).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let publisher = publish_demo(stream_url(&origin, "late"));
+    wait_live(&origin, "late").await;
+    let got = ws_read(&mut ws, 3, Duration::from_secs(20)).await;
+    assert_eq!(
+        got.seqs.len(),
+        3,
+        "the waiting viewer got the stream once it started upstream"
+    );
+    assert_eq!(viewers(&origin, "late", Transport::Edge), 1);
     publisher.abort();
     edge.shutdown().await;
     origin.shutdown().await;

@@ -305,6 +305,12 @@ async fn quic_refusals_carry_application_codes_and_reasons() {
     assert_eq!(v["addr"], info.addr.to_string().as_str());
     drop(ok);
     relay.shutdown().await;
+    // Without --quic, /api/quic says so.
+    let plain = common::relay(common::config()).await;
+    let (status, _, body) = get(&format!("http://127.0.0.1:{}/api/quic", plain.addr.port())).await;
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("QUIC is not enabled"));
+    plain.shutdown().await;
 }
 
 #[tokio::test]
@@ -466,5 +472,82 @@ async fn a_quic_viewer_that_stops_reading_is_skipped_then_disconnected() {
     };
     assert_eq!(end, code::LAGGING, "disconnected with the LAGGING code");
     pusher.abort();
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_configured_pem_certificate_is_served_and_pinned() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    let mut cfg = quic_config();
+    cfg.server.tls_cert = Some(cert);
+    cfg.server.tls_key = Some(key);
+    let relay = relay(cfg).await;
+    let want = relaycast::quic::fingerprint_hex(ck.cert.der());
+    assert_eq!(
+        relay.quic.as_ref().expect("quic").fingerprint,
+        want,
+        "the configured certificate is used"
+    );
+    // A client pinning it can use the relay.
+    let client = Client::new().expect("client");
+    let url = QuicUrl::parse(&stream_url(&relay, "pem")).expect("url");
+    let e = client
+        .watch(&url, WatchOptions::default())
+        .await
+        .err()
+        .expect("no such stream yet");
+    assert_eq!(
+        e.code(),
+        Some(code::NOT_FOUND),
+        "handshake passed, request answered: {e}"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_quic_publisher_on_a_lossy_delayed_link_is_served_intact() {
+    let relay = relay(quic_config()).await;
+    let q = relay.quic.as_ref().expect("quic").clone();
+    let (proxy, stats) = lossy_proxy(q.addr, Duration::from_millis(50), 2).await;
+    let publisher = publish_demo(format!(
+        "quic://{proxy}/lossy-pub?fingerprint={}",
+        q.fingerprint
+    ));
+    wait_live(&relay, "lossy-pub").await;
+    // Every fragment the relay got is a complete, in-order fragment of the clip.
+    let mut ws = ws_connect(&format!(
+        "ws://127.0.0.1:{}/live/lossy-pub",
+        relay.addr.port()
+    ))
+    .await;
+    let got = ws_read(&mut ws, 15, Duration::from_secs(30)).await;
+    assert_eq!(got.seqs.len(), 15);
+    assert!(
+        got.seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no fragment lost: {:?}",
+        got.seqs
+    );
+    let demo = relaycast::media::demo::Demo::load().expect("demo");
+    let clip = demo.len() as u64;
+    let mut bins = got.binaries.iter().skip(1); // the init first
+    assert_eq!(got.binaries[0], demo.init().bytes);
+    for &seq in &got.seqs {
+        let (frag, _) = demo.fragment(seq);
+        assert_eq!(
+            bins.next(),
+            Some(&frag.bytes),
+            "fragment {seq} (clip fragment {})",
+            seq % clip
+        );
+    }
+    assert!(
+        stats.dropped.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the proxy dropped datagrams"
+    );
+    publisher.abort();
     relay.shutdown().await;
 }

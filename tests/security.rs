@@ -27,6 +27,12 @@ fn write_cert(dir: &Path) -> CertificateDer<'static> {
     ck.cert.der().clone()
 }
 
+/// SHA-256 of a certificate's DER, lowercase hex (the QUIC pin).
+fn fingerprint(cert: &CertificateDer<'static>) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(cert.as_ref()))
+}
+
 /// A TLS client that trusts `cert` and nothing else.
 fn client(cert: &CertificateDer<'static>) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
@@ -79,7 +85,14 @@ async fn tls_serves_https_and_wss_and_reloads_on_sighup_without_dropping_viewers
         key: None,
     });
     cfg.limits.header_read_timeout = Duration::from_secs(1);
+    cfg.quic.listen = Some("127.0.0.1:0".parse().expect("addr"));
     let relay = relay(cfg).await;
+    let quic = relay.quic.clone().expect("QUIC on");
+    assert_eq!(
+        quic.fingerprint,
+        fingerprint(&cert_a),
+        "QUIC uses the same certificate"
+    );
     let addr = relay.addr;
     let trust_a = client(&cert_a);
     assert_eq!(https_get(addr, &trust_a, "/healthz").await, Ok(200));
@@ -149,6 +162,28 @@ async fn tls_serves_https_and_wss_and_reloads_on_sighup_without_dropping_viewers
         https_get(addr, &trust_a, "/healthz").await.is_err(),
         "the old certificate is no longer served"
     );
+    // The QUIC port reloaded too: a client pinning the new certificate gets in.
+    let quic_watch = async |cert: &CertificateDer<'static>| {
+        let url = format!(
+            "quic://{}/tlscam?fingerprint={}",
+            quic.addr,
+            fingerprint(cert)
+        );
+        let mut out: Vec<u8> = Vec::new();
+        relaycast::client::watch(&url, &mut out, Some(500))
+            .await
+            .map(|_| out.len())
+    };
+    let mut quic_reloaded = false;
+    for _ in 0..100 {
+        if quic_watch(&cert_b).await.is_ok_and(|n| n >= 500) {
+            quic_reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(quic_reloaded, "QUIC serves the new certificate");
+    assert!(quic_watch(&cert_a).await.is_err(), "not the old one");
 
     // The viewer that connected before the reload is still there.
     publisher

@@ -87,6 +87,7 @@ struct EdgeInner {
     origins: Vec<QuicUrl>,
     pick: OriginPick,
     linger: Duration,
+    return_after: Duration,
     client: Client,
     shutdown: CancellationToken,
     max_box_size: u64,
@@ -124,6 +125,7 @@ impl Edge {
             origins,
             pick: config.pick,
             linger: config.linger,
+            return_after: config.return_after,
             client,
             shutdown,
             max_box_size,
@@ -257,6 +259,10 @@ impl EdgeInner {
             let stream = publisher.stream().clone();
             tracing::info!(stream = %name, origin = %self.origins[idx].base, "pulling from origin");
             let live = session.hello().live;
+            let preferred = origin_order(self.pick, self.origins.len(), &name, None)
+                .first()
+                .copied()
+                .unwrap_or(idx);
             let puller = Puller {
                 edge: self.clone(),
                 registry,
@@ -268,6 +274,9 @@ impl EdgeInner {
                 map,
                 splitter: self.splitter(),
                 failovers: 0,
+                preferred,
+                probe: None,
+                last_switch: Instant::now(),
             };
             tokio::spawn(puller.run());
             return Some(stream);
@@ -364,6 +373,8 @@ enum Next {
     Failover(String),
     /// The stream is over (or no longer ours).
     Stop,
+    /// The preferred origin answers again: move back to it.
+    Return(Result<WatchSession, QuicError>),
 }
 
 /// One pulled stream: upstream session in, edge publisher out.
@@ -379,6 +390,12 @@ struct Puller {
     map: SeqMap,
     splitter: Splitter,
     failovers: u64,
+    /// The origin this stream is asked from first.
+    preferred: usize,
+    /// A subscription to the preferred origin being tried, after a failover.
+    probe: Option<tokio::sync::oneshot::Receiver<Result<WatchSession, QuicError>>>,
+    /// When the origin last changed (or the preferred one was last tried).
+    last_switch: Instant,
 }
 
 impl Puller {
@@ -393,17 +410,31 @@ impl Puller {
             if self.stream.is_closed() {
                 break;
             }
+            let probe = &mut self.probe;
             let next = match self.session.as_mut() {
                 Some(session) => tokio::select! {
                     ev = session.next() => match ev {
                         Ok(ev) => self.on_event(ev),
                         Err(e) => Next::Failover(e.to_string()),
                     },
+                    r = async {
+                        match probe.as_mut() {
+                            Some(rx) => rx.await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        self.probe = None;
+                        match r {
+                            Ok(r) => Next::Return(r),
+                            Err(_) => Next::Continue,
+                        }
+                    }
                     _ = tick.tick() => {
                         if self.lingered(&mut idle_since) {
                             break;
                         }
                         self.report(Health::Up);
+                        self.try_preferred();
                         Next::Continue
                     }
                     _ = shutdown.cancelled() => break,
@@ -430,6 +461,14 @@ impl Puller {
             match next {
                 Next::Continue => {}
                 Next::Stop => break,
+                Next::Return(Ok(session)) => {
+                    if !self.switch_to(self.preferred, session) {
+                        break;
+                    }
+                }
+                Next::Return(Err(e)) => {
+                    tracing::debug!(stream = %self.name, error = %e, "preferred origin still unavailable");
+                }
                 Next::Failover(why) => {
                     tracing::warn!(stream = %self.name, origin = %self.edge.origins[self.origin].base, %why, "lost the origin; failing over");
                     if let Some(s) = self.session.take() {
@@ -437,6 +476,7 @@ impl Puller {
                     }
                     // Viewers hear "publisher gone" and wait out the grace period.
                     self.publisher = None;
+                    self.probe = None;
                     self.report(Health::Down);
                     retry_at = Instant::now();
                 }
@@ -565,6 +605,50 @@ impl Puller {
         }
     }
 
+    /// After a failover, now and then try the preferred origin in the
+    /// background (the current subscription keeps flowing meanwhile).
+    fn try_preferred(&mut self) {
+        let wait = self.edge.return_after;
+        if wait.is_zero()
+            || self.origin == self.preferred
+            || self.probe.is_some()
+            || self.last_switch.elapsed() < wait
+        {
+            return;
+        }
+        self.last_switch = Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (edge, name, after, idx) = (
+            self.edge.clone(),
+            self.name.clone(),
+            self.map.after(),
+            self.preferred,
+        );
+        tokio::spawn(async move {
+            let _ = tx.send(edge.subscribe(idx, &name, after).await);
+        });
+        self.probe = Some(rx);
+    }
+
+    /// Continue from `session` (on origin `idx`); false when the stream is gone.
+    fn switch_to(&mut self, idx: usize, session: WatchSession) -> bool {
+        tracing::info!(stream = %self.name, origin = %self.edge.origins[idx].base, "back on the preferred origin");
+        if let Some(old) = self.session.take() {
+            old.close(code::DONE, "moving back to the preferred origin");
+        }
+        self.failovers += 1;
+        self.origin = idx;
+        self.last_switch = Instant::now();
+        self.map.start(session.hello().seq_space);
+        let live = session.hello().live;
+        self.session = Some(session);
+        if live && !self.attach() {
+            return false;
+        }
+        self.report(Health::Up);
+        true
+    }
+
     /// One round over the origins; true when subscribed again.
     async fn reconnect(&mut self) -> bool {
         let after = self.map.after();
@@ -578,6 +662,7 @@ impl Puller {
                     tracing::info!(stream = %self.name, origin = %self.edge.origins[idx].base, ?after, "pulling again");
                     self.failovers += 1;
                     self.origin = idx;
+                    self.last_switch = Instant::now();
                     self.map.start(session.hello().seq_space);
                     let live = session.hello().live;
                     self.session = Some(session);

@@ -8,7 +8,7 @@
 //!     time at the first relay `u64` (Unix ms), length `u32`, the fragment bytes.
 
 use super::{MAX_CONTROL, MAX_PAYLOAD, QuicError};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -126,18 +126,20 @@ pub async fn read_media(recv: &mut quinn::RecvStream) -> Result<Option<MediaFram
         INIT => {
             let mut h = [0u8; 12];
             need(read_exact_or_end(recv, &mut h).await?)?;
-            let version = u64::from_be_bytes(h[0..8].try_into().unwrap_or_default());
-            let len = u32::from_be_bytes(h[8..12].try_into().unwrap_or_default()) as usize;
+            let mut h = &h[..];
+            let version = h.get_u64();
+            let len = h.get_u32() as usize;
             let bytes = read_payload(recv, len).await?;
             Ok(Some(MediaFrame::Init { version, bytes }))
         }
         FRAGMENT => {
             let mut h = [0u8; 21];
             need(read_exact_or_end(recv, &mut h).await?)?;
-            let seq = u64::from_be_bytes(h[0..8].try_into().unwrap_or_default());
-            let keyframe = h[8] & 1 == 1;
-            let t_ms = u64::from_be_bytes(h[9..17].try_into().unwrap_or_default());
-            let len = u32::from_be_bytes(h[17..21].try_into().unwrap_or_default()) as usize;
+            let mut h = &h[..];
+            let seq = h.get_u64();
+            let keyframe = h.get_u8() & 1 == 1;
+            let t_ms = h.get_u64();
+            let len = h.get_u32() as usize;
             let bytes = read_payload(recv, len).await?;
             Ok(Some(MediaFrame::Fragment {
                 seq,

@@ -299,19 +299,26 @@ pub struct QuicServer {
 impl QuicServer {
     /// Bind `addr` with the certificate of `tls`.
     pub fn bind(addr: SocketAddr, tls: &QuicTls) -> Result<QuicServer, QuicError> {
-        let mut server = quinn::ServerConfig::with_crypto(tls.server_crypto()?);
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .send_window(SEND_WINDOW)
-            .max_concurrent_bidi_streams(VarInt::from_u32(4))
-            .keep_alive_interval(Some(Duration::from_secs(2)));
-        server.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server, addr)?;
+        let endpoint = quinn::Endpoint::server(Self::server_config(tls)?, addr)?;
         let info = Info {
             addr: endpoint.local_addr()?,
             fingerprint: tls.fingerprint.clone(),
         };
         Ok(QuicServer { endpoint, info })
+    }
+
+    /// The endpoint's configuration for the certificate of `tls`.
+    fn server_config(tls: &QuicTls) -> Result<quinn::ServerConfig, QuicError> {
+        let mut server = quinn::ServerConfig::with_crypto(tls.server_crypto()?);
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .send_window(SEND_WINDOW)
+            .max_concurrent_bidi_streams(VarInt::from_u32(4))
+            // Clients never open unidirectional streams (media flows to them).
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .keep_alive_interval(Some(Duration::from_secs(2)));
+        server.transport_config(Arc::new(transport));
+        Ok(server)
     }
 
     /// Address and fingerprint.
@@ -338,8 +345,16 @@ impl QuicServer {
                     }
                 };
                 if let Err(e) = session(&conn, &app).await {
-                    tracing::info!(%peer, error = %e, "QUIC session refused or failed");
-                    close(&conn, error_code(&e), &e.to_string());
+                    match conn.close_reason() {
+                        // The client left (or the connection died) first: nothing to tell it.
+                        Some(reason) => {
+                            tracing::debug!(%peer, error = %e, %reason, "QUIC session ended by the client")
+                        }
+                        None => {
+                            tracing::info!(%peer, error = %e, "QUIC session refused or failed");
+                            close(&conn, error_code(&e), &e.to_string());
+                        }
+                    }
                 }
             });
         }
@@ -379,6 +394,39 @@ pub fn start(
         self_signed = tls.self_signed,
         "QUIC (relaycast/1) listening"
     );
+    if let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key) {
+        // The same certificate as https, reloaded on SIGHUP like it: new
+        // QUIC connections get the new one, established ones keep theirs.
+        // (The fingerprint in `Info` and /api/quic stays the one at start.)
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let endpoint = quic.endpoint.clone();
+                let (cert, key) = (cert.clone(), key.clone());
+                let shutdown = state.shutdown.clone();
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            r = hup.recv() => if r.is_none() { return },
+                            _ = shutdown.cancelled() => return,
+                        }
+                        let reloaded = QuicTls::from_pem_files(&cert, &key)
+                            .and_then(|tls| QuicServer::server_config(&tls));
+                        match reloaded {
+                            Ok(c) => {
+                                endpoint.set_server_config(Some(c));
+                                tracing::info!("SIGHUP: QUIC certificate reloaded");
+                            }
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: QUIC reload failed; keeping the old certificate"),
+                        }
+                    }
+                }));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: QUIC certificate reload disabled")
+            }
+        }
+    }
     tasks.push(tokio::spawn(quic.run(state.clone())));
     Ok(Some(info))
 }

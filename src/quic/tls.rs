@@ -161,6 +161,8 @@ pub fn client_config(
             5_000,
         ))))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(256))
+        // The relay never opens bidirectional streams.
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(0))
         .receive_window(quinn::VarInt::from_u32(receive_window))
         .stream_receive_window(quinn::VarInt::from_u32(receive_window));
     config.transport_config(Arc::new(transport));
