@@ -49,9 +49,15 @@ pub async fn serve(
         queue,
         done: false,
     };
-    let body = futures_util::stream::unfold(state, |mut s| async move {
-        let next = s.next_bytes().await?;
-        Some((Ok::<Bytes, std::io::Error>(next), s))
+    // hyper polls the body outside the handler: carry the session span.
+    let span = tracing::Span::current();
+    let body = futures_util::stream::unfold(state, move |mut s| {
+        use tracing::Instrument;
+        async move {
+            let next = s.next_bytes().await?;
+            Some((Ok::<Bytes, std::io::Error>(next), s))
+        }
+        .instrument(span.clone())
     });
     let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
     let h = resp.headers_mut();
@@ -104,8 +110,14 @@ impl Body2 {
     }
 
     fn push(&mut self, ev: &Event) {
-        if let Event::End(_) = ev {
+        if let Event::End(reason) = ev {
             self.done = true;
+            if *reason == crate::fanout::EndReason::Lagging {
+                tracing::info!(
+                    skips = self.viewer.total_skips(),
+                    "viewer disconnected: lagging"
+                );
+            }
         }
         if self.meta {
             let (json, _) = event_parts(ev);
