@@ -36,6 +36,7 @@ pub mod egress;
 mod error;
 pub mod fanout;
 pub mod ingest;
+pub mod load;
 pub mod media;
 pub mod player;
 pub mod server;

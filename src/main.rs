@@ -28,6 +28,8 @@ enum Command {
     Publish(PublishArgs),
     /// Write a live stream to a file or stdout.
     Watch(WatchArgs),
+    /// Load generator: publish synthetic streams, open N viewers, report figures.
+    Load(relaycast::load::LoadArgs),
 }
 
 #[derive(Args)]
@@ -123,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => rt.block_on(serve(args)),
         Some(Command::Publish(args)) => rt.block_on(publish(args)),
         Some(Command::Watch(args)) => rt.block_on(watch(args)),
+        Some(Command::Load(args)) => rt.block_on(relaycast::load::main(args)),
     }
 }
 
