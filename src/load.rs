@@ -99,6 +99,9 @@ pub struct LoadArgs {
     /// and measure it; `--publish`/`--watch` defaults then point at it.
     #[arg(long, value_name = "ADDR")]
     pub spawn_relay: Option<String>,
+    /// The relaycast binary to spawn (default: this one), e.g. an older build for an A/B run.
+    #[arg(long)]
+    pub relay_bin: Option<std::path::PathBuf>,
     /// Extra flags for the spawned relay (`--config FILE` …), space-separated.
     #[arg(long, default_value = "")]
     pub spawn_args: String,
@@ -141,7 +144,7 @@ fn parse_rate(s: &str) -> Result<u64, String> {
         _ => (s, 1.0),
     };
     let v: f64 = num.parse().map_err(|e| format!("{s}: {e}"))?;
-    if !(v > 0.0) {
+    if v.is_nan() || v <= 0.0 {
         return Err(format!("{s}: must be positive"));
     }
     Ok((v * mul) as u64)
@@ -472,7 +475,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     let mut relay_pid = args.relay_pid;
     let mut base_url = "127.0.0.1:8080".to_string();
     if let Some(addr) = &args.spawn_relay {
-        let exe = std::env::current_exe()?;
+        let exe = match &args.relay_bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?,
+        };
         let mut cmd = std::process::Command::new(exe);
         cmd.args(["serve", "--no-demo", "--listen", addr]);
         cmd.args(args.spawn_args.split_whitespace());
