@@ -258,40 +258,56 @@ impl Frames {
     }
 
     /// Writes every frame with vectored writes, then clears the batch.
+    /// Allocation-free in the steady state: the slices are gathered on the
+    /// stack (`IOV` at a time) and the batch keeps a small capacity.
     async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
-        let headers = self.headers.split().freeze();
-        let mut pieces: Vec<Bytes> = Vec::with_capacity(self.parts.len() * 2);
-        for (a, b, p) in self.parts.drain(..) {
-            pieces.push(headers.slice(a..b));
-            if !p.is_empty() {
-                pieces.push(p);
-            }
-        }
+        /// Slices per `writev` (a batch of one fragment needs 4).
+        const IOV: usize = 16;
+        let total = self.parts.len() * 2;
+        let (headers, parts) = (&self.headers, &self.parts);
+        let piece = |i: usize| -> &[u8] {
+            let (a, b, p) = &parts[i / 2];
+            if i % 2 == 0 { &headers[*a..*b] } else { p }
+        };
         let mut first = 0;
         let mut offset = 0;
-        while first < pieces.len() {
-            let n = {
-                let mut io: Vec<IoSlice<'_>> = Vec::with_capacity((pieces.len() - first).min(64));
-                for (i, p) in pieces[first..].iter().take(64).enumerate() {
-                    io.push(IoSlice::new(if i == 0 { &p[offset..] } else { p }));
+        while first < total {
+            let mut io: [IoSlice<'_>; IOV] = [IoSlice::new(&[]); IOV];
+            let mut k = 0;
+            let mut i = first;
+            while i < total && k < IOV {
+                let p = piece(i);
+                let p = if i == first { &p[offset..] } else { p };
+                if !p.is_empty() {
+                    io[k] = IoSlice::new(p);
+                    k += 1;
                 }
-                w.write_vectored(&io).await?
-            };
+                i += 1;
+            }
+            if k == 0 {
+                break;
+            }
+            let mut n = w.write_vectored(&io[..k]).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
-            let mut n = n;
-            while n > 0 && first < pieces.len() {
-                let left = pieces[first].len() - offset;
+            while first < total {
+                let left = piece(first).len() - offset;
                 if n >= left {
                     n -= left;
                     first += 1;
                     offset = 0;
                 } else {
                     offset += n;
-                    n = 0;
+                    break;
                 }
             }
+        }
+        self.parts.clear();
+        self.parts.shrink_to(8);
+        self.headers.clear();
+        if self.headers.capacity() > 256 {
+            self.headers = BytesMut::new();
         }
         w.flush().await
     }
