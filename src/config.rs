@@ -190,9 +190,11 @@ pub struct EgressConfig {
     /// Longest `wait=` for a stream that has not started.
     #[serde(with = "serde_secs")]
     pub max_wait: Duration,
-    /// WebSocket read buffer per viewer (tungstenite's default is 128 KiB).
+    /// WebSocket read buffer per viewer, bytes (at least 256; viewers only
+    /// send pings and close, so small is enough; tungstenite's default is 128 KiB).
     pub ws_read_buffer: usize,
-    /// WebSocket write buffer per viewer before a flush.
+    /// Kept for config compatibility; unused: the WebSocket egress writes
+    /// each batch with one vectored write and buffers nothing.
     pub ws_write_buffer: usize,
 }
 

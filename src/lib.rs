@@ -43,6 +43,7 @@ mod error;
 pub mod fanout;
 pub mod ingest;
 pub mod limits;
+pub mod load;
 pub mod logging;
 pub mod media;
 pub mod metrics;

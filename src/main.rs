@@ -28,6 +28,8 @@ enum Command {
     Publish(PublishArgs),
     /// Write a live stream to a file or stdout.
     Watch(WatchArgs),
+    /// Load generator: publish synthetic streams, open N viewers, report figures.
+    Load(relaycast::load::LoadArgs),
     /// Print a signed viewer URL query (`exp=…&sig=…`) for a stream.
     Sign(SignArgs),
     /// Configuration tools.
@@ -220,6 +222,7 @@ fn main() -> anyhow::Result<()> {
         (Some(Command::Publish(args)), _) => rt.block_on(publish(args)),
         (Some(Command::Watch(args)), _) => rt.block_on(watch(args)),
         (Some(Command::Sign(args)), _) => sign(args),
+        (Some(Command::Load(args)), _) => rt.block_on(relaycast::load::main(args)),
     }
 }
 

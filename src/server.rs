@@ -162,9 +162,9 @@ async fn live(
         return egress::http_stream::serve(app, base.to_string(), q, peer).await;
     }
     let (mut parts, _) = req.into_parts();
-    match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &app).await {
-        Ok(ws) => egress::websocket::serve(app, name, q, peer, ws).await,
-        Err(_) => error_response(&Error::BadRequest(format!(
+    match egress::websocket::upgrade(&mut parts) {
+        Some(up) => egress::websocket::serve(app, name, q, peer, up).await,
+        None => error_response(&Error::BadRequest(format!(
             "GET /live/{name} needs Upgrade: websocket; for HTTP streaming use /live/{name}.mp4"
         ))),
     }
@@ -300,13 +300,26 @@ impl Running {
     }
 }
 
+/// Binds the HTTP listener with a deep accept queue (4096, capped by the
+/// kernel's somaxconn): with the default 128 a join storm of a thousand
+/// viewers overflows it and the dropped SYNs come back a second later.
+fn bind_http(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Bind every listener of `config` and start serving. The HTTP listener may
 /// be passed in (tests bind `127.0.0.1:0` themselves).
 pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Running> {
     let listener = match listener {
         Some(l) => l,
-        None => TcpListener::bind(config.server.listen)
-            .await
+        None => bind_http(config.server.listen)
             .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.server.listen))?,
     };
     let addr = listener.local_addr()?;
