@@ -217,7 +217,17 @@ async fn run() -> bool {
     let viewers = env_or("CHURN_VIEWERS", 10_000) as usize;
     let secs = env_or("CHURN_SECS", 60);
     let rounds = env_or("CHURN_ROUNDS", 2) as usize;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relaycast"))
+    // CHURN_WRAP runs the relay under a tool (e.g. `heaptrack`).
+    let wrap = std::env::var("CHURN_WRAP").ok().filter(|w| !w.is_empty());
+    let mut cmd = match &wrap {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.arg(env!("CARGO_BIN_EXE_relaycast"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_relaycast")),
+    };
+    let mut child = cmd
         .args(["serve", "--no-demo", "--listen", "127.0.0.1:0"])
         .env("RELAYCAST_FANOUT__GRACE", "10")
         // Every viewer comes from 127.0.0.1 here.
@@ -230,7 +240,13 @@ async fn run() -> bool {
     let pid = child.id();
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
-    stdout.read_line(&mut line).expect("first line");
+    // A wrapper may print first: find the relay's line.
+    while !line.starts_with("relaycast: listening") {
+        line.clear();
+        if stdout.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("relay exited before listening");
+        }
+    }
     let addr = line
         .trim()
         .strip_prefix("relaycast: listening on http://")
