@@ -12,6 +12,8 @@
 //!
 //! Prints the figures; exits non-zero when a check fails.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "../tests/opsutil/mod.rs"]
 mod opsutil;
 
@@ -285,7 +287,7 @@ async fn run() -> bool {
                 let t = Instant::now();
                 let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
                 let url = format!("http://{addr}/publish/churn");
-                let put = tokio::spawn(async move { opsutil::put_stream(&url, rx).await });
+                let put = tokio::spawn(async move { common::put_stream(&url, rx).await });
                 // Whole clips only, so each session ends on a box boundary.
                 'session: while t.elapsed() < per_session {
                     for piece in file.chunks(4000) {
@@ -367,7 +369,7 @@ async fn run() -> bool {
     // One more session: every stayer must receive it.
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     let url = format!("http://{addr}/publish/churn");
-    let put = tokio::spawn(async move { opsutil::put_stream(&url, rx).await });
+    let put = tokio::spawn(async move { common::put_stream(&url, rx).await });
     for piece in file.chunks(4000) {
         let _ = tx.send(Bytes::copy_from_slice(piece)).await;
         tokio::time::sleep(Duration::from_millis(8)).await;

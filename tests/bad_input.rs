@@ -659,36 +659,3 @@ async fn request(
         .unwrap_or_default();
     (status, h, b)
 }
-
-/// PUT a body fed by a channel, for a publisher kept open.
-async fn put_stream(url: &str, mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> (u16, String) {
-    use http_body_util::BodyExt;
-    let u = url::Url::parse(url).expect("url");
-    let tcp = TcpStream::connect((u.host_str().expect("host"), u.port().expect("port")))
-        .await
-        .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)));
-    let req = hyper::Request::put(&u[url::Position::BeforePath..])
-        .header("host", "relay")
-        .body(http_body_util::StreamBody::new(stream))
-        .expect("request");
-    match sender.send_request(req).await {
-        Ok(r) => {
-            let s = r.status().as_u16();
-            let b = r
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            (s, String::from_utf8_lossy(&b).into_owned())
-        }
-        Err(e) => (0, e.to_string()),
-    }
-}

@@ -161,7 +161,7 @@ async fn stalled_viewer_behind_a_slow_link_is_skipped_then_dropped_while_100_oth
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     let publisher = {
         let url = format!("http://{base}/publish/slow");
-        tokio::spawn(async move { opsutil::put_stream(&url, rx).await })
+        tokio::spawn(async move { common::put_stream(&url, rx).await })
     };
     // Stops at the end of a loop of the clip, so the stream ends on a box boundary.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

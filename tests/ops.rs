@@ -145,7 +145,7 @@ async fn metrics_move_with_real_traffic_and_parse_as_prometheus_text() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let publisher = {
         let url = format!("http://{base}/publish/m1");
-        tokio::spawn(async move { opsutil::put_stream(&url, rx).await })
+        tokio::spawn(async move { common::put_stream(&url, rx).await })
     };
     tx.send(file.clone()).await.expect("send");
     let got = ws_read(&mut ws, 40, Duration::from_secs(20)).await;

@@ -75,7 +75,7 @@ async fn late_viewer_starts_at_the_newest_keyframe_and_resumes_with_after() {
     // Publish everything but keep the stream open: the body never ends until we drop it.
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let url = format!("http://{base}/publish/late");
-    let publisher = tokio::spawn(async move { publish_from_channel(&url, rx).await });
+    let publisher = tokio::spawn(async move { put_stream(&url, rx).await });
     tx.send(file.clone()).await.expect("send");
     // Wait until the relay has every fragment.
     let info_url = format!("http://{base}/live/late/info");
@@ -117,60 +117,6 @@ async fn late_viewer_starts_at_the_newest_keyframe_and_resumes_with_after() {
     relay.shutdown().await;
 }
 
-/// PUT a body fed by a channel (for streams kept open).
-async fn publish_from_channel(
-    url: &str,
-    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> (u16, String) {
-    let (tx2, rx2) = tokio::sync::mpsc::channel::<Bytes>(1);
-    let url = url.to_string();
-    let fwd = tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
-            if tx2.send(b).await.is_err() {
-                break;
-            }
-        }
-    });
-    let r = common_put_stream(&url, rx2).await;
-    let _ = fwd.await;
-    r
-}
-
-async fn common_put_stream(url: &str, rx: tokio::sync::mpsc::Receiver<Bytes>) -> (u16, String) {
-    use futures_util::StreamExt;
-    use http_body_util::BodyExt;
-    let mut rx = rx;
-    let u = url::Url::parse(url).expect("url");
-    let tcp =
-        tokio::net::TcpStream::connect((u.host_str().expect("host"), u.port().expect("port")))
-            .await
-            .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)));
-    let req = hyper::Request::put(&u[url::Position::BeforePath..])
-        .header("host", "relay")
-        .body(http_body_util::StreamBody::new(stream))
-        .expect("request");
-    match sender.send_request(req).await {
-        Ok(r) => {
-            let s = r.status().as_u16();
-            let b = r
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            (s, String::from_utf8_lossy(&b).into_owned())
-        }
-        Err(e) => (0, e.to_string()),
-    }
-}
-
 #[tokio::test]
 async fn bad_requests_get_clear_statuses_and_disturb_nothing() {
     let relay = relay(config()).await;
@@ -182,7 +128,7 @@ async fn bad_requests_get_clear_statuses_and_disturb_nothing() {
     let mut ws = ws_connect(&format!("ws://{base}/live/healthy?wait=10")).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let url = format!("http://{base}/publish/healthy");
-    let healthy = tokio::spawn(async move { publish_from_channel(&url, rx).await });
+    let healthy = tokio::spawn(async move { put_stream(&url, rx).await });
     let half = frags.len() / 2;
     let cut = init.bytes.len() + frags[..half].iter().map(|f| f.bytes.len()).sum::<usize>();
     tx.send(file.slice(..cut)).await.expect("send");
@@ -407,7 +353,7 @@ async fn shutdown_ends_never_ending_responses_at_a_fragment_boundary() {
     let file = fixture("h264_aac_every_frame.mp4");
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let url = format!("http://{base}/publish/sd");
-    let publisher = tokio::spawn(async move { publish_from_channel(&url, rx).await });
+    let publisher = tokio::spawn(async move { put_stream(&url, rx).await });
     tx.send(file.slice(..file.len() / 2)).await.expect("send");
     let stream_url = format!("http://{base}/live/sd.mp4?wait=5");
     let viewer = tokio::spawn(async move { get(&stream_url).await });

@@ -222,7 +222,7 @@ async fn sigterm_with_1000_viewers_drains_within_the_deadline() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let publisher = {
         let url = format!("http://{addr}/publish/sig");
-        tokio::spawn(async move { opsutil::put_stream(&url, rx).await })
+        tokio::spawn(async move { common::put_stream(&url, rx).await })
     };
     let feeder = tokio::spawn(async move {
         loop {

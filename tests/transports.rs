@@ -496,7 +496,7 @@ async fn polls_report_skips_and_a_missing_after_starts_at_the_newest_keyframe() 
     let url = format!("http://{base}/publish/sk");
     let body = futures_util::stream::once(std::future::ready(file.clone()))
         .chain(futures_util::stream::pending());
-    let publisher = tokio::spawn(async move { put_stream(&url, body).await });
+    let publisher = tokio::spawn(async move { put_body(&url, body).await });
     let last = (frags.len() - 1) as u64;
     let info = info_when(&base, "sk", |i| i["seq"] == last).await;
     let newest_key = frags.iter().rposition(|f| f.keyframe).expect("keyframe") as u64;
@@ -583,44 +583,6 @@ async fn polls_report_skips_and_a_missing_after_starts_at_the_newest_keyframe() 
     assert_eq!(s, 400, "{}", String::from_utf8_lossy(&body));
     publisher.abort();
     relay.shutdown().await;
-}
-
-/// PUT a body from a stream of chunks; returns (status, body).
-async fn put_stream(
-    url: &str,
-    chunks: impl futures_util::Stream<Item = Bytes> + Send + 'static,
-) -> (u16, String) {
-    use http_body_util::BodyExt;
-    let u = url::Url::parse(url).expect("url");
-    let tcp =
-        tokio::net::TcpStream::connect((u.host_str().expect("host"), u.port().expect("port")))
-            .await
-            .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
-    let body = http_body_util::StreamBody::new(
-        chunks.map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))),
-    );
-    let req = hyper::Request::put(&u[url::Position::BeforePath..])
-        .header("host", "relay")
-        .body(body)
-        .expect("request");
-    match sender.send_request(req).await {
-        Ok(r) => {
-            let s = r.status().as_u16();
-            let b = r
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            (s, String::from_utf8_lossy(&b).into_owned())
-        }
-        Err(e) => (0, e.to_string()),
-    }
 }
 
 /// ffmpeg's live test source (320x180 H.264 + AAC, real time) muxed as fMP4 to `out`.

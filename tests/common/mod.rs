@@ -135,33 +135,62 @@ pub fn split(bytes: &[u8]) -> (relaycast::media::Init, Vec<relaycast::media::Fra
     (init.expect("fixture has an init"), frags)
 }
 
-/// PUT `body` to `url` with a chunked body sent in pieces of `piece` bytes,
-/// pausing `pause` between pieces. Returns (status, body).
-pub async fn put_chunked(url: &str, body: Bytes, piece: usize, pause: Duration) -> (u16, String) {
+/// PUT to `url` with a chunked body made of `chunks`, for as long as they
+/// last; returns (status, response body), or (0, error) when the request fails.
+pub async fn put_body(
+    url: &str,
+    chunks: impl futures_util::Stream<Item = Bytes> + Send + 'static,
+) -> (u16, String) {
     use http_body_util::BodyExt;
     let u = url::Url::parse(url).expect("url");
     let host = u.host_str().expect("host").to_string();
     let port = u.port().expect("port");
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .expect("connect");
+    let tcp = match tokio::net::TcpStream::connect((host.as_str(), port)).await {
+        Ok(t) => t,
+        Err(e) => return (0, e.to_string()),
+    };
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .expect("handshake");
+        match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await {
+            Ok(x) => x,
+            Err(e) => return (0, e.to_string()),
+        };
     tokio::spawn(conn);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)));
+    let body = chunks.map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)));
     let req = hyper::Request::put(&u[url::Position::BeforePath..])
         .header("host", format!("{host}:{port}"))
-        .body(http_body_util::StreamBody::new(stream))
+        .body(http_body_util::StreamBody::new(body))
         .expect("request");
-    let resp = tokio::spawn(async move {
-        let r = sender.send_request(req).await?;
-        let status = r.status().as_u16();
-        let b = r.into_body().collect().await?.to_bytes();
-        Ok::<_, hyper::Error>((status, String::from_utf8_lossy(&b).into_owned()))
+    match sender.send_request(req).await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let b = r
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            (status, String::from_utf8_lossy(&b).into_owned())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// [`put_body`] fed from a channel: the publisher stays open as long as `rx` does.
+pub async fn put_stream(url: &str, mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> (u16, String) {
+    put_body(
+        url,
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+    )
+    .await
+}
+
+/// PUT `body` to `url` with a chunked body sent in pieces of `piece` bytes,
+/// pausing `pause` between pieces. Returns (status, body).
+pub async fn put_chunked(url: &str, body: Bytes, piece: usize, pause: Duration) -> (u16, String) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let resp = tokio::spawn({
+        let url = url.to_string();
+        async move { put_stream(&url, rx).await }
     });
     let mut off = 0;
     while off < body.len() {
@@ -175,10 +204,7 @@ pub async fn put_chunked(url: &str, body: Bytes, piece: usize, pause: Duration) 
         }
     }
     drop(tx);
-    match resp.await.expect("join") {
-        Ok(r) => r,
-        Err(e) => (0, e.to_string()),
-    }
+    resp.await.expect("join")
 }
 
 /// GET a URL, returning (status, headers, body).
