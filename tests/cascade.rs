@@ -414,45 +414,8 @@ async fn ffmpeg_over_quic_through_three_tiers_decodes_at_the_edge() {
     let mid = edge(&[&origin]).await;
     let edge = edge(&[&mid]).await;
     // ffmpeg → relaycast publish (QUIC) → origin → mid → edge → ffprobe (HTTP stream).
-    let mut ffmpeg = tokio::process::Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x180:rate=30",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "8",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "15",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-            "-f",
-            "mp4",
-            "-movflags",
-            "frag_keyframe+empty_moov+default_base_moof",
-            "-",
-        ])
+    let mut ffmpeg = ffmpeg_live(8, "-", &["-g", "15", "-keyint_min", "15"])
         .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("ffmpeg");
     let pipe: std::process::Stdio = ffmpeg

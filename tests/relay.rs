@@ -258,54 +258,13 @@ async fn ffmpeg_publishes_and_ffprobe_decodes_the_http_stream() {
     }
     let relay = relay(config()).await;
     let base = format!("127.0.0.1:{}", relay.addr.port());
-    let mut ffmpeg = tokio::process::Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x180:rate=30",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-tune",
-            "zerolatency",
-            "-pix_fmt",
-            "yuv420p",
-            "-g",
-            "30",
-            "-keyint_min",
-            "30",
-            "-sc_threshold",
-            "0",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-            "-t",
-            "8",
-            "-f",
-            "mp4",
-            "-movflags",
-            "frag_keyframe+empty_moov+default_base_moof",
-            "-method",
-            "PUT",
-            "-chunked_post",
-            "1",
-        ])
-        .arg(format!("http://{base}/publish/cam"))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn ffmpeg");
+    let mut ffmpeg = ffmpeg_live(
+        8,
+        &format!("http://{base}/publish/cam"),
+        &["-method", "PUT", "-chunked_post", "1"],
+    )
+    .spawn()
+    .expect("spawn ffmpeg");
     let probe = tokio::process::Command::new("ffprobe")
         .args([
             "-v",

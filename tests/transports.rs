@@ -585,51 +585,6 @@ async fn polls_report_skips_and_a_missing_after_starts_at_the_newest_keyframe() 
     relay.shutdown().await;
 }
 
-/// ffmpeg's live test source (320x180 H.264 + AAC, real time) muxed as fMP4 to `out`.
-fn ffmpeg_live(seconds: u32, out: &str, extra: &[&str]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new("ffmpeg");
-    c.args(["-hide_banner", "-loglevel", "error", "-nostdin"])
-        .args(["-re", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
-        .args([
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-        ])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-        ])
-        .args([
-            "-pix_fmt",
-            "yuv420p",
-            "-g",
-            "30",
-            "-keyint_min",
-            "30",
-            "-sc_threshold",
-            "0",
-        ])
-        .args(["-c:a", "aac", "-b:a", "64k", "-t", &seconds.to_string()])
-        .args([
-            "-f",
-            "mp4",
-            "-movflags",
-            "frag_keyframe+empty_moov+default_base_moof",
-        ])
-        .args(extra)
-        .arg(out)
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    c
-}
-
 /// Decode `url` with ffprobe for 2 s of media: (codec names, video frames read).
 async fn ffprobe_frames(url: &str) -> (Vec<String>, u64) {
     let probe = tokio::process::Command::new("ffprobe")
