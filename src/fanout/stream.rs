@@ -919,9 +919,6 @@ impl Drop for Viewer {
     fn drop(&mut self) {
         self.stream.0.stats.viewers[self.transport as usize].fetch_sub(1, Relaxed);
         self.metrics.flush(&self.stream.0.stats);
-        if let Some(reg) = self.stream.0.registry.upgrade() {
-            let _ = reg;
-        }
     }
 }
 

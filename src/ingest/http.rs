@@ -17,12 +17,11 @@ const LINGER_BYTES: usize = 4 << 20;
 /// Longest time spent on that.
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Read and drop a refused publisher's body for a short while (a lingering
-/// close, as nginx does): a client still sending its stream then reads the
-/// refusal instead of a connection reset that would hide it.
-fn linger(body: Body) {
+/// Read and drop the rest of a refused or failed publisher's body for a short
+/// while (a lingering close, as nginx does): a client still sending its
+/// stream then reads the answer instead of a connection reset that would hide it.
+fn linger(mut body: axum::body::BodyDataStream) {
     tokio::spawn(async move {
-        let mut body = body.into_data_stream();
         let mut read = 0;
         let _ = tokio::time::timeout(LINGER_TIME, async {
             while let Some(Ok(d)) = body.next().await {
@@ -50,7 +49,7 @@ pub async fn serve(
     let mut session = match admit(&app, &name, key.as_deref(), peer).await {
         Ok(s) => s,
         Err(e) => {
-            linger(body);
+            linger(body.into_data_stream());
             return error_response(&e);
         }
     };
@@ -86,6 +85,9 @@ pub async fn serve(
         }
         Err(e) => {
             tracing::warn!(stream = %name, error = %e, "HTTP publisher failed");
+            if !matches!(e, crate::Error::Shutdown) {
+                linger(body);
+            }
             let status =
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut r = (status, Json(summary)).into_response();
