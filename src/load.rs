@@ -482,6 +482,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         let mut cmd = std::process::Command::new(exe);
         cmd.args(["serve", "--no-demo", "--listen", addr]);
         cmd.args(args.spawn_args.split_whitespace());
+        // Every viewer of a load test comes from 127.0.0.1: the per-IP
+        // connection limit (200 by default) would refuse all but the first.
+        const PER_IP: &str = "RELAYCAST_LIMITS__MAX_CONNECTIONS_PER_IP";
+        if std::env::var_os(PER_IP).is_none() {
+            cmd.env(PER_IP, "0");
+        }
         cmd.stdout(std::process::Stdio::piped());
         let mut child = Spawned(cmd.spawn()?);
         relay_pid = Some(child.0.id());
