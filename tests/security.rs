@@ -35,8 +35,15 @@ fn fingerprint(cert: &CertificateDer<'static>) -> String {
 
 /// A TLS client that trusts `cert` and nothing else.
 fn client(cert: &CertificateDer<'static>) -> TlsConnector {
+    client_of(&[cert])
+}
+
+/// A TLS client that trusts `certs` and nothing else.
+fn client_of(certs: &[&CertificateDer<'static>]) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).expect("root");
+    for cert in certs {
+        roots.add((*cert).clone()).expect("root");
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -69,6 +76,104 @@ async fn https_get(addr: SocketAddr, tls: &TlsConnector, path: &str) -> Result<u
         .map_err(|e| e.to_string())?;
     let r = sender.send_request(req).await.map_err(|e| e.to_string())?;
     Ok(r.status().as_u16())
+}
+
+/// GET over https: the status and body, or the error.
+async fn https_get_body(
+    addr: SocketAddr,
+    tls: &TlsConnector,
+    path: &str,
+) -> Result<(u16, Bytes), String> {
+    use http_body_util::BodyExt;
+    let io = tls_connect(addr, tls).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", format!("localhost:{}", addr.port()))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let r = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let body = r.into_body().collect().await.map_err(|e| e.to_string())?;
+    Ok((status, body.to_bytes()))
+}
+
+/// The fingerprint `GET /api/quic` reports (over https).
+async fn api_quic_fingerprint(addr: SocketAddr, tls: &TlsConnector) -> Result<String, String> {
+    let (status, body) = https_get_body(addr, tls, "/api/quic").await?;
+    if status != 200 {
+        return Err(format!("/api/quic: {status}"));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    v["fingerprint"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("no fingerprint in {v}"))
+}
+
+#[tokio::test]
+async fn api_quic_reports_the_new_fingerprint_after_sighup() {
+    use relaycast::quic::QuicUrl;
+    use relaycast::quic::client::Client;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert_a = write_cert(dir.path());
+    let mut cfg = config();
+    cfg.server.tls_cert = Some(dir.path().join("cert.pem"));
+    cfg.server.tls_key = Some(dir.path().join("key.pem"));
+    cfg.quic.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let relay = relay(cfg).await;
+    let quic_addr = relay.quic.as_ref().expect("QUIC on").addr;
+    let fp_a = fingerprint(&cert_a);
+    assert_eq!(
+        api_quic_fingerprint(relay.addr, &client(&cert_a)).await,
+        Ok(fp_a.clone())
+    );
+
+    // A new certificate in the same files, and SIGHUP.
+    let cert_b = write_cert(dir.path());
+    let fp_b = fingerprint(&cert_b);
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // (The https side reloads on its own: trust both certificates meanwhile.)
+    let both = client_of(&[&cert_a, &cert_b]);
+    let mut reported = None;
+    for _ in 0..100 {
+        match api_quic_fingerprint(relay.addr, &both).await {
+            Ok(fp) if fp == fp_b => {
+                reported = Some(fp);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(reported, Some(fp_b.clone()), "/api/quic follows the reload");
+    assert_eq!(
+        relay.quic_now().map(|q| q.fingerprint),
+        Some(fp_b.clone()),
+        "Running::quic_now too"
+    );
+
+    // A QUIC client pinned to what /api/quic reports gets in; the old pin does not.
+    let quic = Client::new().expect("client");
+    let pinned = |fp: &str| {
+        QuicUrl::parse(&format!("quic://{quic_addr}/pinned?fingerprint={fp}")).expect("url")
+    };
+    let mut publisher = quic
+        .publish(&pinned(&fp_b), None)
+        .await
+        .expect("pinned to the reported fingerprint");
+    let init = split(&fixture("h264_aac_keyframe.mp4")).0;
+    publisher.send(init.bytes.clone()).await.expect("send");
+    let old = quic.publish(&pinned(&fp_a), None).await;
+    assert!(old.is_err(), "the old certificate is no longer served");
+    publisher.finish().await.expect("finish");
+    relay.shutdown().await;
 }
 
 #[tokio::test]
