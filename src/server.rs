@@ -349,7 +349,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let registry = Registry::new(config.fanout.clone());
     let state = AppState {
         registry: registry.clone(),
-        auth: Arc::new(crate::auth::Auth::new(config.auth.clone())),
+        auth: Arc::new(crate::auth::Auth::try_new(config.auth.clone())?),
         limits: Arc::new(crate::limits::Limits::new(config.limits.clone())),
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
