@@ -305,11 +305,7 @@ impl Auth {
     /// `https://` callback fail (and take the default); [`Auth::try_new`]
     /// refuses it instead.
     pub fn new(config: AuthConfig) -> Auth {
-        let https = [&config.on_publish, &config.on_play]
-            .iter()
-            .any(|u| u.as_deref().is_some_and(|u| u.starts_with("https://")));
-        let tls = (https || config.callback_ca.is_some())
-            .then(|| callback_connector(config.callback_ca.as_deref()));
+        let tls = Self::tls_for(&config);
         if let Some(Err(e)) = &tls {
             tracing::error!(error = %e, "https callbacks will fail and take the default");
         }
@@ -322,10 +318,26 @@ impl Auth {
 
     /// From configuration; a `callback_ca` that cannot be read is an error.
     pub fn try_new(config: AuthConfig) -> anyhow::Result<Auth> {
-        if let Some(ca) = &config.callback_ca {
-            callback_connector(Some(ca)).map_err(|e| anyhow::anyhow!(e))?;
+        let tls = Self::tls_for(&config);
+        if let Some(Err(e)) = &tls {
+            anyhow::bail!("{e}");
         }
-        Ok(Auth::new(config))
+        Ok(Auth {
+            config,
+            cache: DashMap::new(),
+            tls,
+        })
+    }
+
+    /// The TLS client of `https://` callbacks, when `config` has any.
+    fn tls_for(config: &AuthConfig) -> Option<Result<tokio_rustls::TlsConnector, String>> {
+        let https = [&config.on_publish, &config.on_play].iter().any(|u| {
+            u.as_deref()
+                .and_then(|u| u.get(..8))
+                .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+        });
+        (https || config.callback_ca.is_some())
+            .then(|| callback_connector(config.callback_ca.as_deref()))
     }
 
     /// The configuration.
