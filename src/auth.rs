@@ -10,9 +10,11 @@
 //!   signed link works for every transport the player may pick.
 //! - **Callbacks** ([`Auth::callback`]), like nginx-rtmp's `on_publish` /
 //!   `on_play`: the relay POSTs `{"action", "name", "addr", "key"?}` as JSON
-//!   to a configured `http://` URL before accepting a publisher or viewer; a
-//!   2xx answer allows, any other status denies (403). A timeout or a failed
-//!   request takes the configured default. Answers are cached briefly per
+//!   to a configured `http://` or `https://` URL before accepting a publisher
+//!   or viewer; a 2xx answer allows, any other status denies (403). An
+//!   `https://` callback's certificate must chain to the system's roots or to
+//!   a certificate in `callback_ca`. A timeout or a failed request (an
+//!   untrusted certificate too) takes the configured default. Answers are cached briefly per
 //!   (action, name, client IP) so that polling viewers do not ask every poll.
 //!
 //! The admission functions that put these together per transport are
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
@@ -40,10 +43,14 @@ pub struct AuthConfig {
     /// Signing secrets per stream name or glob pattern (`vip-*`); these win
     /// over `view_secret`.
     pub view_secrets: BTreeMap<String, String>,
-    /// URL POSTed before a publisher is accepted (`http://` only).
+    /// URL POSTed before a publisher is accepted (`http://` or `https://`).
     pub on_publish: Option<String>,
-    /// URL POSTed before a viewer is accepted (`http://` only).
+    /// URL POSTed before a viewer is accepted (`http://` or `https://`).
     pub on_play: Option<String>,
+    /// PEM file of CA certificates trusted for `https://` callbacks, in
+    /// addition to the system's roots (a hook service with a private CA or a
+    /// self-signed certificate).
+    pub callback_ca: Option<PathBuf>,
     /// How long a callback may take.
     #[serde(with = "serde_secs")]
     pub callback_timeout: Duration,
@@ -61,6 +68,7 @@ impl Default for AuthConfig {
             view_secrets: BTreeMap::new(),
             on_publish: None,
             on_play: None,
+            callback_ca: None,
             callback_timeout: Duration::from_secs(2),
             callback_allow_on_error: false,
             callback_cache: Duration::from_secs(10),
@@ -235,22 +243,101 @@ struct CallbackBody<'a> {
 type CacheKey = (Action, String, Option<IpAddr>);
 
 /// Runtime side of access control: configuration, callback answers cache.
-#[derive(Debug)]
 pub struct Auth {
     config: AuthConfig,
     cache: DashMap<CacheKey, (Instant, bool)>,
+    /// The TLS client for `https://` callbacks (built when one is
+    /// configured), or why it could not be built.
+    tls: Option<Result<tokio_rustls::TlsConnector, String>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("config", &self.config)
+            .field("cached", &self.cache.len())
+            .field(
+                "tls",
+                &self.tls.as_ref().map(|t| t.as_ref().map(|_| "ready")),
+            )
+            .finish()
+    }
+}
+
+/// The TLS client of `https://` callbacks: the system's roots plus the
+/// certificates in `ca` (PEM).
+pub fn callback_connector(ca: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert); // skip the odd unparsable system certificate
+    }
+    if let Some(path) = ca {
+        let shown = || format!("auth.callback_ca {}", path.display());
+        let mut n = 0;
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", shown()))? {
+            let cert = cert.map_err(|e| format!("{}: {e}", shown()))?;
+            roots.add(cert).map_err(|e| format!("{}: {e}", shown()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("{}: no certificate in it", shown()));
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
 }
 
 /// Most cached callback answers before expired ones are swept.
 const CACHE_MAX: usize = 10_000;
 
 impl Auth {
-    /// From configuration.
+    /// From configuration. A `callback_ca` that cannot be read makes every
+    /// `https://` callback fail (and take the default); [`Auth::try_new`]
+    /// refuses it instead.
     pub fn new(config: AuthConfig) -> Auth {
+        let tls = Self::tls_for(&config);
+        if let Some(Err(e)) = &tls {
+            tracing::error!(error = %e, "https callbacks will fail and take the default");
+        }
         Auth {
             config,
             cache: DashMap::new(),
+            tls,
         }
+    }
+
+    /// From configuration; a `callback_ca` that cannot be read is an error.
+    pub fn try_new(config: AuthConfig) -> anyhow::Result<Auth> {
+        let tls = Self::tls_for(&config);
+        if let Some(Err(e)) = &tls {
+            anyhow::bail!("{e}");
+        }
+        Ok(Auth {
+            config,
+            cache: DashMap::new(),
+            tls,
+        })
+    }
+
+    /// The TLS client of `https://` callbacks, when `config` has any.
+    fn tls_for(config: &AuthConfig) -> Option<Result<tokio_rustls::TlsConnector, String>> {
+        let https = [&config.on_publish, &config.on_play].iter().any(|u| {
+            u.as_deref()
+                .and_then(|u| u.get(..8))
+                .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+        });
+        (https || config.callback_ca.is_some())
+            .then(|| callback_connector(config.callback_ca.as_deref()))
     }
 
     /// The configuration.
@@ -318,7 +405,10 @@ impl Auth {
                     addr: addr.map(|a| a.to_string()),
                     key,
                 };
-                let asked = tokio::time::timeout(self.config.callback_timeout, post(url, &body));
+                let asked = tokio::time::timeout(
+                    self.config.callback_timeout,
+                    post(url, &body, self.tls.as_ref()),
+                );
                 match asked.await {
                     Ok(Ok(status)) => {
                         let allow = (200..300).contains(&status);
@@ -357,22 +447,70 @@ impl Auth {
     }
 }
 
-/// POST `body` as JSON to an `http://` URL; the response status.
-async fn post(url: &str, body: &CallbackBody<'_>) -> Result<u16, Error> {
+/// POST `body` as JSON to an `http://` or `https://` URL (the latter with
+/// `tls`); the response status.
+async fn post(
+    url: &str,
+    body: &CallbackBody<'_>,
+    tls: Option<&Result<tokio_rustls::TlsConnector, String>>,
+) -> Result<u16, Error> {
     let bad = |m: String| Error::Internal(format!("callback {url}: {m}"));
     let u = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-    if u.scheme() != "http" {
-        return Err(bad("only http:// callbacks are supported".into()));
-    }
+    let https = match u.scheme() {
+        "http" => false,
+        "https" => true,
+        _ => {
+            return Err(bad(
+                "only http:// and https:// callbacks are supported".into()
+            ));
+        }
+    };
     let host = u.host_str().ok_or_else(|| bad("no host".into()))?;
-    let port = u.port_or_known_default().unwrap_or(80);
-    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    let port = u
+        .port_or_known_default()
+        .unwrap_or(if https { 443 } else { 80 });
+    // An IPv6 literal comes bracketed in URLs, bare in socket addresses.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = tokio::net::TcpStream::connect((bare, port))
+        .await
+        .map_err(|e| bad(format!("connecting: {e}")))?;
+    let json = serde_json::to_vec(body).map_err(|e| bad(e.to_string()))?;
+    if https {
+        let tls = match tls {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(bad(e.clone())),
+            None => return Err(bad("no TLS client for https callbacks".into())),
+        };
+        let name = rustls::pki_types::ServerName::try_from(bare.to_string())
+            .map_err(|e| bad(format!("server name {bare:?}: {e}")))?;
+        let stream = tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| bad(format!("TLS: {e}")))?;
+        send(url, &u, host, port, json, stream).await
+    } else {
+        send(url, &u, host, port, json, tcp).await
+    }
+}
+
+/// The callback's request and response on an established connection.
+async fn send<IO>(
+    url: &str,
+    u: &url::Url,
+    host: &str,
+    port: u16,
+    json: Vec<u8>,
+    io: IO,
+) -> Result<u16, Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let bad = |m: String| Error::Internal(format!("callback {url}: {m}"));
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
             .map_err(|e| bad(e.to_string()))?;
     tokio::spawn(conn);
-    let json = serde_json::to_vec(body).map_err(|e| bad(e.to_string()))?;
     let req = hyper::Request::post(&u[url::Position::BeforePath..])
         .header(hyper::header::HOST, format!("{host}:{port}"))
         .header(hyper::header::CONTENT_TYPE, "application/json")

@@ -378,6 +378,21 @@ impl Config {
         if self.egress.long_poll_timeout > self.egress.long_poll_max {
             errs.push("egress.long_poll_timeout is above egress.long_poll_max".into());
         }
+        for (key, hook) in [
+            ("auth.on_publish", &self.auth.on_publish),
+            ("auth.on_play", &self.auth.on_play),
+        ] {
+            if let Some(h) = hook
+                && !matches!(url::Url::parse(h), Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some())
+            {
+                errs.push(format!("{key}: {h:?} is not an http:// or https:// URL"));
+            }
+        }
+        if let Some(ca) = &self.auth.callback_ca
+            && let Err(e) = crate::auth::callback_connector(Some(ca))
+        {
+            errs.push(e);
+        }
         for o in &self.cascade.origins {
             match url::Url::parse(o) {
                 Ok(u) if u.scheme() == "quic" && u.host_str().is_some() && u.port().is_some() => {}

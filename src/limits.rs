@@ -10,7 +10,8 @@
 //! The limits enforced here:
 //! - connections per client IP ([`Limits::connection`], held by the
 //!   connection's I/O through [`Counted`], so an upgraded WebSocket keeps
-//!   counting until it closes);
+//!   counting until it closes; a QUIC connection holds its guard for its
+//!   whole life);
 //! - streams, viewers per stream and viewers in total ([`Limits::check_stream`],
 //!   [`Limits::check_viewer`]);
 //! - ingest bitrate per publisher ([`Bucket`], a token bucket with a burst);
@@ -39,8 +40,9 @@ pub struct LimitsConfig {
     pub max_viewers_per_stream: u64,
     /// Most viewers of all streams together (→ 503, close 1013).
     pub max_viewers: u64,
-    /// Most open connections from one client IP, HTTP and raw TCP ingest
-    /// together (→ 429 and the connection closed).
+    /// Most open connections from one client IP, HTTP, raw TCP ingest and
+    /// QUIC together (→ 429 and the connection closed; QUIC: closed with
+    /// [`crate::quic::code::LIMIT`]).
     pub max_connections_per_ip: usize,
     /// Most ingest bits per second per publisher, averaged over `ingest_burst`
     /// (over it → the publisher is disconnected, 429 / close 1013).

@@ -252,8 +252,10 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Raw TCP ingest ports: (stream name, address).
     pub tcp_ingest: Vec<(String, SocketAddr)>,
-    /// The QUIC endpoint's address and certificate fingerprint, when enabled.
+    /// The QUIC endpoint's address and certificate fingerprint at start,
+    /// when enabled ([`Running::quic_now`] follows certificate reloads).
     pub quic: Option<crate::quic::Info>,
+    quic_live: Option<Arc<crate::quic::LiveInfo>>,
     /// Shared state (registry, config, shutdown token).
     pub state: AppState,
     /// TLS, when serving https/wss (reload it with [`crate::tls::Tls::reload`]).
@@ -265,6 +267,12 @@ pub struct Running {
 }
 
 impl Running {
+    /// The QUIC endpoint's address and the fingerprint of the certificate
+    /// it serves now (as `GET /api/quic` reports it).
+    pub fn quic_now(&self) -> Option<crate::quic::Info> {
+        self.quic_live.as_ref().map(|l| l.get())
+    }
+
     /// Trigger shutdown and wait for the relay to drain, up to the
     /// configured deadline. Returns false when the deadline cut it short.
     pub async fn shutdown(self) -> bool {
@@ -341,7 +349,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let registry = Registry::new(config.fanout.clone());
     let state = AppState {
         registry: registry.clone(),
-        auth: Arc::new(crate::auth::Auth::new(config.auth.clone())),
+        auth: Arc::new(crate::auth::Auth::try_new(config.auth.clone())?),
         limits: Arc::new(crate::limits::Limits::new(config.limits.clone())),
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
@@ -382,7 +390,8 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         }));
     }
     // QUIC (relaycast/1) and the cascade's edge side: see src/quic, src/cascade.
-    let quic = crate::quic::start(&state, &mut tasks)?;
+    let quic_live = crate::quic::start(&state, &mut tasks)?;
+    let quic = quic_live.as_ref().map(|l| l.get());
     if let Some(edge) = crate::cascade::Edge::new(
         &state.config.cascade,
         state.config.ingest.max_box_size,
@@ -393,12 +402,13 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     }
     // The QUIC info route first: the router with its layers (Socket.IO, CORS)
     // is merged in last so that its fallback, which Socket.IO serves, stays.
-    let app = crate::quic::api_router(quic.clone()).merge(router(state.clone()));
+    let app = crate::quic::api_router(quic_live.clone()).merge(router(state.clone()));
     let http = tokio::spawn(accept_loop(listener, app, tls.clone(), state.clone()));
     Ok(Running {
         addr,
         tcp_ingest,
         quic,
+        quic_live,
         state,
         tls,
         redirect_addr,

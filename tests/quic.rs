@@ -551,3 +551,72 @@ async fn a_quic_publisher_on_a_lossy_delayed_link_is_served_intact() {
     publisher.abort();
     relay.shutdown().await;
 }
+
+/// Wait (bounded) until `relay` counts `n` open connections from 127.0.0.1.
+async fn wait_connections(relay: &relaycast::server::Running, n: usize) {
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    for _ in 0..200 {
+        if relay.state.limits.connections_from(ip) == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "expected {n} connections from {ip}, the relay counts {}",
+        relay.state.limits.connections_from(ip)
+    );
+}
+
+#[tokio::test]
+async fn quic_connections_count_toward_the_per_ip_limit_with_http() {
+    use relaycast::limits::Reason;
+    let mut cfg = quic_config();
+    cfg.limits.max_connections_per_ip = 2;
+    let relay = relay(cfg).await;
+    let client = Client::new().expect("client");
+    let url = QuicUrl::parse(&stream_url(&relay, "perip")).expect("url");
+
+    // One QUIC publisher and one HTTP connection: the IP's two.
+    let mut publisher = client.publish(&url, None).await.expect("first QUIC");
+    let init = split(&fixture("h264_aac_keyframe.mp4")).0;
+    publisher.send(init.bytes.clone()).await.expect("send");
+    wait_connections(&relay, 1).await;
+    let http = tokio::net::TcpStream::connect(relay.addr)
+        .await
+        .expect("connect");
+    wait_connections(&relay, 2).await;
+
+    // A third QUIC connection is refused with LIMIT and says why.
+    let e = client
+        .watch(&url, WatchOptions::default())
+        .await
+        .err()
+        .expect("over the limit");
+    assert_eq!(e.code(), Some(code::LIMIT), "{e}");
+    assert!(e.to_string().contains("max_connections_per_ip"), "{e}");
+    // A third HTTP connection is refused too: one count for both.
+    let (status, _, _) = get(&format!("http://{}/healthz", relay.addr)).await;
+    assert_eq!(status, 429);
+    assert_eq!(relay.state.limits.refused.get(Reason::ConnectionsPerIp), 2);
+    wait_connections(&relay, 2).await;
+
+    // The QUIC connection stops counting when it closes.
+    drop(http);
+    publisher.finish().await.expect("finish");
+    wait_connections(&relay, 0).await;
+    let viewer = client
+        .watch(&url, WatchOptions::default())
+        .await
+        .expect("under the limit again");
+    wait_connections(&relay, 1).await;
+    let (status, _, body) = get(&format!("http://{}/metrics", relay.addr)).await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.lines()
+            .any(|l| l == "relaycast_refused_total{reason=\"max_connections_per_ip\"} 2"),
+        "{text}"
+    );
+    viewer.close(code::DONE, "bye");
+    relay.shutdown().await;
+}

@@ -35,8 +35,15 @@ fn fingerprint(cert: &CertificateDer<'static>) -> String {
 
 /// A TLS client that trusts `cert` and nothing else.
 fn client(cert: &CertificateDer<'static>) -> TlsConnector {
+    client_of(&[cert])
+}
+
+/// A TLS client that trusts `certs` and nothing else.
+fn client_of(certs: &[&CertificateDer<'static>]) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).expect("root");
+    for cert in certs {
+        roots.add((*cert).clone()).expect("root");
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -69,6 +76,104 @@ async fn https_get(addr: SocketAddr, tls: &TlsConnector, path: &str) -> Result<u
         .map_err(|e| e.to_string())?;
     let r = sender.send_request(req).await.map_err(|e| e.to_string())?;
     Ok(r.status().as_u16())
+}
+
+/// GET over https: the status and body, or the error.
+async fn https_get_body(
+    addr: SocketAddr,
+    tls: &TlsConnector,
+    path: &str,
+) -> Result<(u16, Bytes), String> {
+    use http_body_util::BodyExt;
+    let io = tls_connect(addr, tls).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", format!("localhost:{}", addr.port()))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let r = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let body = r.into_body().collect().await.map_err(|e| e.to_string())?;
+    Ok((status, body.to_bytes()))
+}
+
+/// The fingerprint `GET /api/quic` reports (over https).
+async fn api_quic_fingerprint(addr: SocketAddr, tls: &TlsConnector) -> Result<String, String> {
+    let (status, body) = https_get_body(addr, tls, "/api/quic").await?;
+    if status != 200 {
+        return Err(format!("/api/quic: {status}"));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    v["fingerprint"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("no fingerprint in {v}"))
+}
+
+#[tokio::test]
+async fn api_quic_reports_the_new_fingerprint_after_sighup() {
+    use relaycast::quic::QuicUrl;
+    use relaycast::quic::client::Client;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert_a = write_cert(dir.path());
+    let mut cfg = config();
+    cfg.server.tls_cert = Some(dir.path().join("cert.pem"));
+    cfg.server.tls_key = Some(dir.path().join("key.pem"));
+    cfg.quic.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let relay = relay(cfg).await;
+    let quic_addr = relay.quic.as_ref().expect("QUIC on").addr;
+    let fp_a = fingerprint(&cert_a);
+    assert_eq!(
+        api_quic_fingerprint(relay.addr, &client(&cert_a)).await,
+        Ok(fp_a.clone())
+    );
+
+    // A new certificate in the same files, and SIGHUP.
+    let cert_b = write_cert(dir.path());
+    let fp_b = fingerprint(&cert_b);
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // (The https side reloads on its own: trust both certificates meanwhile.)
+    let both = client_of(&[&cert_a, &cert_b]);
+    let mut reported = None;
+    for _ in 0..100 {
+        match api_quic_fingerprint(relay.addr, &both).await {
+            Ok(fp) if fp == fp_b => {
+                reported = Some(fp);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(reported, Some(fp_b.clone()), "/api/quic follows the reload");
+    assert_eq!(
+        relay.quic_now().map(|q| q.fingerprint),
+        Some(fp_b.clone()),
+        "Running::quic_now too"
+    );
+
+    // A QUIC client pinned to what /api/quic reports gets in; the old pin does not.
+    let quic = Client::new().expect("client");
+    let pinned = |fp: &str| {
+        QuicUrl::parse(&format!("quic://{quic_addr}/pinned?fingerprint={fp}")).expect("url")
+    };
+    let mut publisher = quic
+        .publish(&pinned(&fp_b), None)
+        .await
+        .expect("pinned to the reported fingerprint");
+    let init = split(&fixture("h264_aac_keyframe.mp4")).0;
+    publisher.send(init.bytes.clone()).await.expect("send");
+    let old = quic.publish(&pinned(&fp_a), None).await;
+    assert!(old.is_err(), "the old certificate is no longer served");
+    publisher.finish().await.expect("finish");
+    relay.shutdown().await;
 }
 
 #[tokio::test]
@@ -456,6 +561,218 @@ async fn callbacks_allow_and_deny_publishers_and_viewers() {
     .await;
     assert_eq!(s, 200, "unreachable → the default, allow: {body}");
     r.shutdown().await;
+}
+
+/// The callback server of [`hook_server`]'s `/hook` over https, with a
+/// certificate for 127.0.0.1 written to `dir/name.pem`: its address, what
+/// it saw.
+async fn https_hook_server(
+    dir: &Path,
+    name: &str,
+) -> (SocketAddr, Arc<parking_lot::Mutex<Vec<serde_json::Value>>>) {
+    use axum::Json;
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    type Seen = Arc<parking_lot::Mutex<Vec<serde_json::Value>>>;
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("rcgen");
+    std::fs::write(dir.join(format!("{name}.pem")), ck.cert.pem()).expect("write cert");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        ck.signing_key.serialize_der(),
+    ));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .expect("cert");
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(seen): State<Seen>, Json(v): Json<serde_json::Value>| async move {
+                    let ok = v["name"].as_str().is_some_and(|n| n.starts_with("ok"));
+                    seen.lock().push(v);
+                    if ok {
+                        StatusCode::NO_CONTENT
+                    } else {
+                        StatusCode::FORBIDDEN
+                    }
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the certificate ends here.
+                let Ok(io) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Collects what a tracing subscriber writes.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn https_callbacks_trust_the_configured_ca_and_fall_back_when_untrusted() {
+    // The relay runs on this test's (current-thread) runtime: its logs land here.
+    let logs = LogBuf::default();
+    let writer = logs.clone();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish(),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hooks, seen) = https_hook_server(dir.path(), "hooks").await;
+    let (_other, _) = https_hook_server(dir.path(), "other").await;
+    let file = fixture("h264_aac_keyframe.mp4");
+    let hook = format!("https://{hooks}/hook");
+
+    // Trusted through callback_ca: allow and deny, for publishers and viewers.
+    let mut cfg = config();
+    cfg.auth.on_publish = Some(hook.clone());
+    cfg.auth.on_play = Some(hook.clone());
+    cfg.auth.callback_ca = Some(dir.path().join("hooks.pem"));
+    cfg.auth.callback_cache = Duration::ZERO;
+    assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+    let r = relay(cfg).await;
+    let base = format!("127.0.0.1:{}", r.addr.port());
+    let (s, body) = put_chunked(
+        &format!("http://{base}/publish/okcam"),
+        file.clone(),
+        8192,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(s, 200, "the https callback said yes: {body}");
+    let (s, _) = put_chunked(
+        &format!("http://{base}/publish/badcam"),
+        file.clone(),
+        8192,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(s, 403, "the https callback said no");
+    assert_eq!(get(&format!("http://{base}/live/okcam/info")).await.0, 200);
+    assert_eq!(get(&format!("http://{base}/live/nocam/info")).await.0, 403);
+    {
+        let seen = seen.lock();
+        let asked: Vec<(&str, &str)> = seen
+            .iter()
+            .map(|v| {
+                (
+                    v["action"].as_str().unwrap_or(""),
+                    v["name"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                ("publish", "okcam"),
+                ("publish", "badcam"),
+                ("play", "okcam"),
+                ("play", "nocam")
+            ]
+        );
+    }
+    use relaycast::limits::Reason;
+    assert_eq!(r.state.limits.refused.get(Reason::CallbackDenied), 2);
+    r.shutdown().await;
+
+    // The same server with another certificate as the CA: not trusted, so
+    // the callback fails and the configured default decides (allow here,
+    // although the hook would have said no), and the failure is logged.
+    let mut cfg = config();
+    cfg.auth.on_publish = Some(hook.clone());
+    cfg.auth.callback_ca = Some(dir.path().join("other.pem"));
+    cfg.auth.callback_allow_on_error = true;
+    let r = relay(cfg).await;
+    let base = format!("127.0.0.1:{}", r.addr.port());
+    seen.lock().clear();
+    let (s, body) = put_chunked(
+        &format!("http://{base}/publish/badcam2"),
+        file.clone(),
+        8192,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(s, 200, "untrusted → the default, allow: {body}");
+    assert!(seen.lock().is_empty(), "the untrusted hook was not asked");
+    let text = String::from_utf8_lossy(&logs.0.lock()).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("callback failed; using the default")
+                && l.contains(&hook)
+                && l.contains("certificate")),
+        "{text}"
+    );
+    r.shutdown().await;
+
+    // With deny as the default, the untrusted callback refuses.
+    let mut cfg = config();
+    cfg.auth.on_publish = Some(hook.clone());
+    cfg.auth.callback_ca = Some(dir.path().join("other.pem"));
+    let r = relay(cfg).await;
+    let base = format!("127.0.0.1:{}", r.addr.port());
+    let (s, _) = put_chunked(
+        &format!("http://{base}/publish/okcam3"),
+        file.clone(),
+        8192,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(s, 403, "untrusted → the default, deny");
+    assert!(seen.lock().is_empty(), "the untrusted hook was not asked");
+    r.shutdown().await;
+
+    // A callback_ca that cannot be read is a configuration error.
+    let mut cfg = config();
+    cfg.auth.callback_ca = Some(dir.path().join("missing.pem"));
+    assert_eq!(cfg.validate().len(), 1, "{:?}", cfg.validate());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let e = relaycast::server::start(cfg, Some(l))
+        .await
+        .err()
+        .expect("the relay does not start with it");
+    assert!(e.to_string().contains("callback_ca"), "{e}");
 }
 
 #[tokio::test]

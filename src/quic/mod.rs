@@ -290,6 +290,37 @@ pub struct Info {
     pub fingerprint: String,
 }
 
+/// The QUIC endpoint's [`Info`] as it is now: the fingerprint follows the
+/// certificate when a SIGHUP reloads it (what `GET /api/quic` serves).
+#[derive(Debug)]
+pub struct LiveInfo {
+    addr: SocketAddr,
+    fingerprint: parking_lot::RwLock<String>,
+}
+
+impl LiveInfo {
+    /// Start from `info`.
+    pub fn new(info: Info) -> LiveInfo {
+        LiveInfo {
+            addr: info.addr,
+            fingerprint: parking_lot::RwLock::new(info.fingerprint),
+        }
+    }
+
+    /// Address and the fingerprint of the certificate served now.
+    pub fn get(&self) -> Info {
+        Info {
+            addr: self.addr,
+            fingerprint: self.fingerprint.read().clone(),
+        }
+    }
+
+    /// The endpoint now serves a certificate with this fingerprint.
+    pub fn set_fingerprint(&self, fingerprint: String) {
+        *self.fingerprint.write() = fingerprint;
+    }
+}
+
 /// The relay's QUIC endpoint, bound and ready to accept.
 pub struct QuicServer {
     endpoint: quinn::Endpoint,
@@ -337,10 +368,24 @@ impl QuicServer {
             let app = app.clone();
             tokio::spawn(async move {
                 let peer = incoming.remote_address();
+                // The client IP's connection limit, shared with HTTP and raw
+                // TCP ingest: the guard counts this connection (from its
+                // handshake on) for as long as it lives.
+                let guard = app.limits.connection(peer.ip());
                 let conn = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+                        return;
+                    }
+                };
+                let _guard = match guard {
+                    Ok(g) => g,
+                    Err(e) => {
+                        // Counted by `connection`; the client gets the
+                        // limit's code and why.
+                        tracing::info!(%peer, error = %e, "QUIC connection refused");
+                        close(&conn, error_code(&e), &e.to_string());
                         return;
                     }
                 };
@@ -366,11 +411,12 @@ impl QuicServer {
 
 /// Bind the QUIC endpoint when `quic.listen` is set and spawn its accept
 /// loop onto `tasks`. Uses `server.tls_cert`/`server.tls_key` when set, else
-/// a self-signed certificate whose fingerprint is logged.
+/// a self-signed certificate whose fingerprint is logged. The returned
+/// [`LiveInfo`] follows certificate reloads.
 pub fn start(
     state: &AppState,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<Option<Info>, QuicError> {
+) -> Result<Option<Arc<LiveInfo>>, QuicError> {
     let Some(listen) = state.config.quic.listen else {
         return Ok(None);
     };
@@ -388,6 +434,7 @@ pub fn start(
         e => e,
     })?;
     let info = quic.info().clone();
+    let live = Arc::new(LiveInfo::new(info.clone()));
     tracing::info!(
         addr = %info.addr,
         fingerprint = %info.fingerprint,
@@ -396,26 +443,29 @@ pub fn start(
     );
     if let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key) {
         // The same certificate as https, reloaded on SIGHUP like it: new
-        // QUIC connections get the new one, established ones keep theirs.
-        // (The fingerprint in `Info` and /api/quic stays the one at start.)
+        // QUIC connections get the new one, established ones keep theirs,
+        // and /api/quic reports the new fingerprint.
         use tokio::signal::unix::{SignalKind, signal};
         match signal(SignalKind::hangup()) {
             Ok(mut hup) => {
                 let endpoint = quic.endpoint.clone();
                 let (cert, key) = (cert.clone(), key.clone());
                 let shutdown = state.shutdown.clone();
+                let live = live.clone();
                 tasks.push(tokio::spawn(async move {
                     loop {
                         tokio::select! {
                             r = hup.recv() => if r.is_none() { return },
                             _ = shutdown.cancelled() => return,
                         }
-                        let reloaded = QuicTls::from_pem_files(&cert, &key)
-                            .and_then(|tls| QuicServer::server_config(&tls));
+                        let reloaded = QuicTls::from_pem_files(&cert, &key).and_then(|tls| {
+                            QuicServer::server_config(&tls).map(|c| (c, tls.fingerprint))
+                        });
                         match reloaded {
-                            Ok(c) => {
+                            Ok((c, fingerprint)) => {
                                 endpoint.set_server_config(Some(c));
-                                tracing::info!("SIGHUP: QUIC certificate reloaded");
+                                tracing::info!(%fingerprint, "SIGHUP: QUIC certificate reloaded");
+                                live.set_fingerprint(fingerprint);
                             }
                             Err(e) => tracing::error!(error = %e, "SIGHUP: QUIC reload failed; keeping the old certificate"),
                         }
@@ -428,7 +478,7 @@ pub fn start(
         }
     }
     tasks.push(tokio::spawn(quic.run(state.clone())));
-    Ok(Some(info))
+    Ok(Some(live))
 }
 
 /// One connection: read the request, hand over to publish or watch.
@@ -471,13 +521,14 @@ async fn session(conn: &quinn::Connection, app: &AppState) -> Result<(), Error> 
     result
 }
 
-/// The `GET /api/quic` route: where the QUIC endpoint is and its fingerprint.
-pub fn api_router(info: Option<Info>) -> axum::Router {
+/// The `GET /api/quic` route: where the QUIC endpoint is and the
+/// fingerprint of the certificate it serves now.
+pub fn api_router(info: Option<Arc<LiveInfo>>) -> axum::Router {
     use axum::response::IntoResponse;
     axum::Router::new().route(
         "/api/quic",
         axum::routing::get(move || {
-            let info = info.clone();
+            let info = info.as_ref().map(|i| i.get());
             async move {
                 match info {
                     Some(i) => axum::Json(i).into_response(),
