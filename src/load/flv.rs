@@ -380,6 +380,30 @@ mod tests {
     }
 
     #[test]
+    fn a_viewer_behind_the_demux_counts_skips() {
+        let synth = Synth::new(100_000, 10.0, 2, true).expect("synth");
+        let mut bytes = stream(&synth, 0..3);
+        let tail = stream(&synth, 5..7);
+        // Another stream's tags without its file header and leading tags: seqs 5 and 6.
+        let skip = file_header().len() + (bytes.len() - file_header().len())
+            - 3 * (TAG_HEADER_LEN + VIDEO_PREFIX_LEN + synth.fragment_len() + 4);
+        bytes.extend_from_slice(&tail[skip..]);
+        let tally = std::sync::Arc::new(Tally::new());
+        tally.measuring.store(true, Relaxed);
+        let mut check = ViewerCheck::new(0, true, tally.clone(), std::time::Instant::now());
+        let mut demux = FlvDemux::default();
+        for c in bytes.chunks(1000) {
+            demux.feed(c, |raw| check.bytes(raw));
+        }
+        assert!(demux.error.is_none(), "{:?}", demux.error);
+        assert_eq!(tally.fragments.load(Relaxed), 5);
+        assert_eq!(tally.skips.load(Relaxed), 1);
+        assert_eq!(tally.missed.load(Relaxed), 2);
+        assert_eq!(tally.join.lock().len(), 1);
+        assert_eq!(tally.errors.load(Relaxed), 0);
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut demux = FlvDemux::default();
         demux.feed(b"HTTP/1.1 200 OK\r\n\r\n", |_| {});
