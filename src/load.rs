@@ -18,6 +18,7 @@
 //! function that feeds received bytes to [`Tally::bytes`]; everything else
 //! (verification, figures) is shared.
 
+pub mod flv;
 pub mod synth;
 pub mod verify;
 pub mod wsclient;
@@ -46,6 +47,9 @@ pub enum Transport {
     /// Socket.IO over its WebSocket transport (`ws://…/socket.io/?EIO=4&transport=websocket`):
     /// binary attachments are the stream.
     Socketio,
+    /// HTTP-FLV (`http://…/NAME.flv`, SRS): raw messages inside FLV video tags
+    /// ([`flv`]); the publisher POSTs FLV to `--publish`. Implies `--raw`.
+    Flv,
 }
 
 /// The Socket.IO event a publisher emits per fragment (one binary attachment follows).
@@ -456,7 +460,9 @@ impl Drop for Spawned {
 }
 
 /// The whole run.
-pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
+pub async fn run(mut args: LoadArgs) -> anyhow::Result<Report> {
+    // FLV tags carry raw messages.
+    args.raw |= args.transport == Transport::Flv;
     anyhow::ensure!(
         args.viewers <= args.max_viewers,
         "{} viewers is over --max-viewers {}",
@@ -504,6 +510,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         Transport::Http => format!("http://{base_url}/live/{{stream}}.mp4?wait=10"),
         Transport::Longpoll => format!("http://{base_url}/live/{{stream}}/poll"),
         Transport::Socketio => format!("ws://{base_url}/socket.io/?EIO=4&transport=websocket"),
+        Transport::Flv => format!("http://{base_url}/live/{{stream}}.flv"),
     });
     let sio_emit = args
         .sio_emit
@@ -531,8 +538,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
             let synth = synth.clone();
             let tally = tally.clone();
             let fps = args.fps;
+            let flv = args.transport == Transport::Flv;
             tasks.spawn(async move {
-                if let Err(e) = publish(&url, &synth, fps, &tally).await {
+                let done = if flv {
+                    flv::publish(&url, &synth, fps, &tally).await
+                } else {
+                    publish(&url, &synth, fps, &tally).await
+                };
+                if let Err(e) = done {
                     tally.error(format!("publisher {url}: {e}"));
                 }
             });
@@ -794,6 +807,7 @@ async fn view(
         Transport::Socketio => view_ws(&url, buf, Some(&sio_emit), &mut check, &mut joined).await,
         Transport::Http => view_http(&url, &mut check, &mut joined).await,
         Transport::Longpoll => view_longpoll(&url, &mut check, &mut joined).await,
+        Transport::Flv => flv::view(&url, &mut check, &mut joined).await,
     };
     if let Err(e) = &result {
         tally.error(format!("viewer {id}: {e}"));
