@@ -14,10 +14,11 @@
 //! URLs given (the compare script gives loopback ones). It raises its own
 //! `RLIMIT_NOFILE` (a spawned relay inherits it).
 //!
-//! Adding a transport (QUIC): add a [`Transport`] variant and a `view_*`
-//! function that feeds received bytes to [`Tally::bytes`]; everything else
-//! (verification, figures) is shared.
+//! Adding a transport: add a [`Transport`] variant and a `view_*`
+//! function that feeds received bytes to [`ViewerCheck::bytes`]; everything
+//! else (verification, figures) is shared. QUIC viewers live in [`quic`].
 
+pub mod quic;
 pub mod synth;
 pub mod verify;
 pub mod wsclient;
@@ -46,6 +47,9 @@ pub enum Transport {
     /// Socket.IO over its WebSocket transport (`ws://…/socket.io/?EIO=4&transport=websocket`):
     /// binary attachments are the stream.
     Socketio,
+    /// relaycast/1 over QUIC (`quic://HOST:PORT/{stream}?fingerprint=HEX`), one
+    /// connection per viewer; default URL from the relay's `/api/quic` (see [`quic`]).
+    Quic,
 }
 
 /// The Socket.IO event a publisher emits per fragment (one binary attachment follows).
@@ -482,6 +486,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         let mut cmd = std::process::Command::new(exe);
         cmd.args(["serve", "--no-demo", "--listen", addr]);
         cmd.args(args.spawn_args.split_whitespace());
+        if args.transport == Transport::Quic && !args.spawn_args.contains("--quic") {
+            cmd.args(quic::SPAWN_FLAG.split_whitespace());
+        }
         cmd.stdout(std::process::Stdio::piped());
         let mut child = Spawned(cmd.spawn()?);
         relay_pid = Some(child.0.id());
@@ -493,7 +500,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     } else {
         args.publish.clone()
     };
+    let quic_url = match (&args.watch, args.transport) {
+        (None, Transport::Quic) => quic::watch_url(&base_url).await?,
+        _ => String::new(),
+    };
     let watch_url = args.watch.clone().unwrap_or_else(|| match args.transport {
+        Transport::Quic => quic_url,
         Transport::Ws => format!("ws://{base_url}/live/{{stream}}?wait=10"),
         Transport::Http => format!("http://{base_url}/live/{{stream}}.mp4?wait=10"),
         Transport::Longpoll => format!("http://{base_url}/live/{{stream}}/poll"),
@@ -788,6 +800,7 @@ async fn view(
         Transport::Socketio => view_ws(&url, buf, Some(&sio_emit), &mut check, &mut joined).await,
         Transport::Http => view_http(&url, &mut check, &mut joined).await,
         Transport::Longpoll => view_longpoll(&url, &mut check, &mut joined).await,
+        Transport::Quic => quic::view(id, &url, &mut check, &mut joined).await,
     };
     if let Err(e) = &result {
         tally.error(format!("viewer {id}: {e}"));
