@@ -186,14 +186,14 @@ def run(flags, label, workdir, nice):
                 break
             time.sleep(0.1)
         pub = subprocess.Popen(nice + [BENCH] + common + ["--connections", "1", "--broadcasts", "1", "--subscribe",
-                                                          "0", "--duration", f"{total + 2:.1f}s"],
+                                                          "0", "--duration", f"{int((total + 2) * 1000)}ms"],
                                stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "pub.log"), "w"), env=env,
                                start_new_session=True)
         time.sleep(1.0)
         rss_base = _rss_kib(relay.pid)
         subs = subprocess.Popen(nice + [BENCH] + common + [
-            "--connections", str(n), "--broadcasts", "0", "--subscribe", "1", "--startup", f"{startup:.2f}s",
-            "--duration", f"{total:.1f}s", "--output", subs_out],
+            "--connections", str(n), "--broadcasts", "0", "--subscribe", "1", "--startup", f"{int(startup * 1000)}ms",
+            "--duration", f"{int(total * 1000)}ms", "--output", subs_out],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "subs.log"), "w"), env=env,
             start_new_session=True)
         time.sleep(2 * startup + warmup)
