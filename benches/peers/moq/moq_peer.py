@@ -97,8 +97,15 @@ def ensure(skips):
 def version():
     if not os.access(RELAY, os.X_OK):
         return ""
-    r = subprocess.run([RELAY, "--version"], capture_output=True, text=True)
-    return (r.stdout or r.stderr).strip()
+    r = subprocess.run([RELAY, "--version"], capture_output=True, text=True, timeout=10)
+    src = os.environ.get("MOQ_SRC") or os.path.join(PEER_DIR, "src")
+    rev = subprocess.run(["git", "-C", src, "log", "-1", "--format=%h %cs"], capture_output=True, text=True)
+    rev = rev.stdout.strip() if rev.returncode == 0 else ""
+    if not rev and os.path.exists(os.path.join(src, "REVISION")):  # an exported snapshot: its commit, by hand
+        with open(os.path.join(src, "REVISION")) as f:
+            rev = f.read().strip()
+    built = f" (moq-dev/moq{' @ ' + rev if rev else ''})"
+    return (r.stdout.strip() if r.returncode == 0 else "moq-relay") + built
 
 
 def _rate(s):
