@@ -99,8 +99,10 @@ def version():
         return ""
     r = subprocess.run([RELAY, "--version"], capture_output=True, text=True, timeout=10)
     src = os.environ.get("MOQ_SRC") or os.path.join(PEER_DIR, "src")
-    rev = subprocess.run(["git", "-C", src, "log", "-1", "--format=%h %cs"], capture_output=True, text=True)
-    rev = rev.stdout.strip() if rev.returncode == 0 else ""
+    rev = ""
+    if os.path.exists(os.path.join(src, ".git")):  # a clone (not the enclosing relaycast repository)
+        r2 = subprocess.run(["git", "-C", src, "log", "-1", "--format=%h %cs"], capture_output=True, text=True)
+        rev = r2.stdout.strip() if r2.returncode == 0 else ""
     if not rev and os.path.exists(os.path.join(src, "REVISION")):  # an exported snapshot: its commit, by hand
         with open(os.path.join(src, "REVISION")) as f:
             rev = f.read().strip()
