@@ -14,11 +14,12 @@
 //! URLs given (the compare script gives loopback ones). It raises its own
 //! `RLIMIT_NOFILE` (a spawned relay inherits it).
 //!
-//! Adding a transport (QUIC): add a [`Transport`] variant and a `view_*`
-//! function that feeds received bytes to [`Tally::bytes`]; everything else
-//! (verification, figures) is shared.
+//! Adding a transport: add a [`Transport`] variant and a `view_*`
+//! function that feeds received bytes to [`ViewerCheck::bytes`]; everything
+//! else (verification, figures) is shared. QUIC viewers live in [`quic`].
 
 pub mod flv;
+pub mod quic;
 pub mod synth;
 pub mod verify;
 pub mod wsclient;
@@ -50,6 +51,9 @@ pub enum Transport {
     /// HTTP-FLV (`http://…/NAME.flv`, SRS): raw messages inside FLV video tags
     /// ([`flv`]); the publisher POSTs FLV to `--publish`. Implies `--raw`.
     Flv,
+    /// relaycast/1 over QUIC (`quic://HOST:PORT/{stream}?fingerprint=HEX`), one
+    /// connection per viewer; default URL from the relay's `/api/quic` (see [`quic`]).
+    Quic,
 }
 
 /// The Socket.IO event a publisher emits per fragment (one binary attachment follows).
@@ -494,6 +498,9 @@ pub async fn run(mut args: LoadArgs) -> anyhow::Result<Report> {
         if std::env::var_os(PER_IP).is_none() {
             cmd.env(PER_IP, "0");
         }
+        if args.transport == Transport::Quic && !args.spawn_args.contains("--quic") {
+            cmd.args(quic::SPAWN_FLAG.split_whitespace());
+        }
         cmd.stdout(std::process::Stdio::piped());
         let mut child = Spawned(cmd.spawn()?);
         relay_pid = Some(child.0.id());
@@ -505,7 +512,12 @@ pub async fn run(mut args: LoadArgs) -> anyhow::Result<Report> {
     } else {
         args.publish.clone()
     };
+    let quic_url = match (&args.watch, args.transport) {
+        (None, Transport::Quic) => quic::watch_url(&base_url).await?,
+        _ => String::new(),
+    };
     let watch_url = args.watch.clone().unwrap_or_else(|| match args.transport {
+        Transport::Quic => quic_url,
         Transport::Ws => format!("ws://{base_url}/live/{{stream}}?wait=10"),
         Transport::Http => format!("http://{base_url}/live/{{stream}}.mp4?wait=10"),
         Transport::Longpoll => format!("http://{base_url}/live/{{stream}}/poll"),
@@ -808,6 +820,7 @@ async fn view(
         Transport::Http => view_http(&url, &mut check, &mut joined).await,
         Transport::Longpoll => view_longpoll(&url, &mut check, &mut joined).await,
         Transport::Flv => flv::view(&url, &mut check, &mut joined).await,
+        Transport::Quic => quic::view(id, &url, &mut check, &mut joined).await,
     };
     if let Err(e) = &result {
         tally.error(format!("viewer {id}: {e}"));
