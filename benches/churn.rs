@@ -1,16 +1,34 @@
-//! Churn bench: the real binary, 10,000 viewers connecting and leaving over
-//! a minute (WebSocket and HTTP streaming, each staying 0.2–3 s), a
-//! publisher that disconnects and reconnects 100 times, and 50 viewers that
-//! stay throughout. Checks: no panic, the relay's RSS after the churn is back
-//! near its baseline and does not grow from one round of churn to the next
-//! (no leak), and every viewer that stayed is still connected, was told of
-//! every publisher change it lived through, and receives the stream after
-//! the last reconnect.
+//! Churn bench (issue #7): the real binary, 10,000 viewers connecting and
+//! leaving over a minute (WebSocket and HTTP streaming, each staying 0.2–3 s),
+//! a publisher that disconnects and reconnects 100 times, and 50 viewers that
+//! stay throughout. After every round, and again after a settle period, it
+//! reads the relay's heap from /metrics (`relaycast_heap_allocated_bytes`,
+//! jemalloc's live bytes: a leak shows there) and its RSS from /proc (freed
+//! memory the allocator still holds shows only there).
 //!
-//!   cargo bench --bench churn                      # 2 rounds of 10,000 viewers over 60 s
-//!   CHURN_VIEWERS=2000 CHURN_SECS=15 cargo bench --bench churn   # quicker
+//! Checks (exits non-zero with a FAIL line when one fails):
+//! - no leak: allocated bytes besides the stream's ring (whose size varies
+//!   with the publisher, not with churn) after the churn and the settle
+//!   period are within 512 KiB of the baseline (publisher + stayers, before
+//!   any churn), and grow by no more than that from the first round to the
+//!   last;
+//! - RSS back to baseline: after the settle period, RSS ≤ baseline +
+//!   max(2 MiB, 10 %);
+//! - every churning viewer was served (viewers × rounds, none failed), at
+//!   the requested pace;
+//! - every publisher session (reconnects + 1) was accepted and ended 200;
+//! - every staying viewer is still connected, got every fragment in order
+//!   across all reconnects (seq continuity), and resumed after the last one;
+//! - no panic in the relay's stderr, clean exit on SIGTERM.
 //!
-//! Prints the figures; exits non-zero when a check fails.
+//!   cargo bench --bench churn                      # 2 rounds of 10,000 viewers over 60 s, 100 reconnects
+//!   CHURN_QUICK=1 cargo bench --bench churn        # ~25 s: 2 × 500 viewers over 3 s, 10 reconnects
+//!
+//! Knobs: CHURN_VIEWERS (per round), CHURN_SECS (per round), CHURN_ROUNDS,
+//! CHURN_RECONNECTS, CHURN_SETTLE (seconds after the last round, default 5),
+//! CHURN_RELAY_BIN (another relaycast binary, for A/B), CHURN_WRAP (run the
+//! relay under a tool, e.g. `heaptrack`); `_RJEM_MALLOC_CONF` is passed on to
+//! the relay (jemalloc options).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -27,7 +45,10 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 const STAYERS: usize = 50;
-const RECONNECTS: usize = 100;
+/// Heap growth tolerated after the churn (allocator caches, tokio's slabs
+/// sized to the peak): a leak of 40 B per connection over 2 × 10,000
+/// viewers would be 0.8 MiB.
+const LEAK_SLACK: u64 = 512 << 10;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -159,14 +180,73 @@ async fn churner(addr: String, ws: bool, stay: Duration, c: Arc<Counters>) {
     };
 }
 
+/// The relay's /metrics text.
+async fn scrape(addr: &str) -> Option<String> {
+    get(addr, "/metrics").await
+}
+
+/// The sum of a family's samples (`name` or `name{…}`) in a scrape.
+fn metric_sum(text: &str, name: &str) -> Option<u64> {
+    let mut found = None;
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        if let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) {
+            *found.get_or_insert(0) += v;
+        }
+    }
+    found
+}
+
 async fn scrape_viewers(addr: &str) -> Option<u64> {
+    metric_sum(&scrape(addr).await?, "relaycast_viewers")
+}
+
+async fn settle(addr: &str, want: u64, pause: Duration) -> Duration {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        if scrape_viewers(addr).await == Some(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let freed memory settle.
+    tokio::time::sleep(pause).await;
+    t.elapsed()
+}
+
+/// The relay's memory at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mem {
+    rss: u64,
+    /// `relaycast_heap_allocated_bytes` (None: the relay does not export it).
+    allocated: Option<u64>,
+    /// `relaycast_heap_resident_bytes`.
+    resident: Option<u64>,
+    /// The stream's ring (`ring_bytes` of /live/churn/info): live heap that
+    /// varies with the publisher's position in the clip, not with churn.
+    ring: u64,
+}
+
+impl Mem {
+    /// Allocated bytes besides the ring's fragments.
+    fn net(&self) -> Option<u64> {
+        Some(self.allocated?.saturating_sub(self.ring))
+    }
+}
+
+async fn get(addr: &str, path: &str) -> Option<String> {
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
             .await
             .ok()?;
     tokio::spawn(conn);
-    let req = hyper::Request::get("/metrics")
+    let req = hyper::Request::get(path)
         .header("host", addr)
         .body(http_body_util::Empty::<Bytes>::new())
         .ok()?;
@@ -180,26 +260,43 @@ async fn scrape_viewers(addr: &str) -> Option<u64> {
         .await
         .ok()?
         .to_bytes();
-    let text = String::from_utf8_lossy(&body).to_string();
-    Some(
-        text.lines()
-            .filter(|l| l.starts_with("relaycast_viewers{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum(),
-    )
+    Some(String::from_utf8_lossy(&body).to_string())
 }
 
-async fn settle(addr: &str, want: u64) -> Duration {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(30) {
-        if scrape_viewers(addr).await == Some(want) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+async fn mem(addr: &str, pid: u32) -> Mem {
+    let info = get(addr, "/live/churn/info").await.unwrap_or_default();
+    let ring = serde_json::from_str::<serde_json::Value>(&info)
+        .ok()
+        .and_then(|v| v["ring_bytes"].as_u64())
+        .unwrap_or(0);
+    let text = scrape(addr).await.unwrap_or_default();
+    Mem {
+        rss: opsutil::rss_of(pid).unwrap_or(0),
+        allocated: metric_sum(&text, "relaycast_heap_allocated_bytes"),
+        resident: metric_sum(&text, "relaycast_heap_resident_bytes"),
+        ring,
     }
-    // Let freed memory settle.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    t.elapsed()
+}
+
+fn mb(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+impl std::fmt::Display for Mem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RSS {:.2} MiB", mb(self.rss))?;
+        match (self.allocated, self.resident) {
+            (Some(a), Some(r)) => write!(
+                f,
+                ", heap allocated {:.2} MiB ({:.2} MiB besides the ring's {:.2} MiB), heap resident {:.2} MiB",
+                mb(a),
+                mb(a.saturating_sub(self.ring)),
+                mb(self.ring),
+                mb(r)
+            ),
+            _ => write!(f, ", heap allocated n/a"),
+        }
+    }
 }
 
 fn main() {
@@ -216,18 +313,35 @@ fn main() {
 }
 
 async fn run() -> bool {
-    let viewers = env_or("CHURN_VIEWERS", 10_000) as usize;
-    let secs = env_or("CHURN_SECS", 60);
-    let rounds = env_or("CHURN_ROUNDS", 2) as usize;
+    let quick = std::env::var("CHURN_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let (dv, ds, dr) = if quick {
+        (500, 3, 10)
+    } else {
+        (10_000, 60, 100)
+    };
+    let viewers = env_or("CHURN_VIEWERS", dv) as usize;
+    let secs = env_or("CHURN_SECS", ds);
+    let rounds = env_or("CHURN_ROUNDS", 2).max(1) as usize;
+    let reconnects = env_or("CHURN_RECONNECTS", dr) as usize;
+    let settle_secs = env_or("CHURN_SETTLE", if quick { 3 } else { 5 });
+    println!(
+        "churn: {rounds} round(s) of {viewers} viewers over {secs} s, {reconnects} publisher reconnects, \
+         {STAYERS} staying viewers, {settle_secs} s settle{}",
+        if quick { " (CHURN_QUICK)" } else { "" }
+    );
+    let bin = std::env::var("CHURN_RELAY_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_relaycast").to_string());
     // CHURN_WRAP runs the relay under a tool (e.g. `heaptrack`).
     let wrap = std::env::var("CHURN_WRAP").ok().filter(|w| !w.is_empty());
     let mut cmd = match &wrap {
         Some(w) => {
             let mut c = Command::new(w);
-            c.arg(env!("CARGO_BIN_EXE_relaycast"));
+            c.arg(&bin);
             c
         }
-        None => Command::new(env!("CARGO_BIN_EXE_relaycast")),
+        None => Command::new(&bin),
     };
     let mut child = cmd
         .args(["serve", "--no-demo", "--listen", "127.0.0.1:0"])
@@ -262,11 +376,10 @@ async fn run() -> bool {
         s
     });
     let rss = || opsutil::rss_of(pid).unwrap_or(0);
-    let mb = |b: u64| b as f64 / (1 << 20) as f64;
-    let start_rss = rss();
+    let start = mem(&addr, pid).await;
 
     // The publisher: the 5 s every-frame clip at ~2x real time, then it
-    // hangs up and comes back, RECONNECTS times over the whole run.
+    // hangs up and comes back, `reconnects` times over the whole run.
     let file = Bytes::from(
         std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -274,8 +387,10 @@ async fn run() -> bool {
         ))
         .expect("fixture"),
     );
-    let total_secs = secs * rounds as u64 + 10;
-    let per_session = Duration::from_millis(total_secs * 1000 / RECONNECTS as u64);
+    // Long enough to span every round (connect span + the longest stay +
+    // the wait for the last to leave) and the settle period.
+    let total_ms = ((secs + 5) * rounds as u64 + settle_secs) * 1000;
+    let per_session = Duration::from_millis(total_ms / (reconnects as u64 + 1));
     let sessions_done = Arc::new(AtomicUsize::new(0));
     let publisher = {
         let addr = addr.clone();
@@ -283,18 +398,21 @@ async fn run() -> bool {
         let file = file.clone();
         tokio::spawn(async move {
             let mut statuses = Vec::new();
-            for _ in 0..=RECONNECTS {
+            for _ in 0..=reconnects {
                 let t = Instant::now();
                 let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
                 let url = format!("http://{addr}/publish/churn");
                 let put = tokio::spawn(async move { common::put_stream(&url, rx).await });
                 // Whole clips only, so each session ends on a box boundary.
-                'session: while t.elapsed() < per_session {
+                'session: loop {
                     for piece in file.chunks(4000) {
                         if tx.send(Bytes::copy_from_slice(piece)).await.is_err() {
                             break 'session;
                         }
                         tokio::time::sleep(Duration::from_millis(8)).await;
+                    }
+                    if t.elapsed() >= per_session {
+                        break;
                     }
                 }
                 drop(tx);
@@ -312,17 +430,15 @@ async fn run() -> bool {
         tokio::spawn(stayer(addr.clone(), s.clone()));
         stayers.push(s);
     }
-    settle(&addr, STAYERS as u64).await;
-    let baseline = rss();
-    println!(
-        "churn: relay RSS {:.1} MiB at start, {:.1} MiB baseline (publisher + {STAYERS} viewers)",
-        mb(start_rss),
-        mb(baseline)
-    );
+    settle(&addr, STAYERS as u64, Duration::from_secs(settle_secs)).await;
+    let baseline = mem(&addr, pid).await;
+    println!("churn: at start:  {start}");
+    println!("churn: baseline:  {baseline} (publisher + {STAYERS} viewers, before any churn)");
 
     let counters = Arc::new(Counters::default());
-    let mut after = Vec::new();
-    let mut peak = baseline;
+    let mut after: Vec<Mem> = Vec::new();
+    let mut peak = baseline.rss;
+    let mut spans = Vec::new();
     let mut rng = Rng(0x9e3779b97f4a7c15);
     for round in 1..=rounds {
         let t0 = Instant::now();
@@ -343,22 +459,26 @@ async fn run() -> bool {
                 peak = peak.max(rss());
             }
         }
+        let connect_span = t0.elapsed();
+        spans.push(connect_span);
         for t in tasks {
             let _ = t.await;
         }
-        let connect_span = t0.elapsed();
-        let settled = settle(&addr, STAYERS as u64).await;
-        let r = rss();
-        after.push(r);
+        let settled = settle(&addr, STAYERS as u64, Duration::from_secs(1)).await;
+        let m = mem(&addr, pid).await;
+        peak = peak.max(m.rss);
+        after.push(m);
         println!(
-            "churn: round {round}: {viewers} viewers over {connect_span:.1?} (settled in {settled:.1?}); \
-             relay RSS {:.1} MiB (peak {:.1} MiB); churners ok {} failed {}",
-            mb(r),
+            "churn: round {round}: {viewers} viewers connected over {connect_span:.1?}, gone {settled:.1?} \
+             after the last left: {m} (RSS peak {:.1} MiB); churners ok {} failed {}",
             mb(peak),
             counters.churn_ok.load(Relaxed),
             counters.churn_failed.load(Relaxed)
         );
     }
+    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+    let settled = mem(&addr, pid).await;
+    println!("churn: after {settle_secs} s settle: {settled}");
 
     // Let the publisher finish its sessions, then check the stayers resume.
     let statuses = publisher.await.expect("publisher");
@@ -392,16 +512,32 @@ async fn run() -> bool {
     };
     let publishes = sessions_done.load(Relaxed);
     check(
-        statuses.iter().all(|&s| s == 200),
+        statuses.iter().all(|&s| s == 200) && publishes == reconnects + 1,
         format!(
             "{publishes} publisher sessions ({} reconnects) all accepted and finished with 200",
             publishes.saturating_sub(1)
         ),
     );
+    let ok = counters.churn_ok.load(Relaxed);
+    let bad = counters.churn_failed.load(Relaxed);
+    // The pace: every round's connections spread over `secs`, not much longer.
+    let slowest = spans.iter().max().copied().unwrap_or_default();
     check(
-        !log.contains("panicked"),
-        "no panic in the relay's log".into(),
+        ok == viewers * rounds
+            && bad == 0
+            && slowest <= Duration::from_secs(secs) * 11 / 10 + Duration::from_secs(1),
+        format!(
+            "{ok} of {} churning viewers served ({bad} failed), each round's connections over ≤ {slowest:.1?} (asked {secs} s)",
+            viewers * rounds
+        ),
     );
+    let panicked = log.contains("panicked");
+    if panicked {
+        for l in log.lines().filter(|l| l.contains("panicked")).take(3) {
+            println!("churn: relay: {l}");
+        }
+    }
+    check(!panicked, "no panic in the relay's stderr".into());
     check(
         status.success(),
         format!("relay exited cleanly on SIGTERM ({status})"),
@@ -443,26 +579,49 @@ async fn run() -> bool {
             .all(|(s, &b)| s.fragments > b),
         "every staying viewer resumed with the last publisher session".into(),
     );
-    let last_round = *after.last().unwrap_or(&0);
-    let first_round = *after.first().unwrap_or(&0);
-    let growth = last_round as f64 - first_round as f64;
-    check(
-        rounds < 2 || growth < 0.1 * first_round as f64,
-        format!(
-            "no growth from round to round: {:.1} → {:.1} MiB ({:+.1} MiB)",
-            mb(first_round),
-            mb(last_round),
-            growth / (1 << 20) as f64
+
+    // Memory. A leak is live heap that grows with the connections served;
+    // freed memory the allocator keeps shows in RSS only.
+    let bound = |base: u64, min: u64| base + (base / 10).max(min);
+    let churned = (viewers * rounds) as f64;
+    match (baseline.net(), settled.net()) {
+        (Some(base), Some(now)) => {
+            let rounds_net: Vec<u64> = after.iter().filter_map(Mem::net).collect();
+            let first = rounds_net.first().copied().unwrap_or(now);
+            let last = rounds_net.last().copied().unwrap_or(now);
+            let per_conn = (now as f64 - base as f64) / churned;
+            check(
+                now <= base + LEAK_SLACK && last <= first + LEAK_SLACK,
+                format!(
+                    "no leak: heap allocated besides the ring {:.2} MiB baseline → {} → {:.2} MiB settled \
+                     (bound baseline + {:.2} MiB; {per_conn:+.1} B per churned connection)",
+                    mb(base),
+                    rounds_net
+                        .iter()
+                        .map(|&b| format!("{:.2}", mb(b)))
+                        .collect::<Vec<_>>()
+                        .join(" → "),
+                    mb(now),
+                    mb(LEAK_SLACK)
+                ),
+            );
+        }
+        _ => println!(
+            "churn: skip the leak check: this relay exports no relaycast_heap_allocated_bytes"
         ),
-    );
-    // Freed memory the allocator keeps for reuse stays in RSS: after churn
-    // RSS may sit at the churn's peak, but must not exceed it.
+    }
     check(
-        last_round <= peak + (2 << 20),
+        settled.rss <= bound(baseline.rss, 2 << 20),
         format!(
-            "RSS after churn {:.1} MiB: baseline {:.1} MiB, peak during churn {:.1} MiB",
-            mb(last_round),
-            mb(baseline),
+            "RSS back to baseline: {:.1} MiB baseline → {} → {:.1} MiB settled (bound {:.1} MiB, peak {:.1} MiB)",
+            mb(baseline.rss),
+            after
+                .iter()
+                .map(|m| format!("{:.1}", mb(m.rss)))
+                .collect::<Vec<_>>()
+                .join(" → "),
+            mb(settled.rss),
+            mb(bound(baseline.rss, 2 << 20)),
             mb(peak)
         ),
     );

@@ -6,6 +6,58 @@ use relaycast::config::{Config, LogConfig, LogFormat, TcpIngest};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// jemalloc, not the system allocator: glibc malloc keeps most of what many
+/// short-lived connections freed (RSS stayed at the churn's peak, issue #7),
+/// and jemalloc can say how much is really allocated. See "Memory" in
+/// docs/operations.md.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's built-in options: a background thread returns freed ("dirty")
+/// pages to the OS after about 1 s unused, so RSS falls back after churn even
+/// while the relay is idle (without it, purging only happens as a side effect
+/// of later allocations). `muzzy_decay_ms:0` skips the MADV_FREE stage, whose
+/// pages stay in RSS until the kernel is short of memory. `_RJEM_MALLOC_CONF`
+/// in the environment overrides these.
+#[cfg(not(target_env = "msvc"))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
+/// `relaycast_heap_allocated_bytes` / `relaycast_heap_resident_bytes` on
+/// /metrics, from jemalloc's statistics.
+#[cfg(not(target_env = "msvc"))]
+fn heap_metrics() {
+    use relaycast::metrics::{Exposition, Kind};
+    use tikv_jemalloc_ctl::{epoch, stats};
+    relaycast::metrics::add_collector(Box::new(|_, e: &mut Exposition| {
+        // The statistics are a snapshot refreshed by advancing the epoch.
+        if epoch::advance().is_err() {
+            return;
+        }
+        if let Ok(n) = stats::allocated::read() {
+            e.single(
+                "relaycast_heap_allocated_bytes",
+                Kind::Gauge,
+                "Bytes of heap allocated by the relay and not yet freed (jemalloc stats.allocated).",
+                n as u64,
+            );
+        }
+        if let Ok(n) = stats::resident::read() {
+            e.single(
+                "relaycast_heap_resident_bytes",
+                Kind::Gauge,
+                "Bytes of physical memory the allocator holds, including freed pages not yet returned (jemalloc stats.resident).",
+                n as u64,
+            );
+        }
+    }));
+}
+
+#[cfg(target_env = "msvc")]
+fn heap_metrics() {}
+
 #[derive(Parser)]
 #[command(
     name = "relaycast",
@@ -311,6 +363,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if !problems.is_empty() {
         anyhow::bail!("invalid configuration: {}", problems.join("; "));
     }
+    heap_metrics();
     let running = relaycast::server::start(config, None).await?;
     let scheme = if running.tls.is_some() {
         "https"

@@ -103,6 +103,8 @@ panel("Stream delivery p99", [
 panel("Memory", [
     (f"process_resident_memory_bytes{SEL}", "{{instance}}"),
     (f"process_resident_memory_bytes{SEL} / on(instance) clamp_min(sum by (instance) (relaycast_viewers{SEL}), 1)", "per viewer {{instance}}"),
+    (f"relaycast_heap_allocated_bytes{SEL}", "heap allocated {{instance}}"),
+    (f"relaycast_heap_resident_bytes{SEL}", "heap resident {{instance}}"),
 ], unit="bytes")
 panel("Open file descriptors", [(f"process_open_fds{SEL}", "{{instance}}")])
 
