@@ -23,6 +23,7 @@
 //!
 //!   cargo bench --bench churn                      # 2 rounds of 10,000 viewers over 60 s, 100 reconnects
 //!   CHURN_QUICK=1 cargo bench --bench churn        # ~25 s: 2 × 500 viewers over 3 s, 10 reconnects
+//!   CHURN_QUICK=1 cargo test --bench churn         # the same on a debug build (.ci/run does this)
 //!
 //! Knobs: CHURN_VIEWERS (per round), CHURN_SECS (per round), CHURN_ROUNDS,
 //! CHURN_RECONNECTS, CHURN_SETTLE (seconds after the last round, default 5),
