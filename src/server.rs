@@ -402,7 +402,10 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     }
     // The QUIC info route first: the router with its layers (Socket.IO, CORS)
     // is merged in last so that its fallback, which Socket.IO serves, stays.
-    let app = crate::quic::api_router(quic_live.clone()).merge(router(state.clone()));
+    // It gets the same CORS layer: a player on another origin reads it too.
+    let app = crate::quic::api_router(quic_live.clone())
+        .layer(cors_layer(&state.config.server.cors_origins))
+        .merge(router(state.clone()));
     let http = tokio::spawn(accept_loop(listener, app, tls.clone(), state.clone()));
     Ok(Running {
         addr,

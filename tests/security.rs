@@ -962,7 +962,7 @@ async fn cors_origins_apply_to_every_path() {
             .expect("read");
         answer.to_ascii_lowercase()
     };
-    for path in ["/healthz", "/live/nope/info", "/api/streams"] {
+    for path in ["/healthz", "/live/nope/info", "/api/streams", "/api/quic"] {
         let ok = ask(format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\nConnection: close\r\n\r\n"
         ))
