@@ -890,12 +890,12 @@ fn request(url: &str) -> std::io::Result<hyper::Request<http_body_util::Empty<By
         .map_err(std::io::Error::other)
 }
 
-async fn view_http(
+/// GET `url` and hand back the body of a 2xx answer; `joined` is told
+/// whether the viewer got one.
+async fn http_body(
     url: &str,
-    check: &mut ViewerCheck,
     joined: &mut impl FnMut(bool),
-) -> std::io::Result<()> {
-    use http_body_util::BodyExt;
+) -> std::io::Result<hyper::body::Incoming> {
     let resp = async {
         let mut send = http_get(url).await?;
         let resp = send
@@ -908,16 +908,17 @@ async fn view_http(
         Ok(resp)
     }
     .await;
-    let mut body = match resp {
-        Ok(r) => {
-            joined(true);
-            r.into_body()
-        }
-        Err(e) => {
-            joined(false);
-            return Err(e);
-        }
-    };
+    joined(resp.is_ok());
+    resp.map(hyper::Response::into_body)
+}
+
+async fn view_http(
+    url: &str,
+    check: &mut ViewerCheck,
+    joined: &mut impl FnMut(bool),
+) -> std::io::Result<()> {
+    use http_body_util::BodyExt;
+    let mut body = http_body(url, joined).await?;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(std::io::Error::other)?;
         if let Some(data) = frame.data_ref() {

@@ -403,30 +403,37 @@ where
     bytes
 }
 
-/// A callback server: records every JSON body; `/hook` allows names that
-/// start with "ok", `/slow` answers after 3 s.
-async fn hook_server() -> (SocketAddr, Arc<parking_lot::Mutex<Vec<serde_json::Value>>>) {
+type Seen = Arc<parking_lot::Mutex<Vec<serde_json::Value>>>;
+
+/// `POST /hook`: records every JSON body; allows names that start with "ok".
+fn hook_routes() -> axum::Router<Seen> {
     use axum::Json;
     use axum::extract::State;
     use axum::http::StatusCode;
     use axum::routing::post;
-    type Seen = Arc<parking_lot::Mutex<Vec<serde_json::Value>>>;
+    axum::Router::new().route(
+        "/hook",
+        post(
+            |State(seen): State<Seen>, Json(v): Json<serde_json::Value>| async move {
+                let ok = v["name"].as_str().is_some_and(|n| n.starts_with("ok"));
+                seen.lock().push(v);
+                if ok {
+                    StatusCode::NO_CONTENT
+                } else {
+                    StatusCode::FORBIDDEN
+                }
+            },
+        ),
+    )
+}
+
+/// A callback server: records every JSON body; `/hook` allows names that
+/// start with "ok", `/slow` answers after 3 s.
+async fn hook_server() -> (SocketAddr, Arc<parking_lot::Mutex<Vec<serde_json::Value>>>) {
+    use axum::http::StatusCode;
+    use axum::routing::post;
     let seen: Seen = Arc::default();
-    let app = axum::Router::new()
-        .route(
-            "/hook",
-            post(
-                |State(seen): State<Seen>, Json(v): Json<serde_json::Value>| async move {
-                    let ok = v["name"].as_str().is_some_and(|n| n.starts_with("ok"));
-                    seen.lock().push(v);
-                    if ok {
-                        StatusCode::NO_CONTENT
-                    } else {
-                        StatusCode::FORBIDDEN
-                    }
-                },
-            ),
-        )
+    let app = hook_routes()
         .route(
             "/slow",
             post(|| async {
@@ -570,11 +577,6 @@ async fn https_hook_server(
     dir: &Path,
     name: &str,
 ) -> (SocketAddr, Arc<parking_lot::Mutex<Vec<serde_json::Value>>>) {
-    use axum::Json;
-    use axum::extract::State;
-    use axum::http::StatusCode;
-    use axum::routing::post;
-    type Seen = Arc<parking_lot::Mutex<Vec<serde_json::Value>>>;
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("rcgen");
     std::fs::write(dir.join(format!("{name}.pem")), ck.cert.pem()).expect("write cert");
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
@@ -590,22 +592,7 @@ async fn https_hook_server(
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let seen: Seen = Arc::default();
-    let app = axum::Router::new()
-        .route(
-            "/hook",
-            post(
-                |State(seen): State<Seen>, Json(v): Json<serde_json::Value>| async move {
-                    let ok = v["name"].as_str().is_some_and(|n| n.starts_with("ok"));
-                    seen.lock().push(v);
-                    if ok {
-                        StatusCode::NO_CONTENT
-                    } else {
-                        StatusCode::FORBIDDEN
-                    }
-                },
-            ),
-        )
-        .with_state(seen.clone());
+    let app = hook_routes().with_state(seen.clone());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -645,18 +632,30 @@ impl std::io::Write for LogBuf {
     }
 }
 
+/// Every log line of this test binary, from a global subscriber installed
+/// once. (A per-test `set_default` lost lines when other tests ran at the
+/// same time: tracing caches a callsite's interest process-wide.) Tests look
+/// for lines that name something only they use, such as their hook's port.
+fn global_logs() -> LogBuf {
+    static LOGS: std::sync::OnceLock<LogBuf> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = LogBuf::default();
+        let writer = logs.clone();
+        let _ = tracing::subscriber::set_global_default(
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .finish(),
+        );
+        logs
+    })
+    .clone()
+}
+
 #[tokio::test]
 async fn https_callbacks_trust_the_configured_ca_and_fall_back_when_untrusted() {
-    // The relay runs on this test's (current-thread) runtime: its logs land here.
-    let logs = LogBuf::default();
-    let writer = logs.clone();
-    let _log = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish(),
-    );
+    let logs = global_logs();
     let dir = tempfile::tempdir().expect("tempdir");
     let (hooks, seen) = https_hook_server(dir.path(), "hooks").await;
     let (_other, _) = https_hook_server(dir.path(), "other").await;

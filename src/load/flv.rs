@@ -268,28 +268,7 @@ pub(super) async fn view(
     joined: &mut impl FnMut(bool),
 ) -> std::io::Result<()> {
     use http_body_util::BodyExt;
-    let resp = async {
-        let mut send = super::http_get(url).await?;
-        let resp = send
-            .send_request(super::request(url)?)
-            .await
-            .map_err(std::io::Error::other)?;
-        if !resp.status().is_success() {
-            return Err(std::io::Error::other(format!("status {}", resp.status())));
-        }
-        Ok(resp)
-    }
-    .await;
-    let mut body = match resp {
-        Ok(r) => {
-            joined(true);
-            r.into_body()
-        }
-        Err(e) => {
-            joined(false);
-            return Err(e);
-        }
-    };
+    let mut body = super::http_body(url, joined).await?;
     let mut demux = FlvDemux::default();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(std::io::Error::other)?;
