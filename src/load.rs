@@ -492,11 +492,18 @@ pub async fn run(mut args: LoadArgs) -> anyhow::Result<Report> {
         let mut cmd = std::process::Command::new(exe);
         cmd.args(["serve", "--no-demo", "--listen", addr]);
         cmd.args(args.spawn_args.split_whitespace());
-        // Every viewer of a load test comes from 127.0.0.1: the per-IP
-        // connection limit (200 by default) would refuse all but the first.
-        const PER_IP: &str = "RELAYCAST_LIMITS__MAX_CONNECTIONS_PER_IP";
-        if std::env::var_os(PER_IP).is_none() {
-            cmd.env(PER_IP, "0");
+        // Limits meant for the public internet, lifted for a load test
+        // (unless the environment sets them): every viewer comes from
+        // 127.0.0.1, which the per-IP connection limit (200) would refuse
+        // after the first few, and the saturation ramps publish above the
+        // ingest bitrate cap (50 Mbit/s).
+        for var in [
+            "RELAYCAST_LIMITS__MAX_CONNECTIONS_PER_IP",
+            "RELAYCAST_LIMITS__MAX_INGEST_BITRATE",
+        ] {
+            if std::env::var_os(var).is_none() {
+                cmd.env(var, "0");
+            }
         }
         if args.transport == Transport::Quic && !args.spawn_args.contains("--quic") {
             cmd.args(quic::SPAWN_FLAG.split_whitespace());
