@@ -64,18 +64,9 @@ async fn tls_connect(
 
 /// GET over https: the status, or the error.
 async fn https_get(addr: SocketAddr, tls: &TlsConnector, path: &str) -> Result<u16, String> {
-    let io = tls_connect(addr, tls).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", format!("localhost:{}", addr.port()))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let r = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    Ok(r.status().as_u16())
+    https_get_body(addr, tls, path)
+        .await
+        .map(|(status, _)| status)
 }
 
 /// GET over https: the status and body, or the error.
