@@ -634,12 +634,7 @@ async fn request(
     body: Bytes,
 ) -> (u16, hyper::HeaderMap, Bytes) {
     use http_body_util::BodyExt;
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
+    let mut sender = http1(addr).await;
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(path)

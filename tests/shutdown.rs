@@ -95,14 +95,7 @@ impl BoxWalker {
 
 async fn http_viewer(addr: String, ready: Arc<AtomicUsize>) -> HttpEnd {
     use http_body_util::BodyExt;
-    let tcp = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
+    let mut sender = common::http1(&addr).await;
     let req = hyper::Request::get("/live/sig.mp4?wait=10")
         .header("host", &addr)
         .body(http_body_util::Empty::<Bytes>::new())

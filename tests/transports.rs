@@ -1063,14 +1063,7 @@ async fn cors_preflight_and_cross_origin_get_get_the_right_headers() {
     let any = relay(config()).await;
     let base = format!("127.0.0.1:{}", any.addr.port());
     let origin = "https://player.example";
-    let tcp = tokio::net::TcpStream::connect(any.addr)
-        .await
-        .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
+    let mut sender = http1(any.addr).await;
     let pre = hyper::Request::builder()
         .method("OPTIONS")
         .uri("/live/x/poll?after=1")
@@ -1109,14 +1102,7 @@ async fn cors_preflight_and_cross_origin_get_get_the_right_headers() {
     let relay = relay(cfg).await;
     let base = format!("127.0.0.1:{}", relay.addr.port());
     for (o, allowed) in [(origin, true), ("https://evil.example", false)] {
-        let tcp = tokio::net::TcpStream::connect(relay.addr)
-            .await
-            .expect("connect");
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .expect("handshake");
-        tokio::spawn(conn);
+        let mut sender = http1(relay.addr).await;
         let req = hyper::Request::get("/api/streams")
             .header("host", &base)
             .header("origin", o)

@@ -636,6 +636,12 @@ impl Puller {
         if let Some(old) = self.session.take() {
             old.close(code::DONE, "moving back to the preferred origin");
         }
+        self.adopt(idx, session)
+    }
+
+    /// Pull from now on through `session` (on origin `idx`), counted as a
+    /// failover; false when the stream is gone.
+    fn adopt(&mut self, idx: usize, session: WatchSession) -> bool {
         self.failovers += 1;
         self.origin = idx;
         self.last_switch = Instant::now();
@@ -660,17 +666,7 @@ impl Puller {
             match self.edge.subscribe(idx, &self.name, after).await {
                 Ok(session) => {
                     tracing::info!(stream = %self.name, origin = %self.edge.origins[idx].base, ?after, "pulling again");
-                    self.failovers += 1;
-                    self.origin = idx;
-                    self.last_switch = Instant::now();
-                    self.map.start(session.hello().seq_space);
-                    let live = session.hello().live;
-                    self.session = Some(session);
-                    if live && !self.attach() {
-                        return false;
-                    }
-                    self.report(Health::Up);
-                    return true;
+                    return self.adopt(idx, session);
                 }
                 Err(e) => {
                     tracing::debug!(stream = %self.name, origin = %self.edge.origins[idx].base, error = %e, "origin unavailable");

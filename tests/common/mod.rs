@@ -207,20 +207,30 @@ pub async fn put_chunked(url: &str, body: Bytes, piece: usize, pause: Duration) 
     resp.await.expect("join")
 }
 
+/// An HTTP/1.1 client connection to `addr`, its driver spawned.
+pub async fn http1<B>(
+    addr: impl tokio::net::ToSocketAddrs,
+) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 /// GET a URL, returning (status, headers, body).
 pub async fn get(url: &str) -> (u16, hyper::HeaderMap, Bytes) {
     use http_body_util::BodyExt;
     let u = url::Url::parse(url).expect("url");
     let host = u.host_str().expect("host").to_string();
     let port = u.port().expect("port");
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
+    let mut sender = http1((host.as_str(), port)).await;
     let req = hyper::Request::get(&u[url::Position::BeforePath..])
         .header("host", format!("{host}:{port}"))
         .body(http_body_util::Empty::<Bytes>::new())
