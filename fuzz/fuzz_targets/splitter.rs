@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relaycast::media::{Item, Splitter, SplitterConfig};
+use relaycast_media::{Item, Splitter, SplitterConfig};
 
 fuzz_target!(|data: &[u8]| {
     let step = 1 + usize::from(data.last().copied().unwrap_or(0)) * 131 % 8192;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use include_dir::{Dir, include_dir};
 use std::path::Path;
 
-static PLAYER: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/player");
+static PLAYER: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../../player");
 
 fn content_type(file: &str) -> &'static str {
     match Path::new(file).extension().and_then(|e| e.to_str()) {

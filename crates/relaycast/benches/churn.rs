@@ -383,7 +383,7 @@ async fn run() -> bool {
     // hangs up and comes back, `reconnects` times over the whole run.
     let file = Bytes::from(
         std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../.."),
             "/tests/fixtures/h264_aac_every_frame.mp4"
         ))
         .expect("fixture"),

@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use relaycast::media::demo::Demo;
-use relaycast::media::{Fragment, Init, Item, MediaError, Splitter, SplitterConfig, TrackKind};
+use relaycast_media::demo::Demo;
+use relaycast_media::{Fragment, Init, Item, MediaError, Splitter, SplitterConfig, TrackKind};
 use std::path::PathBuf;
 
 // ---------------------------------------------------------------------------
@@ -27,13 +27,13 @@ const FIXTURES: [&str; 8] = [
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("../../tests/fixtures")
         .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn demo_clip() -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/media/demo/demo.mp4");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/demo/demo.mp4");
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -10,7 +10,8 @@ use relaycast::ingest::IngestSession;
 use relaycast::media::{Splitter, SplitterConfig};
 
 fn inputs() -> Vec<(String, Bytes)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .join("tests/fixtures/fuzz");
     let mut v: Vec<_> = std::fs::read_dir(&dir)
         .expect("tests/fixtures/fuzz")
         .filter_map(Result::ok)

@@ -698,7 +698,7 @@ async fn relaycast_publish_file_or_stdin_to_http_ws_and_tcp_reaches_relaycast_wa
     let tcp_addr = relay.tcp_ingest[0].1;
     let clip = format!(
         "{}/tests/fixtures/h264_aac_every_frame.mp4",
-        env!("CARGO_MANIFEST_DIR")
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../..")
     );
     let file = fixture("h264_aac_every_frame.mp4");
     let (init, frags) = split(&file);
@@ -821,7 +821,7 @@ async fn relaycast_publish_passes_its_key_and_stops_when_the_relay_refuses() {
     let base = format!("127.0.0.1:{}", relay.addr.port());
     let clip = format!(
         "{}/tests/fixtures/h264_aac_keyframe.mp4",
-        env!("CARGO_MANIFEST_DIR")
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../..")
     );
     let (_, frags) = split(&fixture("h264_aac_keyframe.mp4"));
     let junk = tempfile::NamedTempFile::new().expect("temp file");
@@ -915,7 +915,7 @@ async fn serve_tcp_ingest_flags_open_one_port_per_stream() {
     let base = http.expect("http address");
     let clip = format!(
         "{}/tests/fixtures/h264_aac_keyframe.mp4",
-        env!("CARGO_MANIFEST_DIR")
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../..")
     );
     let (_, frags) = split(&fixture("h264_aac_keyframe.mp4"));
     for (name, addr) in &ports {
@@ -972,7 +972,10 @@ async fn relaycast_publish_reconnects_with_backoff_after_the_relay_restarts() {
     let first = relay(cfg.clone()).await;
     let addr = first.addr;
     let tcp_addr = first.tcp_ingest[0].1;
-    let clip = format!("{}/src/media/demo/demo.mp4", env!("CARGO_MANIFEST_DIR"));
+    let clip = format!(
+        "{}/crates/relaycast-media/src/demo/demo.mp4",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../..")
+    );
     let cases = [
         ("again-http", format!("http://{addr}/publish/again-http")),
         ("again-ws", format!("ws://{addr}/publish/again-ws")),

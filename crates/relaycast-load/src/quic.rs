@@ -16,10 +16,10 @@
 //! viewer either way.
 
 use super::{ViewerCheck, http_get, request};
-use crate::quic::QuicUrl;
-use crate::quic::client::{Client, WatchEvent, WatchOptions};
-use crate::quic::code::DONE;
 use parking_lot::Mutex;
+use relaycast::quic::QuicUrl;
+use relaycast::quic::client::{Client, WatchEvent, WatchOptions};
+use relaycast::quic::code::DONE;
 use std::net::SocketAddr;
 
 /// Viewers whose connections share one client UDP socket.

@@ -1,4 +1,4 @@
-//! `relaycast load`: the load generator. It publishes synthetic fMP4 streams
+//! `relaycast-load` (also run as `relaycast load`): the load generator. It publishes synthetic fMP4 streams
 //! (or raw timestamped messages, for byte-pipe peers) at a chosen bitrate and
 //! fragment rate, opens N viewers over one transport, verifies what each
 //! receives (seq continuity, skips), and reports delivered throughput,
@@ -17,6 +17,10 @@
 //! Adding a transport: add a [`Transport`] variant and a `view_*`
 //! function that feeds received bytes to [`ViewerCheck::bytes`]; everything
 //! else (verification, figures) is shared. QUIC viewers live in [`quic`].
+
+#![forbid(unsafe_code)]
+
+use relaycast::{Error, media};
 
 pub mod flv;
 pub mod quic;
@@ -60,7 +64,12 @@ pub enum Transport {
 const SIO_CHUNK: &[u8] = br#"451-["chunk",{"_placeholder":true,"num":0}]"#;
 
 /// Flags of `relaycast load`.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(clap::Parser, Clone, Debug)]
+#[command(
+    name = "relaycast-load",
+    version,
+    about = "Load generator for relaycast and its peers: publish synthetic streams, open N viewers, report figures"
+)]
 pub struct LoadArgs {
     /// Viewer transport.
     #[arg(long, value_enum, default_value = "ws")]
@@ -390,8 +399,14 @@ impl ViewerCheck {
     }
 }
 
-/// Runs `relaycast load` and prints the report.
-pub async fn main(args: LoadArgs) -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args = <LoadArgs as clap::Parser>::parse();
+    relaycast::logging::init(&relaycast::config::LogConfig::default())?;
+    tokio::runtime::Runtime::new()?.block_on(load(args))
+}
+
+/// Runs the load test and prints the report.
+async fn load(args: LoadArgs) -> anyhow::Result<()> {
     let report = run(args.clone()).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -487,7 +502,8 @@ pub async fn run(mut args: LoadArgs) -> anyhow::Result<Report> {
     if let Some(addr) = &args.spawn_relay {
         let exe = match &args.relay_bin {
             Some(p) => p.clone(),
-            None => std::env::current_exe()?,
+            // The relay binary installed beside this one.
+            None => std::env::current_exe()?.with_file_name("relaycast"),
         };
         let mut cmd = std::process::Command::new(exe);
         cmd.args(["serve", "--no-demo", "--listen", addr]);

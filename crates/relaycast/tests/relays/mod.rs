@@ -55,7 +55,10 @@ pub async fn edge(origins: &[&Running]) -> Running {
 /// Publish the built-in demo clip, looped at real time, to `to` until aborted.
 pub fn publish_demo(to: String) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let demo = format!("{}/src/media/demo/demo.mp4", env!("CARGO_MANIFEST_DIR"));
+        let demo = format!(
+            "{}/crates/relaycast-media/src/demo/demo.mp4",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../..")
+        );
         let opts = relaycast::client::PublishOptions {
             re: true,
             looped: true,

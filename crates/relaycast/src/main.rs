@@ -80,13 +80,44 @@ enum Command {
     Publish(PublishArgs),
     /// Write a live stream to a file or stdout.
     Watch(WatchArgs),
-    /// Load generator: publish synthetic streams, open N viewers, report figures.
-    Load(relaycast::load::LoadArgs),
+    /// Load generator: runs `relaycast-load` (its own binary, beside this
+    /// one) with the arguments that follow; `relaycast load --help` lists them.
+    #[command(disable_help_flag = true)]
+    Load(LoadArgs),
     /// Print a signed viewer URL query (`exp=…&sig=…`) for a stream.
     Sign(SignArgs),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// Everything after `relaycast load`, handed to `relaycast-load` untouched.
+#[derive(Args)]
+struct LoadArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<std::ffi::OsString>,
+}
+
+/// `relaycast load …`: the load generator is a tool and is not compiled into
+/// the relay; run the `relaycast-load` binary installed beside this one (or
+/// on `PATH`) and exit with its status.
+fn load(args: LoadArgs) -> anyhow::Result<()> {
+    let name = "relaycast-load";
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .filter(|p| p.is_file());
+    let exe = beside.unwrap_or_else(|| PathBuf::from(name));
+    let status = std::process::Command::new(&exe)
+        .args(&args.args)
+        .status()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot run {} ({e}): build it with `cargo build --release -p relaycast-load`",
+                exe.display()
+            )
+        })?;
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 #[derive(Subcommand)]
@@ -274,7 +305,7 @@ fn main() -> anyhow::Result<()> {
         (Some(Command::Publish(args)), _) => rt.block_on(publish(args)),
         (Some(Command::Watch(args)), _) => rt.block_on(watch(args)),
         (Some(Command::Sign(args)), _) => sign(args),
-        (Some(Command::Load(args)), _) => rt.block_on(relaycast::load::main(args)),
+        (Some(Command::Load(args)), _) => load(args),
     }
 }
 

@@ -28,7 +28,10 @@ pub async fn relay(config: Config) -> Running {
 
 /// A fixture clip from tests/fixtures.
 pub fn fixture(name: &str) -> Bytes {
-    let p = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let p = format!(
+        "{}/tests/fixtures/{name}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../..")
+    );
     Bytes::from(std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}")))
 }
 

@@ -308,7 +308,7 @@ async fn tls_serves_https_and_wss_and_reloads_on_sighup_without_dropping_viewers
     };
     let clip = format!(
         "{}/tests/fixtures/h264_aac_keyframe.mp4",
-        env!("CARGO_MANIFEST_DIR")
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../..")
     );
     let port = addr.port();
     let summary = cli(&[

@@ -43,9 +43,7 @@ mod error;
 pub mod fanout;
 pub mod ingest;
 pub mod limits;
-pub mod load;
 pub mod logging;
-pub mod media;
 pub mod metrics;
 pub mod player;
 pub mod quic;
@@ -53,3 +51,5 @@ pub mod server;
 pub mod tls;
 
 pub use error::Error;
+/// The sans-IO media layer (its own crate, `relaycast-media`).
+pub use relaycast_media as media;

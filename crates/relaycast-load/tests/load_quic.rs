@@ -6,9 +6,17 @@ use std::process::Command;
 
 #[test]
 fn load_over_quic_delivers_without_skips() {
-    let out = Command::new(env!("CARGO_BIN_EXE_relaycast"))
+    // The relay it spawns is the `relaycast` binary beside `relaycast-load`
+    // (built by `cargo test --workspace`).
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_relaycast-load"));
+    let relay = exe.with_file_name("relaycast");
+    assert!(
+        relay.is_file(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build -p relaycast` first)",
+        relay.display()
+    );
+    let out = Command::new(exe)
         .args([
-            "load",
             "--transport",
             "quic",
             "--spawn-relay",

@@ -16,7 +16,7 @@ use relaycast::media::{Fragment, Init, Item, Splitter, SplitterConfig};
 use std::hint::black_box;
 
 /// The demo clip: 8 s of H.264 + AAC in 100 ms fragments.
-const CLIP: &[u8] = include_bytes!("../src/media/demo/demo.mp4");
+const CLIP: &[u8] = include_bytes!("../../relaycast-media/src/demo/demo.mp4");
 
 fn split_all(chunks: impl Iterator<Item = Bytes>) -> usize {
     let mut s = Splitter::new(SplitterConfig::default());
