@@ -1,6 +1,10 @@
-//! The library's error type: who caused it, and what the client is told.
+//! The library's error type: who caused it, and what the client is told —
+//! mapped once, here, to an HTTP status, a WebSocket close code, a QUIC
+//! application code and a raw-TCP error line; and why a limit refused a
+//! client ([`Reason`]).
 
 use crate::media::MediaError;
+use crate::proto::code::{quic, ws};
 
 /// Everything that can go wrong, each variant mapped once to an HTTP status
 /// and a WebSocket close code.
@@ -45,7 +49,7 @@ pub enum Error {
     #[error("refused ({}): {detail}", reason.name())]
     Refused {
         /// Which limit.
-        reason: crate::limits::Reason,
+        reason: Reason,
         /// What was over it.
         detail: String,
     },
@@ -82,18 +86,134 @@ impl Error {
     /// The WebSocket close code for this error.
     pub fn ws_close_code(&self) -> u16 {
         match self {
-            Error::BadName(_) | Error::BadRequest(_) => 1008,
-            Error::NotFound(_) => 4004,
-            Error::AlreadyLive(_) | Error::TakenOver(_) => 4009,
-            Error::Media(MediaError::BoxTooLarge { .. }) => 1009,
-            Error::Media(_) => 1007,
-            Error::MessageTooBig { .. } => 1009,
-            Error::Unauthorized(_) | Error::Forbidden(_) => 1008,
-            Error::Limit(_) => 1013,
+            Error::BadName(_) | Error::BadRequest(_) => ws::POLICY,
+            Error::NotFound(_) => ws::NOT_FOUND,
+            Error::AlreadyLive(_) | Error::TakenOver(_) => ws::CONFLICT,
+            Error::Media(MediaError::BoxTooLarge { .. }) => ws::TOO_BIG,
+            Error::Media(_) => ws::INVALID_DATA,
+            Error::MessageTooBig { .. } => ws::TOO_BIG,
+            Error::Unauthorized(_) | Error::Forbidden(_) => ws::POLICY,
+            Error::Limit(_) => ws::TRY_AGAIN,
             Error::Refused { reason, .. } => reason.ws_close_code(),
-            Error::Shutdown => 1001,
-            Error::Io(_) => 1002,
-            Error::Internal(_) => 1011,
+            Error::Shutdown => ws::GOING_AWAY,
+            Error::Io(_) => ws::PROTOCOL,
+            Error::Internal(_) => ws::INTERNAL,
+        }
+    }
+
+    /// The QUIC application error code for this error.
+    pub fn quic_code(&self) -> u32 {
+        match self {
+            Error::BadName(_) | Error::BadRequest(_) | Error::Io(_) => quic::BAD_REQUEST,
+            Error::NotFound(_) => quic::NOT_FOUND,
+            Error::AlreadyLive(_) | Error::TakenOver(_) => quic::CONFLICT,
+            Error::Media(MediaError::BoxTooLarge { .. }) | Error::MessageTooBig { .. } => {
+                quic::TOO_BIG
+            }
+            Error::Media(_) => quic::BAD_MEDIA,
+            Error::Unauthorized(_) => quic::UNAUTHORIZED,
+            Error::Forbidden(_) => quic::FORBIDDEN,
+            Error::Limit(_) | Error::Refused { .. } => quic::LIMIT,
+            Error::Shutdown => quic::SHUTDOWN,
+            Error::Internal(_) => quic::INTERNAL,
+        }
+    }
+
+    /// The line a raw TCP publisher reads before the relay closes:
+    /// `ERROR <HTTP status> <message>`.
+    pub fn tcp_line(&self) -> String {
+        format!("ERROR {} {self}\n", self.http_status())
+    }
+}
+
+/// Why a client was refused or cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum Reason {
+    /// `max_streams` reached.
+    Streams = 0,
+    /// `max_viewers_per_stream` reached.
+    ViewersPerStream,
+    /// `max_viewers` reached.
+    Viewers,
+    /// `max_connections_per_ip` reached.
+    ConnectionsPerIp,
+    /// A publisher over `max_ingest_bitrate`.
+    IngestBitrate,
+    /// A box over `max_box_size`.
+    BoxSize,
+    /// A WebSocket message over `max_ws_message`.
+    WsMessage,
+    /// A publisher silent for `idle_timeout`.
+    PublisherIdle,
+    /// Headers (or the TLS handshake) not in within `header_read_timeout`.
+    HeaderTimeout,
+    /// A publisher without a key where one is needed.
+    MissingKey,
+    /// A publisher with a wrong key.
+    WrongKey,
+    /// A viewer without a valid signed URL where one is needed.
+    BadSignature,
+    /// An `on_publish` / `on_play` callback said no (or failed, with deny as default).
+    CallbackDenied,
+}
+
+impl Reason {
+    /// Number of reasons.
+    pub const COUNT: usize = 13;
+    /// Every reason.
+    pub const ALL: [Reason; Self::COUNT] = [
+        Reason::Streams,
+        Reason::ViewersPerStream,
+        Reason::Viewers,
+        Reason::ConnectionsPerIp,
+        Reason::IngestBitrate,
+        Reason::BoxSize,
+        Reason::WsMessage,
+        Reason::PublisherIdle,
+        Reason::HeaderTimeout,
+        Reason::MissingKey,
+        Reason::WrongKey,
+        Reason::BadSignature,
+        Reason::CallbackDenied,
+    ];
+
+    /// Label for metrics (`reason="…"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Streams => "max_streams",
+            Reason::ViewersPerStream => "max_viewers_per_stream",
+            Reason::Viewers => "max_viewers",
+            Reason::ConnectionsPerIp => "max_connections_per_ip",
+            Reason::IngestBitrate => "max_ingest_bitrate",
+            Reason::BoxSize => "max_box_size",
+            Reason::WsMessage => "max_ws_message",
+            Reason::PublisherIdle => "publisher_idle",
+            Reason::HeaderTimeout => "header_read_timeout",
+            Reason::MissingKey => "missing_key",
+            Reason::WrongKey => "wrong_key",
+            Reason::BadSignature => "bad_signature",
+            Reason::CallbackDenied => "callback_denied",
+        }
+    }
+
+    /// HTTP status of a refusal for this reason: 429 when this client asks
+    /// too much, 503 when the relay is full, 408 for a silent publisher.
+    /// (Key, signature, size and callback refusals have their own error
+    /// variants; these are their counters only.)
+    pub fn http_status(self) -> u16 {
+        match self {
+            Reason::ConnectionsPerIp | Reason::IngestBitrate => 429,
+            Reason::PublisherIdle | Reason::HeaderTimeout => 408,
+            _ => 503,
+        }
+    }
+
+    /// WebSocket close code of a refusal for this reason.
+    pub fn ws_close_code(self) -> u16 {
+        match self {
+            Reason::PublisherIdle | Reason::HeaderTimeout => ws::POLICY,
+            _ => ws::TRY_AGAIN,
         }
     }
 }

@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod auth;
 pub mod cascade;
 pub mod client;
@@ -46,6 +47,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod player;
+pub mod proto;
 pub mod quic;
 pub mod server;
 pub mod tls;

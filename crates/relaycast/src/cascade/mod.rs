@@ -513,8 +513,8 @@ impl Puller {
             seq_space: self.map.space(),
         });
         self.stream.stats().set_upstream(match health {
-            Health::Up => crate::metrics::UpstreamState::Connected,
-            Health::Down => crate::metrics::UpstreamState::Failed,
+            Health::Up => crate::fanout::stats::UpstreamState::Connected,
+            Health::Down => crate::fanout::stats::UpstreamState::Failed,
         });
     }
 

@@ -3,9 +3,9 @@
 //! Plays as it is in ffplay, VLC, mpv and GStreamer. With `?meta=1` every
 //! control message travels in-band in a top-level `free` box.
 
-use super::{Transport, WatchQuery, event_parts, hello_json, meta_box, payload};
+use super::{Transport, WatchQuery, event_parts, hello, meta_box, payload};
+use crate::app::AppState;
 use crate::fanout::{Event, Viewer, ViewerStart};
-use crate::server::AppState;
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,20 +26,20 @@ pub async fn serve(
     };
     let viewer = match super::admit(&app, &name, &q, start, app.wait_for(q.wait), peer).await {
         Ok(v) => v,
-        Err(e) => return crate::server::error_response(&e),
+        Err(e) => return crate::app::error_response(&e),
     };
     let meta = q.meta.unwrap_or(0) != 0;
     let stream = viewer.stream().clone();
     let mut queue = VecDeque::new();
     if meta {
-        let hello = hello_json(
+        let hello = hello(
             stream.name(),
             stream.epoch(),
             stream.is_live(),
             viewer.resumed(),
             viewer.cursor(),
         );
-        queue.push_back((meta_box(hello.as_bytes()), None));
+        queue.push_back((meta_box(hello.to_json().as_bytes()), None));
     }
     let first_seq = viewer.cursor();
     let state = Body2 {

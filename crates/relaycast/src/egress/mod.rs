@@ -15,8 +15,10 @@ pub mod socketio;
 pub mod websocket;
 
 use crate::Error;
+use crate::app::AppState;
+pub use crate::fanout::Transport;
 use crate::fanout::{Event, Registry, Viewer, ViewerStart};
-use crate::server::AppState;
+use crate::proto::control::Control;
 use bytes::Bytes;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -59,54 +61,6 @@ pub async fn admit(
     };
     app.limits.check_viewer(&app.registry, viewer.stream())?;
     Ok(viewer)
-}
-
-/// The viewer transports, for counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(usize)]
-pub enum Transport {
-    /// WebSocket `/live/{name}`.
-    WebSocket = 0,
-    /// HTTP streaming `/live/{name}.mp4`.
-    HttpStream = 1,
-    /// Long polling.
-    LongPoll = 2,
-    /// Plain polling (`wait=0`).
-    Poll = 3,
-    /// Socket.IO.
-    SocketIo = 4,
-    /// QUIC.
-    Quic = 5,
-    /// An edge relay pulling the stream (cascade).
-    Edge = 6,
-}
-
-impl Transport {
-    /// Number of transports.
-    pub const COUNT: usize = 7;
-    /// Every transport.
-    pub const ALL: [Transport; Self::COUNT] = [
-        Transport::WebSocket,
-        Transport::HttpStream,
-        Transport::LongPoll,
-        Transport::Poll,
-        Transport::SocketIo,
-        Transport::Quic,
-        Transport::Edge,
-    ];
-
-    /// Label used in JSON and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::WebSocket => "ws",
-            Transport::HttpStream => "stream",
-            Transport::LongPoll => "longpoll",
-            Transport::Poll => "poll",
-            Transport::SocketIo => "socketio",
-            Transport::Quic => "quic",
-            Transport::Edge => "edge",
-        }
-    }
 }
 
 /// Query parameters shared by every watch path.
@@ -153,34 +107,27 @@ pub fn resume_after(
     }
 }
 
-/// JSON control messages (shared by WebSocket, Socket.IO and `meta=1`).
-pub fn hello_json(stream: &str, epoch: u64, live: bool, resumed: bool, next_seq: u64) -> String {
-    format!(
-        r#"{{"type":"hello","stream":"{stream}","epoch":{epoch},"live":{live},"resumed":{resumed},"next_seq":{next_seq},"server_time":{}}}"#,
-        crate::fanout::unix_ms()
-    )
-}
-
-/// `{"type":"skip",…}`.
-pub fn skip_json(from: u64, to: u64, total: u64) -> String {
-    format!(
-        r#"{{"type":"skip","from":{from},"to":{to},"skipped":{},"skips":{total}}}"#,
-        to.saturating_sub(from)
-    )
-}
-
-/// `{"type":"publisher",…}`.
-pub fn publisher_json(live: bool) -> &'static str {
-    if live {
-        r#"{"type":"publisher","state":"back"}"#
-    } else {
-        r#"{"type":"publisher","state":"gone"}"#
+/// The `hello` that opens every viewer session.
+pub fn hello(stream: &str, epoch: u64, live: bool, resumed: bool, next_seq: u64) -> Control {
+    Control::Hello {
+        stream: stream.to_string(),
+        epoch,
+        live,
+        resumed,
+        next_seq,
+        server_time: crate::fanout::unix_ms(),
     }
 }
 
-/// `{"type":"end",…}`.
-pub fn end_json(reason: &str) -> String {
-    serde_json::json!({"type": "end", "reason": reason}).to_string()
+/// The control message of an event without a stored one (skip, publisher,
+/// end); init and fragment events carry theirs, built once per stream.
+pub fn control(ev: &Event) -> Option<Control> {
+    match ev {
+        Event::Skip { from, to, total } => Some(Control::skip(*from, *to, *total)),
+        Event::Publisher(live) => Some(Control::publisher(*live)),
+        Event::End(r) => Some(Control::end(r.message())),
+        Event::Init(_) | Event::Fragment(_) => None,
+    }
 }
 
 /// One event as (control JSON, optional binary payload): the shape every
@@ -189,9 +136,7 @@ pub fn event_parts(ev: &Event) -> (Bytes, Option<Bytes>) {
     match ev {
         Event::Init(i) => (i.meta.clone(), Some(i.init.bytes.clone())),
         Event::Fragment(c) => (c.meta.clone(), Some(c.bytes.clone())),
-        Event::Skip { from, to, total } => (Bytes::from(skip_json(*from, *to, *total)), None),
-        Event::Publisher(live) => (Bytes::from_static(publisher_json(*live).as_bytes()), None),
-        Event::End(r) => (Bytes::from(end_json(r.message())), None),
+        ev => (control(ev).map(|c| c.to_bytes()).unwrap_or_default(), None),
     }
 }
 

@@ -7,8 +7,8 @@
 //! `GET /live/{name}/init.mp4` serves the current init segment.
 
 use super::{Transport, WatchQuery};
+use crate::app::{AppState, error_response};
 use crate::fanout::{Event, ViewerStart};
-use crate::server::{AppState, error_response};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};

@@ -23,13 +23,14 @@
 //! (up to [`END_LINGER`]) for the client to read them and close; then it
 //! closes with the end's code.
 
-use super::{Transport, skip_json};
+use super::Transport;
 use crate::Error;
+use crate::app::AppState;
 use crate::fanout::{Chunk, EndReason, Event, Source, Viewer, ViewerStart};
+use crate::proto::control::Control;
 use crate::quic::{
     MediaFrame, QuicError, Request, Response, code, write_control, write_control_raw,
 };
-use crate::server::AppState;
 use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
@@ -183,10 +184,14 @@ impl Session<'_> {
                 Event::Fragment(chunk) => self.fragment(&chunk).await?,
                 Event::Skip { from, to, total } => {
                     self.reset_group();
-                    control_raw(self.ctrl, skip_json(from, to, total).as_bytes()).await?;
+                    control_raw(
+                        self.ctrl,
+                        Control::skip(from, to, total).to_json().as_bytes(),
+                    )
+                    .await?;
                 }
                 Event::Publisher(live) => {
-                    control_raw(self.ctrl, super::publisher_json(live).as_bytes()).await?;
+                    control_raw(self.ctrl, Control::publisher(live).to_json().as_bytes()).await?;
                 }
                 Event::End(reason) => return self.end(reason, app).await,
             }
@@ -258,12 +263,12 @@ impl Session<'_> {
             return Ok(());
         }
         self.finish_group();
-        let end = serde_json::json!({
-            "type": "end",
-            "reason": reason.message(),
-            "code": code,
-            "groups": self.groups,
-        });
+        let end = Control::End {
+            reason: reason.message().to_string(),
+            status: None,
+            code: Some(code),
+            groups: Some(self.groups),
+        };
         let _ = control(self.ctrl, &end).await;
         let _ = self.ctrl.finish();
         // The client closes once it has read every group; do not wait forever.

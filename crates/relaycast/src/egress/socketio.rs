@@ -12,10 +12,11 @@
 //! a few fragments in memory, not minutes of them.
 
 use super::Transport;
+use crate::app::AppState;
 use crate::fanout::{EndReason, Event, Viewer, ViewerStart};
-use crate::server::AppState;
+use crate::proto::control::Control;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::{SendError, SocketError, SocketIo};
 use std::time::Duration;
@@ -39,22 +40,6 @@ struct WatchReq {
     exp: Option<u64>,
     /// Signed URL signature.
     sig: Option<String>,
-}
-
-#[derive(Serialize)]
-struct FragmentMeta {
-    seq: u64,
-    key: bool,
-    t: u64,
-    size: usize,
-}
-
-#[derive(Serialize)]
-struct InitMeta<'a> {
-    version: u64,
-    mime: &'a str,
-    codecs: &'a str,
-    size: usize,
 }
 
 /// Build the Socket.IO layer and register the viewer namespace.
@@ -121,20 +106,24 @@ async fn watch(socket: SocketRef, req: WatchReq, app: AppState, token: Cancellat
         Err(e) => {
             let _ = socket.emit(
                 "end",
-                &serde_json::json!({"type": "end", "reason": e.to_string(), "status": e.http_status()}),
+                &Control::End {
+                    reason: e.to_string(),
+                    status: Some(e.http_status()),
+                    code: None,
+                    groups: None,
+                },
             );
             return;
         }
     };
     let stream = viewer.stream().clone();
-    let hello: serde_json::Value = serde_json::from_str(&super::hello_json(
+    let hello = super::hello(
         stream.name(),
         stream.epoch(),
         stream.is_live(),
         viewer.resumed(),
         viewer.cursor(),
-    ))
-    .unwrap_or_default();
+    );
     if socket.emit("hello", &hello).is_err() {
         return;
     }
@@ -183,10 +172,10 @@ fn emit(socket: &SocketRef, ev: &Event) -> Result<(), SendError> {
         Event::Init(i) => socket.emit(
             "init",
             &(
-                InitMeta {
+                Control::Init {
                     version: i.version,
-                    mime: &i.init.mime,
-                    codecs: &i.init.codecs,
+                    mime: i.init.mime.clone(),
+                    codecs: i.init.codecs.clone(),
                     size: i.init.bytes.len(),
                 },
                 Bytes::clone(&i.init.bytes),
@@ -195,26 +184,18 @@ fn emit(socket: &SocketRef, ev: &Event) -> Result<(), SendError> {
         Event::Fragment(c) => socket.emit(
             "fragment",
             &(
-                FragmentMeta {
+                Control::Fragment {
                     seq: c.seq,
                     key: c.keyframe,
                     t: c.t_ms,
                     size: c.bytes.len(),
+                    dts: None,
                 },
                 Bytes::clone(&c.bytes),
             ),
         ),
-        Event::Skip { from, to, total } => socket.emit(
-            "skip",
-            &serde_json::json!({"type": "skip", "from": from, "to": to, "skipped": to.saturating_sub(*from), "skips": total}),
-        ),
-        Event::Publisher(live) => socket.emit(
-            "publisher",
-            &serde_json::json!({"type": "publisher", "state": if *live { "back" } else { "gone" }}),
-        ),
-        Event::End(r) => socket.emit(
-            "end",
-            &serde_json::json!({"type": "end", "reason": r.message()}),
-        ),
+        Event::Skip { from, to, total } => socket.emit("skip", &Control::skip(*from, *to, *total)),
+        Event::Publisher(live) => socket.emit("publisher", &Control::publisher(*live)),
+        Event::End(r) => socket.emit("end", &Control::end(r.message())),
     }
 }

@@ -16,9 +16,9 @@
 //! else (viewers have nothing to say; messages over 64 KiB close the
 //! connection with 1009, as before).
 
-use super::{Transport, WatchQuery, event_parts, hello_json};
+use super::{Transport, WatchQuery, event_parts, hello};
+use crate::app::AppState;
 use crate::fanout::{EndReason, Event, Viewer, ViewerStart};
-use crate::server::AppState;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -361,7 +361,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
 
 async fn run<IO: AsyncRead + AsyncWrite>(mut conn: Conn<IO>, mut viewer: Viewer, app: AppState) {
     let stream = viewer.stream().clone();
-    let hello = hello_json(
+    let hello = hello(
         stream.name(),
         stream.epoch(),
         stream.is_live(),
@@ -369,7 +369,7 @@ async fn run<IO: AsyncRead + AsyncWrite>(mut conn: Conn<IO>, mut viewer: Viewer,
         viewer.cursor(),
     );
     let mut frames = Frames::default();
-    frames.push(0x1, Bytes::from(hello));
+    frames.push(0x1, hello.to_bytes());
     if conn.send(&mut frames).await.is_err() {
         return;
     }

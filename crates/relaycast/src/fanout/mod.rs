@@ -46,6 +46,7 @@
 //! takeover is configured, in which case the old publisher is cut off.
 
 mod registry;
+pub mod stats;
 mod stream;
 
 pub use registry::{OpenFuture, Registry, StreamSource};
@@ -157,3 +158,51 @@ pub fn valid_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// The viewer transports, for counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum Transport {
+    /// WebSocket `/live/{name}`.
+    WebSocket = 0,
+    /// HTTP streaming `/live/{name}.mp4`.
+    HttpStream = 1,
+    /// Long polling.
+    LongPoll = 2,
+    /// Plain polling (`wait=0`).
+    Poll = 3,
+    /// Socket.IO.
+    SocketIo = 4,
+    /// QUIC.
+    Quic = 5,
+    /// An edge relay pulling the stream (cascade).
+    Edge = 6,
+}
+
+impl Transport {
+    /// Number of transports.
+    pub const COUNT: usize = 7;
+    /// Every transport.
+    pub const ALL: [Transport; Self::COUNT] = [
+        Transport::WebSocket,
+        Transport::HttpStream,
+        Transport::LongPoll,
+        Transport::Poll,
+        Transport::SocketIo,
+        Transport::Quic,
+        Transport::Edge,
+    ];
+
+    /// Label used in JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "ws",
+            Transport::HttpStream => "stream",
+            Transport::LongPoll => "longpoll",
+            Transport::Poll => "poll",
+            Transport::SocketIo => "socketio",
+            Transport::Quic => "quic",
+            Transport::Edge => "edge",
+        }
+    }
+}

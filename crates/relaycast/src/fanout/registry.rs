@@ -33,7 +33,7 @@ pub(crate) struct RegistryInner {
     created: watch::Sender<u64>,
     source: OnceLock<Arc<dyn StreamSource>>,
     /// Relay-wide counters for `/metrics` (every stream's stats).
-    pub(super) totals: crate::metrics::Totals,
+    pub(super) totals: super::stats::Totals,
 }
 
 impl RegistryInner {
@@ -63,7 +63,7 @@ impl Registry {
             config,
             created: watch::channel(0).0,
             source: OnceLock::new(),
-            totals: crate::metrics::Totals::default(),
+            totals: super::stats::Totals::default(),
         }))
     }
 
@@ -73,7 +73,7 @@ impl Registry {
     }
 
     /// Relay-wide counters (for `/metrics`).
-    pub fn totals(&self) -> &crate::metrics::Totals {
+    pub fn totals(&self) -> &super::stats::Totals {
         &self.0.totals
     }
 

@@ -5,6 +5,7 @@ use super::registry::RegistryInner;
 use super::{FanoutConfig, unix_ms};
 use crate::Error;
 use crate::media::{Fragment, Init};
+use crate::proto::control::Control;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use serde::Serialize;
@@ -153,21 +154,21 @@ pub struct StreamStats {
     pub skips: AtomicU64,
     /// Viewers disconnected for lagging.
     pub lag_disconnects: AtomicU64,
-    /// Viewers now, by transport (index: [`Transport`](crate::egress::Transport)).
-    pub viewers: [AtomicU64; crate::egress::Transport::COUNT],
+    /// Viewers now, by transport (index: [`Transport`](super::Transport)).
+    pub viewers: [AtomicU64; super::Transport::COUNT],
     /// Publisher (re)connections.
     pub publishes: AtomicU64,
     /// Viewer join time: cursor opened to first fragment written.
-    pub join: crate::metrics::Histogram,
+    pub join: super::stats::Histogram,
     /// Fragment arrival to written to a viewer.
-    pub delivery: crate::metrics::Histogram,
+    pub delivery: super::stats::Histogram,
     /// Upstream (cascade) state, for `/metrics`.
-    pub upstream: crate::metrics::UpstreamCell,
+    pub upstream: super::stats::UpstreamCell,
 }
 
 impl StreamStats {
     /// Record the stream's upstream (cascade) state.
-    pub fn set_upstream(&self, state: crate::metrics::UpstreamState) {
+    pub fn set_upstream(&self, state: super::stats::UpstreamState) {
         self.upstream.set(state);
     }
 }
@@ -241,9 +242,9 @@ pub struct StreamInfo {
     /// Publisher (re)connections.
     pub publishes: u64,
     /// Viewer join time (cursor opened → first fragment written).
-    pub join: crate::metrics::LatencySummary,
+    pub join: super::stats::LatencySummary,
     /// Fragment arrival → written to a viewer.
-    pub delivery: crate::metrics::LatencySummary,
+    pub delivery: super::stats::LatencySummary,
     /// Total viewer skips.
     pub skips: u64,
     /// Total viewers disconnected for lagging.
@@ -451,16 +452,15 @@ impl Stream {
                 return Ok(cur.version);
             }
             let version = st.init.as_ref().map_or(1, |c| c.version + 1);
-            let meta = serde_json::json!({
-                "type": "init",
-                "version": version,
-                "mime": init.mime,
-                "codecs": init.codecs,
-                "size": init.bytes.len(),
-            });
+            let meta = Control::Init {
+                version,
+                mime: init.mime.clone(),
+                codecs: init.codecs.clone(),
+                size: init.bytes.len(),
+            };
             st.init = Some(Arc::new(InitEntry {
                 version,
-                meta: Bytes::from(meta.to_string()),
+                meta: meta.to_bytes(),
                 init,
             }));
             version
@@ -491,12 +491,14 @@ impl Stream {
             };
             st.next_seq = seq + 1;
             let dts_us = frag.decode_time_us();
-            let meta = format!(
-                r#"{{"type":"fragment","seq":{seq},"key":{},"t":{t_ms},"size":{len},"dts":{}.{:06}}}"#,
-                frag.keyframe,
-                dts_us / 1_000_000,
-                dts_us % 1_000_000
-            );
+            let meta = Control::Fragment {
+                seq,
+                key: frag.keyframe,
+                t: t_ms,
+                size: len,
+                dts: Some(dts_us as f64 / 1e6),
+            }
+            .to_bytes();
             let chunk = Arc::new(Chunk {
                 seq,
                 keyframe: frag.keyframe,
@@ -564,7 +566,7 @@ impl Stream {
             _ => 0,
         };
         let mut by_transport = std::collections::BTreeMap::new();
-        for t in crate::egress::Transport::ALL {
+        for t in super::Transport::ALL {
             let n = self.0.stats.viewers[t as usize].load(Relaxed);
             if n > 0 {
                 by_transport.insert(t.name(), n);
@@ -621,9 +623,9 @@ impl Stream {
             ended: false,
             resumed: false,
             transport: start.transport,
-            metrics: crate::metrics::ViewerMetrics::new(!matches!(
+            metrics: super::stats::ViewerMetrics::new(!matches!(
                 start.transport,
-                crate::egress::Transport::Poll | crate::egress::Transport::LongPoll
+                super::Transport::Poll | super::Transport::LongPoll
             )),
         };
         if let Some(after) = start.after {
@@ -653,7 +655,7 @@ pub struct ViewerStart {
     /// Resume after this seq when it is still in the ring.
     pub after: Option<u64>,
     /// The transport the viewer uses (for counters).
-    pub transport: crate::egress::Transport,
+    pub transport: super::Transport,
 }
 
 /// The publisher's handle: appends to the stream. Dropping it starts the
@@ -720,8 +722,8 @@ pub struct Viewer {
     pending: Option<Event>,
     ended: bool,
     resumed: bool,
-    transport: crate::egress::Transport,
-    metrics: crate::metrics::ViewerMetrics,
+    transport: super::Transport,
+    metrics: super::stats::ViewerMetrics,
 }
 
 impl Viewer {
@@ -894,7 +896,7 @@ impl Viewer {
     /// The transport wrote a fragment that arrived at `arrived` to the
     /// viewer's connection at `now`: feeds the join-time (first fragment)
     /// and delivery-latency histograms. Plain arithmetic on the viewer; the
-    /// stream's atomics are touched once per [`crate::metrics::FLUSH_EVERY`].
+    /// stream's atomics are touched once per [`super::stats::FLUSH_EVERY`].
     pub fn wrote(&mut self, arrived: Instant, now: Instant) {
         self.metrics.wrote(&self.stream.0.stats, arrived, now);
     }

@@ -2,9 +2,9 @@
 //! slow viewers skip to a keyframe and are disconnected when they keep
 //! lagging, memory stays bounded, publishers come back within the grace period.
 
+use super::Transport;
 use super::*;
 use crate::Error;
-use crate::egress::Transport;
 use crate::media::{Fragment, Init};
 use bytes::Bytes;
 use std::time::Duration;

@@ -3,8 +3,8 @@
 //! incrementally and answers when it ends or fails, with a JSON summary.
 
 use super::{admit, key_from};
+use crate::app::{AppState, error_response};
 use crate::limits::Reason;
-use crate::server::{AppState, error_response};
 use axum::Json;
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
@@ -91,7 +91,7 @@ pub async fn serve(
             let status =
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut r = (status, Json(summary)).into_response();
-            if let Some(v) = crate::server::error_response(&e)
+            if let Some(v) = crate::app::error_response(&e)
                 .headers()
                 .get(axum::http::header::RETRY_AFTER)
             {

@@ -15,11 +15,11 @@ pub mod tcp;
 pub mod websocket;
 
 use crate::Error;
+use crate::app::AppState;
 use crate::config::IngestConfig;
 use crate::fanout::Publisher;
 use crate::limits::{Bucket, Refused};
 use crate::media::{Item, Splitter, SplitterConfig};
-use crate::server::AppState;
 use bytes::Bytes;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -144,7 +144,7 @@ pub async fn authorize(
         return Err(Error::BadName(name.to_string()));
     }
     let refused = &app.limits.refused;
-    crate::auth::check_key(&app.config.ingest, refused, name, key)?;
+    crate::auth::check_key(app.config.ingest.key_for(name), refused, name, key)?;
     app.limits.check_stream(&app.registry, name)?;
     app.auth
         .callback(refused, crate::auth::Action::Publish, name, peer, key)

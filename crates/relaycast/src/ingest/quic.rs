@@ -7,8 +7,8 @@
 
 use super::admit;
 use crate::Error;
+use crate::app::AppState;
 use crate::quic::{Request, Response, write_control};
-use crate::server::AppState;
 use std::time::Duration;
 
 /// Most bytes read from the stream at once.

@@ -11,9 +11,9 @@
 //! header that would be a 1.2 GB box.)
 
 use crate::Error;
+use crate::app::AppState;
 use crate::config::TcpIngest;
 use crate::limits::Reason;
-use crate::server::AppState;
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,8 +5,8 @@
 
 use super::{IngestSession, admit, key_from};
 use crate::Error;
+use crate::app::{AppState, error_response};
 use crate::limits::Reason;
-use crate::server::{AppState, error_response};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;

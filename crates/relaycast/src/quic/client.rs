@@ -6,6 +6,7 @@ use super::{
     MediaFrame, Op, QuicError, QuicUrl, Request, Response, client_config, code, read_control,
     read_media, write_control,
 };
+use crate::proto::control::{Control, PublisherState};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -169,7 +170,11 @@ impl Client {
             loop {
                 match read_control::<serde_json::Value>(&mut recv).await {
                     Ok(Some(v)) => {
-                        if tx.send(v).await.is_err() {
+                        // A message type this client does not know is skipped.
+                        let Ok(c) = serde_json::from_value::<Control>(v) else {
+                            continue;
+                        };
+                        if tx.send(c).await.is_err() {
                             return;
                         }
                     }
@@ -361,7 +366,7 @@ struct Reader {
     conn: quinn::Connection,
     /// Kept open: finishing it would tell the relay we are gone.
     _send: quinn::SendStream,
-    ctrl: mpsc::Receiver<serde_json::Value>,
+    ctrl: mpsc::Receiver<Control>,
     ctrl_open: bool,
     group: Option<quinn::RecvStream>,
     groups_done: u64,
@@ -381,19 +386,19 @@ impl Reader {
         }
     }
 
-    fn on_control(&mut self, v: serde_json::Value) -> Option<WatchEvent> {
-        match v["type"].as_str() {
-            Some("skip") => Some(WatchEvent::Skip {
-                from: v["from"].as_u64().unwrap_or(0),
-                to: v["to"].as_u64().unwrap_or(0),
-            }),
-            Some("publisher") => Some(WatchEvent::Publisher(v["state"] == "back")),
-            Some("end") => {
-                self.end = Some((
-                    v["code"].as_u64().unwrap_or(0) as u32,
-                    v["reason"].as_str().unwrap_or("").to_string(),
-                    v["groups"].as_u64().unwrap_or(0),
-                ));
+    fn on_control(&mut self, v: Control) -> Option<WatchEvent> {
+        match v {
+            Control::Skip { from, to, .. } => Some(WatchEvent::Skip { from, to }),
+            Control::Publisher { state } => {
+                Some(WatchEvent::Publisher(state == PublisherState::Back))
+            }
+            Control::End {
+                reason,
+                code,
+                groups,
+                ..
+            } => {
+                self.end = Some((code.unwrap_or(0), reason, groups.unwrap_or(0)));
                 None
             }
             _ => None,

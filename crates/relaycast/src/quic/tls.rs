@@ -98,9 +98,7 @@ impl QuicTls {
     }
 
     /// The rustls server configuration for quinn.
-    pub(super) fn server_crypto(
-        &self,
-    ) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, QuicError> {
+    pub fn server_crypto(&self) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, QuicError> {
         let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| QuicError::Tls(e.to_string()))?

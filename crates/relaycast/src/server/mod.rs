@@ -1,6 +1,9 @@
 //! The HTTP server: one axum [`Router`] on one port for publishing, watching,
 //! the player and the operator API; the extra listeners (raw TCP ingest,
-//! QUIC); and graceful shutdown with a deadline.
+//! [`quic`]); `/metrics` assembled from each part's figures; and graceful
+//! shutdown with a deadline.
+
+pub mod quic;
 
 use crate::config::Config;
 use crate::egress::{self, WatchQuery};
@@ -8,7 +11,7 @@ use crate::fanout::{EndReason, Registry};
 use crate::{Error, ingest};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,65 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    /// Every stream.
-    pub registry: Registry,
-    /// The effective configuration.
-    pub config: Arc<Config>,
-    /// Cancelled on SIGINT/SIGTERM: every long-lived task watches it.
-    pub shutdown: CancellationToken,
-    /// Signed viewer URLs and callbacks.
-    pub auth: Arc<crate::auth::Auth>,
-    /// Limits and the refusal counters.
-    pub limits: Arc<crate::limits::Limits>,
-}
-
-/// The client's address (from the accept loop); `None` when the router runs
-/// without one (e.g. `oneshot` in tests).
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub Option<SocketAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for Peer {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Peer(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-        ))
-    }
-}
-
-impl AppState {
-    /// A viewer's `wait=` clamped to the configured maximum.
-    pub fn wait_for(&self, wait: Option<f64>) -> Duration {
-        wait.and_then(|w| Duration::try_from_secs_f64(w).ok())
-            .unwrap_or(Duration::ZERO)
-            .min(self.config.egress.max_wait)
-    }
-}
-
-/// An error as an HTTP response: its status and a one-line JSON body.
-pub fn error_response(e: &Error) -> Response {
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = (
-        status,
-        axum::Json(serde_json::json!({"error": e.to_string()})),
-    )
-        .into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    }
-    r
-}
+pub use crate::app::{AppState, Peer, error_response};
 
 #[derive(Debug, Default, Deserialize)]
 struct PublishQuery {
@@ -227,8 +172,15 @@ async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Prometheus text exposition (see [`crate::metrics`]).
-pub use crate::metrics::metrics_text;
+/// The whole `/metrics` text (Prometheus exposition, see [`crate::metrics`]):
+/// the core's figures, then the cascade's.
+pub fn metrics_text(registry: &Registry, refused: &crate::limits::Refused) -> String {
+    crate::metrics::metrics_text(
+        registry,
+        refused,
+        &[&|r: &Registry, e: &mut _| crate::cascade::metrics(&r.list(), e)],
+    )
+}
 
 async fn index(State(app): State<AppState>) -> Response {
     crate::player::serve(app.config.server.player_dir.as_deref(), "index.html").await
@@ -254,8 +206,8 @@ pub struct Running {
     pub tcp_ingest: Vec<(String, SocketAddr)>,
     /// The QUIC endpoint's address and certificate fingerprint at start,
     /// when enabled ([`Running::quic_now`] follows certificate reloads).
-    pub quic: Option<crate::quic::Info>,
-    quic_live: Option<Arc<crate::quic::LiveInfo>>,
+    pub quic: Option<quic::Info>,
+    quic_live: Option<Arc<quic::LiveInfo>>,
     /// Shared state (registry, config, shutdown token).
     pub state: AppState,
     /// TLS, when serving https/wss (reload it with [`crate::tls::Tls::reload`]).
@@ -269,7 +221,7 @@ pub struct Running {
 impl Running {
     /// The QUIC endpoint's address and the fingerprint of the certificate
     /// it serves now (as `GET /api/quic` reports it).
-    pub fn quic_now(&self) -> Option<crate::quic::Info> {
+    pub fn quic_now(&self) -> Option<quic::Info> {
         self.quic_live.as_ref().map(|l| l.get())
     }
 
@@ -390,7 +342,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         }));
     }
     // QUIC (relaycast/1) and the cascade's edge side: see src/quic, src/cascade.
-    let quic_live = crate::quic::start(&state, &mut tasks)?;
+    let quic_live = quic::start(&state, &mut tasks)?;
     let quic = quic_live.as_ref().map(|l| l.get());
     if let Some(edge) = crate::cascade::Edge::new(
         &state.config.cascade,
@@ -403,7 +355,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     // The QUIC info route first: the router with its layers (Socket.IO, CORS)
     // is merged in last so that its fallback, which Socket.IO serves, stays.
     // It gets the same CORS layer: a player on another origin reads it too.
-    let app = crate::quic::api_router(quic_live.clone())
+    let app = quic::api_router(quic_live.clone())
         .layer(cors_layer(&state.config.server.cors_origins))
         .merge(router(state.clone()));
     let http = tokio::spawn(accept_loop(listener, app, tls.clone(), state.clone()));
