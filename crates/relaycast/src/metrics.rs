@@ -158,13 +158,16 @@ fn secs(us: u64) -> String {
     s.strip_suffix('.').unwrap_or(s).to_string()
 }
 
+/// Writes the families of a layer above this one into a scrape.
+pub type Part = dyn Fn(&Registry, &mut Exposition);
+
 /// The whole `/metrics` text for a relay; `refused` are its refusals by
 /// reason (counted by [`crate::limits`]); `parts` write the families of the
 /// layers above this one (the cascade's), after the streams'.
 pub fn metrics_text(
     registry: &Registry,
     refused: &crate::limits::Refused,
-    parts: &[&dyn Fn(&Registry, &mut Exposition)],
+    parts: &[&Part],
 ) -> String {
     let mut e = Exposition::default();
     write_totals(registry, refused, &mut e);

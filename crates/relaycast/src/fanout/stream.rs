@@ -508,7 +508,7 @@ impl Stream {
                 dur_us: frag.duration_us(),
                 bytes: frag.bytes,
                 init,
-                meta: Bytes::from(meta),
+                meta,
             });
             if chunk.keyframe {
                 st.keyframes.push_back(seq);
