@@ -16,6 +16,10 @@ pub enum Error {
     /// A malformed request (client).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A message of a kind the endpoint does not take, e.g. text where the
+    /// stream's binary is expected (client).
+    #[error("bad request: {0}")]
+    WrongMessageType(String),
     /// No such stream (client).
     #[error("no stream named {0:?}")]
     NotFound(String),
@@ -68,7 +72,7 @@ impl Error {
     /// The HTTP status for this error.
     pub fn http_status(&self) -> u16 {
         match self {
-            Error::BadName(_) | Error::BadRequest(_) => 400,
+            Error::BadName(_) | Error::BadRequest(_) | Error::WrongMessageType(_) => 400,
             Error::NotFound(_) => 404,
             Error::AlreadyLive(_) | Error::TakenOver(_) => 409,
             Error::Media(m) => m.http_status(),
@@ -87,6 +91,7 @@ impl Error {
     pub fn ws_close_code(&self) -> u16 {
         match self {
             Error::BadName(_) | Error::BadRequest(_) => ws::POLICY,
+            Error::WrongMessageType(_) => ws::UNSUPPORTED,
             Error::NotFound(_) => ws::NOT_FOUND,
             Error::AlreadyLive(_) | Error::TakenOver(_) => ws::CONFLICT,
             Error::Media(MediaError::BoxTooLarge { .. }) => ws::TOO_BIG,
@@ -104,7 +109,10 @@ impl Error {
     /// The QUIC application error code for this error.
     pub fn quic_code(&self) -> u32 {
         match self {
-            Error::BadName(_) | Error::BadRequest(_) | Error::Io(_) => quic::BAD_REQUEST,
+            Error::BadName(_)
+            | Error::BadRequest(_)
+            | Error::WrongMessageType(_)
+            | Error::Io(_) => quic::BAD_REQUEST,
             Error::NotFound(_) => quic::NOT_FOUND,
             Error::AlreadyLive(_) | Error::TakenOver(_) => quic::CONFLICT,
             Error::Media(MediaError::BoxTooLarge { .. }) | Error::MessageTooBig { .. } => {

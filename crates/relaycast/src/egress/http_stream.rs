@@ -42,7 +42,7 @@ pub async fn serve(
         queue.push_back((meta_box(hello.to_json().as_bytes()), None));
     }
     let first_seq = viewer.cursor();
-    let state = Body2 {
+    let state = ViewerBody {
         viewer,
         app: app.clone(),
         meta,
@@ -72,7 +72,7 @@ pub async fn serve(
     resp
 }
 
-struct Body2 {
+struct ViewerBody {
     viewer: Viewer,
     app: AppState,
     meta: bool,
@@ -81,7 +81,7 @@ struct Body2 {
     done: bool,
 }
 
-impl Body2 {
+impl ViewerBody {
     async fn next_bytes(&mut self) -> Option<Bytes> {
         loop {
             if let Some((b, arrived)) = self.queue.pop_front() {

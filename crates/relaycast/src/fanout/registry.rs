@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 /// What [`StreamSource::open`] returns.
 pub type OpenFuture<'a> = Pin<Box<dyn Future<Output = Option<Stream>> + Send + 'a>>;
@@ -34,6 +35,9 @@ pub(crate) struct RegistryInner {
     source: OnceLock<Arc<dyn StreamSource>>,
     /// Relay-wide counters for `/metrics` (every stream's stats).
     pub(super) totals: super::stats::Totals,
+    /// Every publisher and viewer holds a token of this tracker while it
+    /// lives: shutdown awaits it instead of polling the streams.
+    pub(super) sessions: TaskTracker,
 }
 
 impl RegistryInner {
@@ -64,7 +68,15 @@ impl Registry {
             created: watch::channel(0).0,
             source: OnceLock::new(),
             totals: super::stats::Totals::default(),
+            sessions: TaskTracker::new(),
         }))
+    }
+
+    /// Resolves when no publisher and no viewer of this registry is left
+    /// (shutdown waits for it, after telling every session to end).
+    pub async fn sessions_ended(&self) {
+        self.0.sessions.close();
+        self.0.sessions.wait().await;
     }
 
     /// The fan-out configuration.

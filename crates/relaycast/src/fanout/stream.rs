@@ -12,8 +12,9 @@ use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::watch;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// One version of a stream's init segment.
 #[derive(Debug)]
@@ -378,6 +379,7 @@ impl Stream {
         Ok(Publisher {
             stream: self.clone(),
             id,
+            _session: self.session_token(),
         })
     }
 
@@ -601,6 +603,11 @@ impl Stream {
         }
     }
 
+    /// A token of the registry's session tracker, for a new publisher or viewer.
+    fn session_token(&self) -> Option<TaskTrackerToken> {
+        self.0.registry.upgrade().map(|r| r.sessions.token())
+    }
+
     /// Open a cursor on this stream.
     pub fn subscribe(&self, start: ViewerStart) -> Viewer {
         let st = self.0.state.read();
@@ -610,6 +617,7 @@ impl Stream {
             None => (st.next_seq, true),
         };
         let mut viewer = Viewer {
+            _session: self.session_token(),
             stream: self.clone(),
             rx: self.0.tx.subscribe(),
             cursor,
@@ -663,6 +671,8 @@ pub struct ViewerStart {
 pub struct Publisher {
     stream: Stream,
     id: u64,
+    /// Held while the publisher lives (see `Registry::sessions_ended`).
+    _session: Option<TaskTrackerToken>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -705,6 +715,8 @@ impl Drop for Publisher {
 /// A viewer's cursor on a stream. Obtain events with [`Viewer::next`]
 /// (waits) or [`Viewer::try_next`] (does not).
 pub struct Viewer {
+    /// Held while the viewer lives (see `Registry::sessions_ended`).
+    _session: Option<TaskTrackerToken>,
     stream: Stream,
     rx: watch::Receiver<u64>,
     /// The seq of the next fragment to deliver.
@@ -899,21 +911,6 @@ impl Viewer {
     /// stream's atomics are touched once per [`super::stats::FLUSH_EVERY`].
     pub fn wrote(&mut self, arrived: Instant, now: Instant) {
         self.metrics.wrote(&self.stream.0.stats, arrived, now);
-    }
-
-    /// [`wrote`](Self::wrote) for every fragment among `events`, now.
-    pub fn wrote_events<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) {
-        let now = Instant::now();
-        for ev in events {
-            if let Event::Fragment(c) = ev {
-                self.wrote(c.arrived, now);
-            }
-        }
-    }
-
-    /// How long this stream has existed.
-    pub fn stream_age(&self) -> Duration {
-        self.stream.0.created.elapsed()
     }
 }
 

@@ -3,8 +3,8 @@
 //! incrementally and answers when it ends or fails, with a JSON summary.
 
 use super::{admit, key_from};
+use crate::Error;
 use crate::app::{AppState, error_response};
-use crate::limits::Reason;
 use axum::Json;
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
@@ -44,7 +44,6 @@ pub async fn serve(
     peer: Option<SocketAddr>,
     body: Body,
 ) -> Response {
-    let cfg = &app.config.ingest;
     let key = key_from(key.as_deref(), &headers);
     let mut session = match admit(&app, &name, key.as_deref(), peer).await {
         Ok(s) => s,
@@ -55,26 +54,10 @@ pub async fn serve(
     };
     tracing::info!(stream = %name, ?peer, "HTTP publisher connected");
     let mut body = body.into_data_stream();
-    let result = loop {
-        let next = tokio::select! {
-            n = tokio::time::timeout(cfg.idle_timeout, body.next()) => n,
-            _ = app.shutdown.cancelled() => break Err(crate::Error::Shutdown),
-        };
-        match next {
-            Err(_) => {
-                break Err(app.limits.refused.refuse(
-                    Reason::PublisherIdle,
-                    format!("no data for {:?}", cfg.idle_timeout),
-                ));
-            }
-            Ok(None) => break session.finish(),
-            Ok(Some(Err(e))) => break Err(crate::Error::BadRequest(format!("body: {e}"))),
-            Ok(Some(Ok(data))) => {
-                if let Err(e) = session.push(data) {
-                    break Err(e);
-                }
-            }
-        }
+    let result = {
+        let mut source =
+            (&mut body).map(|r| r.map_err(|e| Error::BadRequest(format!("body: {e}"))));
+        session.run(&mut source, &app).await
     };
     let summary = session.summary(result.as_ref().err());
     drop(session);
@@ -85,7 +68,7 @@ pub async fn serve(
         }
         Err(e) => {
             tracing::warn!(stream = %name, error = %e, "HTTP publisher failed");
-            if !matches!(e, crate::Error::Shutdown) {
+            if !matches!(e, Error::Shutdown) {
                 linger(body);
             }
             let status =

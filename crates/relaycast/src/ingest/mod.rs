@@ -18,9 +18,10 @@ use crate::Error;
 use crate::app::AppState;
 use crate::config::IngestConfig;
 use crate::fanout::Publisher;
-use crate::limits::{Bucket, Refused};
+use crate::limits::{Bucket, Reason, Refused};
 use crate::media::{Item, Splitter, SplitterConfig};
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,6 +114,36 @@ impl IngestSession {
     pub fn finish(&mut self) -> Result<(), Error> {
         self.splitter.finish()?;
         Ok(())
+    }
+
+    /// The one ingest loop every transport runs: push each piece `source`
+    /// yields until it ends (then [`finish`](Self::finish)), fails, stays
+    /// silent for the configured `idle_timeout` (refused as
+    /// [`Reason::PublisherIdle`], counted), or the relay shuts down. The
+    /// transport adapts its socket into `source` and keeps only what is its
+    /// own: admission answers, summaries, close codes.
+    pub async fn run<S>(&mut self, source: &mut S, app: &AppState) -> Result<(), Error>
+    where
+        S: Stream<Item = Result<Bytes, Error>> + Unpin,
+    {
+        let idle = app.config.ingest.idle_timeout;
+        loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(idle, source.next()) => n,
+                _ = app.shutdown.cancelled() => return Err(Error::Shutdown),
+            };
+            match next {
+                Err(_) => {
+                    return Err(app
+                        .limits
+                        .refused
+                        .refuse(Reason::PublisherIdle, format!("no data for {idle:?}")));
+                }
+                Ok(None) => return self.finish(),
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(Some(Ok(data))) => self.push(data)?,
+            }
+        }
     }
 
     /// What the session did so far.

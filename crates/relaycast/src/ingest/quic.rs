@@ -18,12 +18,11 @@ const READ_CHUNK: usize = 256 << 10;
 pub async fn serve(
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     req: &Request,
     app: &AppState,
 ) -> Result<(), Error> {
     let name = req.name.as_str();
-    let cfg = &app.config.ingest;
     let peer = conn.remote_address();
     let mut session = admit(app, name, req.key.as_deref(), Some(peer)).await?;
     let stream = session.publisher.stream().clone();
@@ -39,27 +38,14 @@ pub async fn serve(
     write_control(send, &ok)
         .await
         .map_err(|e| Error::BadRequest(format!("answering the request: {e}")))?;
-    let result = loop {
-        let chunk = tokio::select! {
-            c = tokio::time::timeout(cfg.idle_timeout, recv.read_chunk(READ_CHUNK, true)) => c,
-            _ = app.shutdown.cancelled() => break Err(Error::Shutdown),
-        };
-        match chunk {
-            Err(_) => {
-                break Err(Error::BadRequest(format!(
-                    "no data for {:?}",
-                    cfg.idle_timeout
-                )));
-            }
-            Ok(Err(e)) => break Err(Error::Io(std::io::Error::from(e))),
-            Ok(Ok(None)) => break session.finish(),
-            Ok(Ok(Some(c))) => {
-                if let Err(e) = session.push(c.bytes) {
-                    break Err(e);
-                }
-            }
+    let chunks = futures_util::stream::unfold(recv, |mut recv| async move {
+        match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(c)) => Some((Ok(c.bytes), recv)),
+            Ok(None) => None,
+            Err(e) => Some((Err(Error::Io(std::io::Error::from(e))), recv)),
         }
-    };
+    });
+    let result = session.run(&mut Box::pin(chunks), app).await;
     let summary = session.summary(result.as_ref().err());
     match &result {
         Ok(()) => {

@@ -15,9 +15,11 @@ use crate::app::AppState;
 use crate::config::TcpIngest;
 use crate::limits::Reason;
 use bytes::{Buf, BytesMut};
+use futures_util::StreamExt;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::io::ReaderStream;
 use tracing::Instrument;
 
 /// Longest `KEY …` line accepted.
@@ -79,7 +81,6 @@ async fn session(
     app: &AppState,
 ) -> Result<super::Summary, Error> {
     let _ = sock.set_nodelay(true);
-    let cfg = &app.config.ingest;
     let mut buf = BytesMut::with_capacity(64 << 10);
     let admitted = async {
         let _guard = app.limits.connection(peer.ip())?;
@@ -104,30 +105,11 @@ async fn session(
     };
     let result = match first {
         Err(e) => Err(e),
-        Ok(()) => loop {
-            if buf.capacity() - buf.len() < 16 << 10 {
-                buf.reserve(64 << 10);
-            }
-            let n = tokio::select! {
-                n = tokio::time::timeout(cfg.idle_timeout, sock.read_buf(&mut buf)) => n,
-                _ = app.shutdown.cancelled() => break Err(Error::Shutdown),
-            };
-            match n {
-                Err(_) => {
-                    break Err(app.limits.refused.refuse(
-                        Reason::PublisherIdle,
-                        format!("no data for {:?}", cfg.idle_timeout),
-                    ));
-                }
-                Ok(Err(e)) => break Err(Error::Io(e)),
-                Ok(Ok(0)) => break session.finish(),
-                Ok(Ok(_)) => {
-                    if let Err(e) = session.push(buf.split().freeze()) {
-                        break Err(e);
-                    }
-                }
-            }
-        },
+        Ok(()) => {
+            let mut source =
+                ReaderStream::with_capacity(&mut sock, 64 << 10).map(|r| r.map_err(Error::Io));
+            session.run(&mut source, app).await
+        }
     };
     let summary = session.summary(result.as_ref().err());
     if let Err(e) = &result
@@ -143,7 +125,7 @@ async fn session(
 /// it still sends for a moment, so that closing with unread data does not
 /// reset the connection before the publisher reads the line.
 async fn refuse(sock: &mut TcpStream, e: &Error) {
-    let line = format!("ERROR {} {e}\n", e.http_status());
+    let line = e.tcp_line();
     let bye = async {
         sock.write_all(line.as_bytes()).await?;
         sock.shutdown().await?;

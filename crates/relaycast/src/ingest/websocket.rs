@@ -6,10 +6,11 @@
 use super::{IngestSession, admit, key_from};
 use crate::Error;
 use crate::app::{AppState, error_response};
-use crate::limits::Reason;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures_util::StreamExt;
+use std::future::ready;
 use std::net::SocketAddr;
 use tracing::Instrument;
 
@@ -51,14 +52,21 @@ pub async fn serve(
         })
 }
 
-/// The size in tungstenite's "Message too long: SIZE > MAX" (the frame or
-/// message that went over the limit), when the text carries it.
-fn oversize(text: &str) -> Option<usize> {
-    let (_, rest) = text.split_once("too long: ")?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+/// A WebSocket read error, classified by its type: a message or frame over
+/// the limit is [`Error::MessageTooBig`] (counted), anything else a bad
+/// request.
+fn ws_error(e: axum::Error, limit: usize, refused: &crate::limits::Refused) -> Error {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::CapacityError;
+    let text = e.to_string();
+    match e.into_inner().downcast::<WsError>().map(|b| *b) {
+        Ok(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) => {
+            let e = Error::MessageTooBig { size, limit };
+            refused.note_ingest_error(&e);
+            e
+        }
+        _ => Error::BadRequest(format!("websocket: {text}")),
+    }
 }
 
 async fn refuse(mut socket: WebSocket, e: Error) -> Result<(), Error> {
@@ -85,43 +93,22 @@ async fn run(
     mut session: IngestSession,
 ) -> Result<(), Error> {
     tracing::info!(stream = %name, "WebSocket publisher connected");
-    let result = loop {
-        let msg = tokio::select! {
-            m = tokio::time::timeout(cfg.idle_timeout, socket.recv()) => m,
-            _ = app.shutdown.cancelled() => break Err(Error::Shutdown),
-        };
-        match msg {
-            Err(_) => {
-                break Err(app.limits.refused.refuse(
-                    Reason::PublisherIdle,
-                    format!("no data for {:?}", cfg.idle_timeout),
-                ));
-            }
-            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break session.finish(),
-            Ok(Some(Err(e))) => {
-                let text = e.to_string();
-                if text.contains("too long") || text.contains("too big") {
-                    let e = Error::MessageTooBig {
-                        size: oversize(&text).unwrap_or(0),
-                        limit: cfg.max_ws_message,
-                    };
-                    app.limits.refused.note_ingest_error(&e);
-                    break Err(e);
-                }
-                break Err(Error::BadRequest(format!("websocket: {text}")));
-            }
-            Ok(Some(Ok(Message::Binary(data)))) => {
-                if let Err(e) = session.push(data) {
-                    break Err(e);
-                }
-            }
-            Ok(Some(Ok(Message::Text(_)))) => {
-                break Err(Error::BadRequest(
-                    "text message: send the fMP4 stream as binary messages".into(),
-                ));
-            }
-            Ok(Some(Ok(_))) => {}
-        }
+    let result = {
+        let limit = cfg.max_ws_message;
+        let refused = app.limits.refused.clone();
+        let mut source = (&mut socket)
+            .take_while(|m| ready(!matches!(m, Ok(Message::Close(_)))))
+            .filter_map(move |m| {
+                ready(match m {
+                    Ok(Message::Binary(data)) => Some(Ok(data)),
+                    Ok(Message::Text(_)) => Some(Err(Error::WrongMessageType(
+                        "text message: send the fMP4 stream as binary messages".into(),
+                    ))),
+                    Ok(_) => None, // ping, pong
+                    Err(e) => Some(Err(ws_error(e, limit, &refused))),
+                })
+            });
+        session.run(&mut source, &app).await
     };
     let summary = session.summary(result.as_ref().err());
     drop(session);
@@ -137,26 +124,8 @@ async fn run(
                 .await;
         }
         Err(e) => {
-            let mut frame = close(e);
-            if let (Error::BadRequest(m), Message::Close(Some(f))) = (e, &mut frame)
-                && m.starts_with("text message")
-            {
-                f.code = 1003;
-            }
-            let _ = socket.send(frame).await;
+            let _ = socket.send(close(e)).await;
         }
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn oversize_reads_the_size_from_tungstenite_errors() {
-        assert_eq!(
-            super::oversize("Space limit exceeded: Message too long: 102400 > 65536"),
-            Some(102400)
-        );
-        assert_eq!(super::oversize("connection reset"), None);
-    }
 }

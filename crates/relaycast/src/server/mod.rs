@@ -245,13 +245,7 @@ impl Running {
             }
             // Upgraded WebSockets (and other detached sessions) are no longer
             // hyper's: wait for their viewers and publishers to say goodbye.
-            while sessions
-                .list()
-                .iter()
-                .any(|s| s.viewer_count() > 0 || s.is_live())
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            sessions.sessions_ended().await;
         })
         .await
         .is_ok();
