@@ -9,6 +9,7 @@
 //! Client frames use the all-zero masking key: legal on the wire, and the
 //! publisher does not spend CPU masking payloads (a test client, not a browser).
 
+use relaycast::proto::ws;
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,18 +17,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// WebSocket opcodes.
 pub mod op {
-    /// Continuation.
-    pub const CONT: u8 = 0;
-    /// Text.
-    pub const TEXT: u8 = 1;
-    /// Binary.
-    pub const BINARY: u8 = 2;
-    /// Close.
-    pub const CLOSE: u8 = 8;
-    /// Ping.
-    pub const PING: u8 = 9;
-    /// Pong.
-    pub const PONG: u8 = 10;
+    pub use relaycast::proto::ws::{BINARY, CLOSE, CONTINUATION as CONT, PING, PONG, TEXT};
 }
 
 /// Splits `ws://host:port/path?query` into (`host:port`, `/path?query`).
@@ -115,54 +105,20 @@ pub async fn connect(url: &str, buf_len: usize) -> io::Result<Ws> {
 
 /// Frame header of a server frame: (fin, opcode, payload length, header length).
 fn parse_header(b: &[u8]) -> Option<(bool, u8, u64, usize)> {
-    let b0 = *b.first()?;
-    let b1 = *b.get(1)?;
-    let masked = b1 & 0x80 != 0;
-    let (len, mut hl) = match b1 & 0x7f {
-        126 => (u64::from(u16::from_be_bytes([*b.get(2)?, *b.get(3)?])), 4),
-        127 => {
-            let s = b.get(2..10)?;
-            let mut a = [0u8; 8];
-            a.copy_from_slice(s);
-            (u64::from_be_bytes(a), 10)
-        }
-        n => (u64::from(n), 2),
-    };
-    if masked {
-        hl += 4;
-    }
-    if b.len() < hl {
-        return None;
-    }
-    Some((b0 & 0x80 != 0, b0 & 0x0f, len, hl))
+    let h = ws::Header::parse(b)?;
+    Some((h.fin, h.opcode, h.len, h.header_len))
 }
 
 /// Writes one unfragmented client frame (zero masking key).
 pub async fn write_frame(wr: &mut OwnedWriteHalf, opcode: u8, payload: &[u8]) -> io::Result<()> {
-    let mut h = [0u8; 14];
-    h[0] = 0x80 | opcode;
-    let len = payload.len();
-    let hl = if len < 126 {
-        h[1] = 0x80 | len as u8;
-        2
-    } else if len <= 0xffff {
-        h[1] = 0x80 | 126;
-        h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        4
-    } else {
-        h[1] = 0x80 | 127;
-        h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
-    };
     // Masking key 0 0 0 0: the payload goes out as it is.
-    let hl = hl + 4;
-    if len <= 4096 {
-        let mut small = Vec::with_capacity(hl + len);
-        small.extend_from_slice(&h[..hl]);
-        small.extend_from_slice(payload);
-        wr.write_all(&small).await
+    let mut head = Vec::with_capacity(ws::MAX_HEADER);
+    ws::put_header(&mut head, opcode, payload.len(), Some([0; 4]));
+    if payload.len() <= 4096 {
+        head.extend_from_slice(payload);
+        wr.write_all(&head).await
     } else {
-        wr.write_all(&h[..hl]).await?;
+        wr.write_all(&head).await?;
         wr.write_all(payload).await
     }
 }

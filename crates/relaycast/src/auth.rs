@@ -268,24 +268,7 @@ impl std::fmt::Debug for Auth {
 /// The TLS client of `https://` callbacks: the system's roots plus the
 /// certificates in `ca` (PEM).
 pub fn callback_connector(ca: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert); // skip the odd unparsable system certificate
-    }
-    if let Some(path) = ca {
-        let shown = || format!("auth.callback_ca {}", path.display());
-        let mut n = 0;
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", shown()))? {
-            let cert = cert.map_err(|e| format!("{}: {e}", shown()))?;
-            roots.add(cert).map_err(|e| format!("{}: {e}", shown()))?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err(format!("{}: no certificate in it", shown()));
-        }
-    }
+    let roots = crate::tls::roots(ca, "auth.callback_ca")?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

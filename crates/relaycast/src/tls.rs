@@ -70,26 +70,38 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<ServerConfig> {
     Ok(config)
 }
 
+/// The certificates a TLS client trusts: the system's roots (the odd
+/// unparsable one skipped), plus every PEM certificate in `extra` when given
+/// (`what` names it in errors: a file that cannot be read or holds none is
+/// an error). Every TLS client of the relay starts here: `https://`
+/// callbacks, `publish`/`watch` over https/wss, QUIC without a pin.
+pub fn roots(extra: Option<&Path>, what: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra {
+        let shown = || format!("{what} {}", path.display());
+        let mut n = 0;
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", shown()))? {
+            let cert = cert.map_err(|e| format!("{}: {e}", shown()))?;
+            roots.add(cert).map_err(|e| format!("{}: {e}", shown()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("{}: no certificate in it", shown()));
+        }
+    }
+    Ok(roots)
+}
+
 /// A TLS client for `https://` and `wss://` relays (`relaycast publish`,
 /// `watch`): the system's root certificates, plus the PEM certificates in
 /// the file named by `RELAYCAST_CA_FILE` (a relay with a self-signed or
 /// private-CA certificate).
 pub fn client_connector() -> anyhow::Result<tokio_rustls::TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert); // skip the odd unparsable system certificate
-    }
-    if let Some(path) = std::env::var_os("RELAYCAST_CA_FILE") {
-        let path = PathBuf::from(path);
-        for cert in CertificateDer::pem_file_iter(&path)
-            .map_err(|e| anyhow::anyhow!("RELAYCAST_CA_FILE {}: {e}", path.display()))?
-        {
-            let cert = cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        }
-    }
+    let extra = std::env::var_os("RELAYCAST_CA_FILE").map(PathBuf::from);
+    let roots = roots(extra.as_deref(), "RELAYCAST_CA_FILE").map_err(|e| anyhow::anyhow!(e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -17,7 +17,7 @@ pub mod websocket;
 use crate::Error;
 use crate::app::AppState;
 pub use crate::fanout::Transport;
-use crate::fanout::{Event, Registry, Viewer, ViewerStart};
+use crate::fanout::{Event, Registry, StreamName, Viewer, ViewerStart};
 use crate::proto::control::Control;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -34,9 +34,7 @@ pub async fn authorize(
     sig: Option<&str>,
     peer: Option<SocketAddr>,
 ) -> Result<(), Error> {
-    if !crate::fanout::valid_name(name) {
-        return Err(Error::BadName(name.to_string()));
-    }
+    let name = &*StreamName::parse(name)?;
     let refused = &app.limits.refused;
     app.auth.check_signature(refused, name, exp, sig)?;
     app.auth

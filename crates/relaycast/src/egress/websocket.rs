@@ -19,6 +19,7 @@
 use super::{Transport, WatchQuery, event_parts, hello};
 use crate::app::AppState;
 use crate::fanout::{EndReason, Event, Viewer, ViewerStart};
+use crate::proto::ws;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -178,49 +179,32 @@ impl ClientFrames {
                 }
             }
             let b = &self.buf[self.start..self.end];
-            if b.len() < 2 {
+            let Some(h) = ws::Header::parse(b) else {
                 return FromClient::Nothing;
-            }
-            let (fin, opcode, masked) = (b[0] & 0x80 != 0, b[0] & 0x0f, b[1] & 0x80 != 0);
-            let (len, mut hl) = match b[1] & 0x7f {
-                126 if b.len() >= 4 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
-                127 if b.len() >= 10 => {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(&b[2..10]);
-                    (u64::from_be_bytes(a), 10)
-                }
-                126 | 127 => return FromClient::Nothing,
-                n => (u64::from(n), 2),
             };
-            if !masked {
+            let Some(mask) = h.mask else {
                 // RFC 6455 5.1: a server must close on an unmasked client frame.
                 return FromClient::Close(1002);
-            }
-            hl += 4;
-            if b.len() < hl {
-                return FromClient::Nothing;
-            }
-            if opcode >= 8 {
-                if len > 125 || !fin {
+            };
+            let (len, hl) = (h.len, h.header_len);
+            if h.is_control() {
+                if len > 125 || !h.fin {
                     return FromClient::Close(1002);
                 }
                 let total = hl + len as usize;
                 if b.len() < total {
                     return FromClient::Nothing;
                 }
-                let mask = [b[hl - 4], b[hl - 3], b[hl - 2], b[hl - 1]];
-                let payload: Vec<u8> = b[hl..total]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, x)| x ^ mask[i % 4])
-                    .collect();
+                let mut payload = b[hl..total].to_vec();
+                ws::apply_mask(&mut payload, mask, 0);
                 self.start += total;
-                match opcode {
-                    8 => return FromClient::Close(1000),
-                    9 => return FromClient::Ping(Bytes::from(payload)),
+                match h.opcode {
+                    ws::CLOSE => return FromClient::Close(1000),
+                    ws::PING => return FromClient::Ping(Bytes::from(payload)),
                     _ => continue, // pong or reserved control: ignore
                 }
             }
+            let opcode = h.opcode;
             // A data frame: nothing a viewer says is used; bound its size.
             self.message = if opcode == 0 { self.message + len } else { len };
             if self.message > MAX_CLIENT_MESSAGE {
@@ -229,20 +213,6 @@ impl ClientFrames {
             self.start += hl;
             self.skip = len;
         }
-    }
-}
-
-/// Appends a server frame header (no mask) for `len` payload bytes.
-fn put_header(out: &mut BytesMut, opcode: u8, len: usize) {
-    out.put_u8(0x80 | opcode);
-    if len < 126 {
-        out.put_u8(len as u8);
-    } else if len <= 0xffff {
-        out.put_u8(126);
-        out.put_u16(len as u16);
-    } else {
-        out.put_u8(127);
-        out.put_u64(len as u64);
     }
 }
 
@@ -257,7 +227,7 @@ struct Frames {
 impl Frames {
     fn push(&mut self, opcode: u8, payload: Bytes) {
         let a = self.headers.len();
-        put_header(&mut self.headers, opcode, payload.len());
+        ws::put_header(&mut self.headers, opcode, payload.len(), None);
         self.parts.push((a, self.headers.len(), payload));
     }
 

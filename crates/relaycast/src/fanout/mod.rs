@@ -148,7 +148,44 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Stream names are `[A-Za-z0-9_-]{1,64}`.
+/// A stream name that passed the one check, [`StreamName::parse`]: every
+/// request's name is parsed once where the request enters (ingest and
+/// egress admission), and what follows takes it as checked.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StreamName(String);
+
+impl StreamName {
+    /// The name, when it is `[A-Za-z0-9_-]{1,64}`; else 400
+    /// [`Error::BadName`](crate::Error::BadName).
+    pub fn parse(name: &str) -> Result<StreamName, crate::Error> {
+        if valid_name(name) {
+            Ok(StreamName(name.to_string()))
+        } else {
+            Err(crate::Error::BadName(name.to_string()))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for StreamName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for StreamName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Stream names are `[A-Za-z0-9_-]{1,64}` (the rule [`StreamName::parse`]
+/// applies; configuration checks use it to report every bad name at once).
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name

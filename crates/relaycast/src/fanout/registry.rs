@@ -1,7 +1,7 @@
 //! The registry: every stream of this relay by name.
 
 use super::stream::{Source, Stream, Viewer, ViewerStart};
-use super::{FanoutConfig, Publisher, valid_name};
+use super::{FanoutConfig, Publisher, StreamName};
 use crate::Error;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -102,9 +102,7 @@ impl Registry {
 
     /// Like [`publish`](Self::publish), recording where the stream comes from.
     pub fn publish_from(&self, name: &str, source: Source) -> Result<Publisher, Error> {
-        if !valid_name(name) {
-            return Err(Error::BadName(name.to_string()));
-        }
+        StreamName::parse(name)?;
         let (stream, created) = match self.0.streams.entry(name.to_string()) {
             Entry::Occupied(mut e) => {
                 if e.get().is_closed() {
@@ -168,9 +166,7 @@ impl Registry {
 
     /// Find `name` locally or upstream, waiting up to `wait` for it to appear.
     pub async fn find(&self, name: &str, wait: Duration) -> Result<Stream, Error> {
-        if !valid_name(name) {
-            return Err(Error::BadName(name.to_string()));
-        }
+        StreamName::parse(name)?;
         let mut rx = self.0.created.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {

@@ -17,7 +17,7 @@ pub mod websocket;
 use crate::Error;
 use crate::app::AppState;
 use crate::config::IngestConfig;
-use crate::fanout::Publisher;
+use crate::fanout::{Publisher, StreamName};
 use crate::limits::{Bucket, Reason, Refused};
 use crate::media::{Item, Splitter, SplitterConfig};
 use bytes::Bytes;
@@ -171,9 +171,7 @@ pub async fn authorize(
     key: Option<&str>,
     peer: Option<SocketAddr>,
 ) -> Result<(), Error> {
-    if !crate::fanout::valid_name(name) {
-        return Err(Error::BadName(name.to_string()));
-    }
+    let name = &*StreamName::parse(name)?;
     let refused = &app.limits.refused;
     crate::auth::check_key(app.config.ingest.key_for(name), refused, name, key)?;
     app.limits.check_stream(&app.registry, name)?;

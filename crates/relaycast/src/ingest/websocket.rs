@@ -26,8 +26,8 @@ pub async fn serve(
     let cfg = app.config.ingest.clone();
     let max = cfg.max_ws_message;
     // Refuse before upgrading when we can: a clear HTTP status beats a close code.
-    if !crate::fanout::valid_name(&name) {
-        return error_response(&Error::BadName(name));
+    if let Err(e) = crate::fanout::StreamName::parse(&name) {
+        return error_response(&e);
     }
     // Admission (key, limits, callback) happens before the upgrade is
     // answered; a refusal is told as a close code (1008, 1013) on the

@@ -134,11 +134,7 @@ pub fn client_config(
             .with_custom_certificate_verifier(Arc::new(Pinned { sha256, provider }))
             .with_no_client_auth(),
         None => {
-            let mut roots = rustls::RootCertStore::empty();
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
-            }
+            let roots = crate::tls::roots(None, "").map_err(QuicError::Tls)?;
             if roots.is_empty() {
                 return Err(QuicError::Tls(
                     "no system root certificates found; pin the relay's certificate with ?fingerprint=HEX".into(),

@@ -313,21 +313,6 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
             state.shutdown.clone(),
         )));
     }
-    if let Some(tls) = &tls {
-        // Registered here, before `start` returns, so that a SIGHUP sent
-        // right after start reloads rather than kills the process.
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::hangup()) {
-            Ok(hup) => tasks.push(tokio::spawn(reload_on_sighup(
-                hup,
-                tls.clone(),
-                state.shutdown.clone(),
-            ))),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP: certificate reload disabled")
-            }
-        }
-    }
     if let Some(l) = redirect {
         let router = crate::tls::redirect_router(addr.port());
         let state = state.clone();
@@ -336,7 +321,32 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         }));
     }
     // QUIC (relaycast/1) and the cascade's edge side: see src/quic, src/cascade.
-    let quic_live = quic::start(&state, &mut tasks)?;
+    let mut reloads: Vec<Reload> = Vec::new();
+    if let Some(tls) = &tls {
+        let tls = tls.clone();
+        reloads.push(Box::new(move || match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
+            }
+        }));
+    }
+    let quic_live = quic::start(&state, &mut tasks, &mut reloads)?;
+    // Registered here, before `start` returns, so that a SIGHUP sent right
+    // after start reloads (or is logged) rather than kills the process.
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(hup) => tasks.push(tokio::spawn(on_sighup(
+                hup,
+                reloads,
+                state.shutdown.clone(),
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: certificate reload disabled")
+            }
+        }
+    }
     let quic = quic_live.as_ref().map(|l| l.get());
     if let Some(edge) = crate::cascade::Edge::new(
         &state.config.cascade,
@@ -366,10 +376,15 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     })
 }
 
-/// Reload the certificate on every SIGHUP until shutdown.
-async fn reload_on_sighup(
+/// Something SIGHUP reloads (a certificate).
+pub type Reload = Box<dyn Fn() + Send + Sync>;
+
+/// Run every reload on each SIGHUP until shutdown. SIGHUP never stops the
+/// relay (log rotation sends it): with nothing to reload it is logged and
+/// ignored.
+async fn on_sighup(
     mut hup: tokio::signal::unix::Signal,
-    tls: Arc<crate::tls::Tls>,
+    reloads: Vec<Reload>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -377,11 +392,13 @@ async fn reload_on_sighup(
             r = hup.recv() => if r.is_none() { return },
             _ = shutdown.cancelled() => return,
         }
-        match tls.reload() {
-            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
-            }
+        if reloads.is_empty() {
+            tracing::info!(
+                "SIGHUP: nothing to reload (no TLS certificate configured); still serving"
+            );
+        }
+        for reload in &reloads {
+            reload();
         }
     }
 }

@@ -147,11 +147,13 @@ impl QuicServer {
 
 /// Bind the QUIC endpoint when `quic.listen` is set and spawn its accept
 /// loop onto `tasks`. Uses `server.tls_cert`/`server.tls_key` when set, else
-/// a self-signed certificate whose fingerprint is logged. The returned
+/// a self-signed certificate whose fingerprint is logged, and adds its
+/// certificate reload to `reloads` (run on SIGHUP). The returned
 /// [`LiveInfo`] follows certificate reloads.
 pub fn start(
     state: &AppState,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    reloads: &mut Vec<super::Reload>,
 ) -> Result<Option<Arc<LiveInfo>>, QuicError> {
     let Some(listen) = state.config.quic.listen else {
         return Ok(None);
@@ -181,37 +183,24 @@ pub fn start(
         // The same certificate as https, reloaded on SIGHUP like it: new
         // QUIC connections get the new one, established ones keep theirs,
         // and /api/quic reports the new fingerprint.
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hup) => {
-                let endpoint = quic.endpoint.clone();
-                let (cert, key) = (cert.clone(), key.clone());
-                let shutdown = state.shutdown.clone();
-                let live = live.clone();
-                tasks.push(tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            r = hup.recv() => if r.is_none() { return },
-                            _ = shutdown.cancelled() => return,
-                        }
-                        let reloaded = QuicTls::from_pem_files(&cert, &key).and_then(|tls| {
-                            QuicServer::server_config(&tls).map(|c| (c, tls.fingerprint))
-                        });
-                        match reloaded {
-                            Ok((c, fingerprint)) => {
-                                endpoint.set_server_config(Some(c));
-                                tracing::info!(%fingerprint, "SIGHUP: QUIC certificate reloaded");
-                                live.set_fingerprint(fingerprint);
-                            }
-                            Err(e) => tracing::error!(error = %e, "SIGHUP: QUIC reload failed; keeping the old certificate"),
-                        }
-                    }
-                }));
+        let endpoint = quic.endpoint.clone();
+        let (cert, key) = (cert.clone(), key.clone());
+        let live = live.clone();
+        reloads.push(Box::new(move || {
+            let reloaded = QuicTls::from_pem_files(&cert, &key)
+                .and_then(|tls| QuicServer::server_config(&tls).map(|c| (c, tls.fingerprint)));
+            match reloaded {
+                Ok((c, fingerprint)) => {
+                    endpoint.set_server_config(Some(c));
+                    tracing::info!(%fingerprint, "SIGHUP: QUIC certificate reloaded");
+                    live.set_fingerprint(fingerprint);
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: QUIC reload failed; keeping the old certificate"
+                ),
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP: QUIC certificate reload disabled")
-            }
-        }
+        }));
     }
     tasks.push(tokio::spawn(quic.run(state.clone())));
     Ok(Some(live))
