@@ -8,29 +8,32 @@
 //! The parts, in the order data flows through them:
 //!
 //! 1. [`ingest`]: one adapter per ingest transport (HTTP PUT/POST chunked,
-//!    WebSocket, raw TCP, QUIC). Each ends in an [`ingest::IngestSession`]
-//!    that pushes bytes into a splitter and the splitter's output into a
-//!    [`fanout::Publisher`].
-//! 2. [`media`]: the sans-IO fMP4 splitter: bytes in, [`media::Init`] and
-//!    [`media::Fragment`] out, zero-copy.
+//!    WebSocket, raw TCP, QUIC), each ending in the one loop
+//!    [`ingest::IngestSession::run`] that pushes bytes into a splitter and
+//!    the splitter's output into a [`fanout::Publisher`].
+//! 2. [`media`] (the `relaycast-media` crate): the sans-IO fMP4 splitter:
+//!    bytes in, [`media::Init`] and [`media::Fragment`] out, zero-copy.
 //! 3. [`fanout`]: the core. A [`fanout::Registry`] of [`fanout::Stream`]s,
 //!    each a bounded ring of recent fragments; publishers append, every
 //!    viewer reads through its own cursor ([`fanout::Viewer`]); slow viewers
-//!    skip to the newest keyframe, never slowing anyone else.
+//!    skip to the newest keyframe, never slowing anyone else. It owns the
+//!    [`fanout::Transport`] labels and the figures it counts
+//!    ([`fanout::stats`]).
 //! 4. [`egress`]: one adapter per viewer transport (WebSocket, HTTP
 //!    streaming, long poll / poll, Socket.IO, QUIC), each starting from "a
 //!    cursor on a stream".
 //! 5. [`cascade`]: relays in a tree. An edge is a viewer of its origin over
 //!    QUIC and a publisher into its own registry.
 //!
-//! Around them: [`config`] (one `Config`), [`server`] (the axum router, the
-//! listeners and graceful shutdown), [`quic`] (the QUIC endpoint, TLS and
-//! the `relaycast/1` protocol that QUIC ingest, egress and the cascade
-//! speak), [`auth`] (publish keys, signed viewer URLs, callbacks),
-//! [`limits`] (what is refused, counted by reason), [`tls`] (https/wss and
-//! certificate reload), [`metrics`] (`/metrics`), [`logging`], [`client`]
-//! (the `publish` / `watch` command-line clients), [`load`] (the load
-//! generator) and [`player`] (the embedded browser player).
+//! The layers, lowest first (a module uses only layers below it; the test
+//! `tests/layers.rs` checks it): [`proto`] (codes, control messages, the
+//! WebSocket frame codec) → [`Error`] → [`fanout`] → [`tls`], [`limits`] →
+//! [`auth`], [`quic`] (the `relaycast/1` protocol and client), [`metrics`]
+//! (the exposition) → [`config`] → [`app`] (shared state, peer, error
+//! responses), [`logging`] → [`ingest`], [`egress`] → [`cascade`],
+//! [`player`] → [`server`] (routes, listeners, the QUIC endpoint, SIGHUP,
+//! `/metrics`, shutdown) → [`client`] (`relaycast publish` / `watch`). The
+//! load generator is its own crate, `relaycast-load`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
