@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use axum::response::IntoResponse;
 use relaycast::egress::socketio::Heartbeat;
 use std::time::{Duration, Instant};
 
@@ -25,9 +26,12 @@ async fn engine_io_heartbeat_timings() {
             ping_timeout: TIMEOUT,
         },
     );
-    let app = axum::Router::new()
-        .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
-        .layer(layer);
+    // Layered once (each `layer()` call makes an engine of its own, with its
+    // own sessions), as the relay's router does for every path it has no route for.
+    let not_found = tower::service_fn(|_req: axum::extract::Request| async {
+        Ok::<_, std::convert::Infallible>(axum::http::StatusCode::NOT_FOUND.into_response())
+    });
+    let app = axum::Router::new().fallback_service(tower::Layer::layer(&layer, not_found));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = l.local_addr().expect("addr").to_string();
     tokio::spawn(async move { axum::serve(l, app).await });
@@ -43,7 +47,7 @@ async fn engine_io_heartbeat_timings() {
     async fn first_ping(base: &str, sid: &str, t0: Instant) -> Duration {
         loop {
             let (status, packets) = eio_poll(base, sid).await;
-            assert_eq!(status, 200, "alive until the first PING");
+            assert_eq!(status, 200, "alive until the first PING: {packets:?}");
             if packets.iter().any(|p| p == "2") {
                 return t0.elapsed();
             }

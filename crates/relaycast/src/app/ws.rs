@@ -45,20 +45,28 @@ pub fn valid_key(key: &[u8]) -> bool {
 /// Middleware in front of every route (the Socket.IO layer included): the
 /// opening handshake's rules that hold whatever the endpoint.
 ///
-/// - An HTTP/1.0 request's `Upgrade` is ignored (RFC 9110 §7.8): the header
-///   and the connection's upgrade handle are removed, and the endpoint
-///   answers it as the plain request it is.
+/// - Only an HTTP/1.1 request with `Upgrade: websocket` and `Connection:
+///   upgrade` is a WebSocket upgrade. Any other request loses its
+///   `Sec-WebSocket-Key` (so no endpoint answers it with 101: Socket.IO's
+///   looks at the key and its `transport=websocket` query only); an HTTP/1.0
+///   request also loses `Upgrade` and the connection's upgrade handle (RFC
+///   9110 §7.8: a server must ignore `Upgrade` in an HTTP/1.0 request), and
+///   the endpoint answers it as the plain request it is.
 /// - A WebSocket upgrade must carry `Sec-WebSocket-Version: 13`, else 426
 ///   Upgrade Required, and a `Sec-WebSocket-Key` of 16 bytes of base64, else
 ///   400; both refusals carry `Sec-WebSocket-Version: 13` (RFC 6455 §4.2.2,
 ///   §4.4) and a JSON body saying why.
 pub async fn handshake(mut req: Request, next: Next) -> Response {
-    if !has_token(req.headers(), header::UPGRADE, "websocket") {
-        return next.run(req).await;
-    }
-    if req.version() < Version::HTTP_11 {
-        req.headers_mut().remove(header::UPGRADE);
-        req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    let old = req.version() < Version::HTTP_11;
+    let h = req.headers();
+    let upgrade = has_token(h, header::UPGRADE, "websocket") && has_token(h, header::CONNECTION, "upgrade");
+    if old || !upgrade {
+        let h = req.headers_mut();
+        h.remove(header::SEC_WEBSOCKET_KEY);
+        if old {
+            h.remove(header::UPGRADE);
+            req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+        }
         return next.run(req).await;
     }
     let h = req.headers();
