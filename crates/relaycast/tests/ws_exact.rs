@@ -64,6 +64,8 @@ async fn read_until_close(s: &mut TcpStream) -> (u16, Vec<String>) {
     let mut buf = Vec::new();
     let mut texts = Vec::new();
     let mut tmp = vec![0u8; 64 << 10];
+    // One deadline for the whole exchange: a viewer gets fragments all along.
+    let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
         while let Some(h) = ws::Header::parse(&buf) {
             let total = h.header_len + h.len as usize;
@@ -84,7 +86,7 @@ async fn read_until_close(s: &mut TcpStream) -> (u16, Vec<String>) {
                 _ => {}
             }
         }
-        match tokio::time::timeout(LIMIT, s.read(&mut tmp)).await {
+        match tokio::time::timeout_at(deadline, s.read(&mut tmp)).await {
             Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&tmp[..n]),
             _ => return (0, texts),
         }
