@@ -7,8 +7,8 @@
 
 mod common;
 
-use common::*;
 use axum::response::IntoResponse;
+use common::*;
 use relaycast::egress::socketio::Heartbeat;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,9 @@ async fn engine_io_heartbeat_timings() {
         Ok::<_, std::convert::Infallible>(axum::http::StatusCode::NOT_FOUND.into_response())
     });
     let app = axum::Router::new().fallback_service(tower::Layer::layer(&layer, not_found));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let base = l.local_addr().expect("addr").to_string();
     tokio::spawn(async move { axum::serve(l, app).await });
 
@@ -89,8 +91,14 @@ async fn engine_io_heartbeat_timings() {
     };
     let (first_a, (first_b, dropped)) = tokio::join!(answering, quiet);
     let slack = Duration::from_millis(150);
-    assert!(first_a + slack >= INTERVAL, "first PING after pingInterval, got {first_a:?}");
-    assert!(first_b + slack >= INTERVAL, "first PING after pingInterval, got {first_b:?}");
+    assert!(
+        first_a + slack >= INTERVAL,
+        "first PING after pingInterval, got {first_a:?}"
+    );
+    assert!(
+        first_b + slack >= INTERVAL,
+        "first PING after pingInterval, got {first_b:?}"
+    );
     assert!(
         dropped + slack >= INTERVAL + TIMEOUT,
         "a quiet client is kept pingInterval + pingTimeout, dropped after {dropped:?}"
@@ -101,6 +109,12 @@ async fn engine_io_heartbeat_timings() {
 /// A polling POST of `body` through a fresh connection; true on 200.
 async fn raw_post_ok(base: &str, sid: &str, body: &str) -> bool {
     let addr: std::net::SocketAddr = base.parse().expect("addr");
-    let head = eio_post(addr, sid, &format!("Content-Length: {}\r\n", body.len()), body.as_bytes()).await;
+    let head = eio_post(
+        addr,
+        sid,
+        &format!("Content-Length: {}\r\n", body.len()),
+        body.as_bytes(),
+    )
+    .await;
     head.starts_with("HTTP/1.1 200")
 }

@@ -11,12 +11,12 @@ mod common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
 use relaycast::proto::ws;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 /// Generous bound on any one exchange (not a timing claim).
 const LIMIT: Duration = Duration::from_secs(15);
@@ -118,12 +118,20 @@ async fn handshake_refusals_on_every_websocket_endpoint() {
         let (_, head) = raw_head(addr, &upgrade_head(path, "HTTP/1.1", "8", KEY)).await;
         assert!(head.starts_with("HTTP/1.1 426"), "{path} version 8: {head}");
         assert!(
-            head.to_ascii_lowercase().contains("sec-websocket-version: 13"),
+            head.to_ascii_lowercase()
+                .contains("sec-websocket-version: 13"),
             "{path}: the versions the relay speaks: {head}"
         );
-        for key in ["abc", "dGhlIHNhbXBsZSBub25jZSE=", "!!!!!!!!!!!!!!!!!!!!!!=="] {
+        for key in [
+            "abc",
+            "dGhlIHNhbXBsZSBub25jZSE=",
+            "!!!!!!!!!!!!!!!!!!!!!!==",
+        ] {
             let (_, head) = raw_head(addr, &upgrade_head(path, "HTTP/1.1", "13", key)).await;
-            assert!(head.starts_with("HTTP/1.1 400"), "{path} key {key:?}: {head}");
+            assert!(
+                head.starts_with("HTTP/1.1 400"),
+                "{path} key {key:?}: {head}"
+            );
         }
         // HTTP/1.0 must not be upgraded (Upgrade is ignored on 1.0).
         let (_, head) = raw_head(addr, &upgrade_head(path, "HTTP/1.0", "13", KEY)).await;
@@ -165,8 +173,16 @@ async fn viewer_frame_rules() {
         ("close 1005", frame(0x88, &1005u16.to_be_bytes()), 1002),
         ("close 999", frame(0x88, &999u16.to_be_bytes()), 1002),
         ("close with 1 byte", frame(0x88, &[0x03]), 1002),
-        ("close 3000 echoed", frame(0x88, &3000u16.to_be_bytes()), 3000),
-        ("close 1001 echoed", frame(0x88, &1001u16.to_be_bytes()), 1001),
+        (
+            "close 3000 echoed",
+            frame(0x88, &3000u16.to_be_bytes()),
+            3000,
+        ),
+        (
+            "close 1001 echoed",
+            frame(0x88, &1001u16.to_be_bytes()),
+            1001,
+        ),
         ("close without a code", frame(0x88, b""), 1000),
         (
             "control: UTF-8 across fragments, then close",
@@ -206,9 +222,19 @@ async fn publisher_protocol_errors_are_1002_and_policy_stays_1008() {
             1002,
         ),
         ("RSV bits", "/publish/p4", frame(0xA2, b"x"), 1002),
-        ("ping over 125 bytes", "/publish/p5", frame(0x89, &[0; 200]), 1002),
+        (
+            "ping over 125 bytes",
+            "/publish/p5",
+            frame(0x89, &[0; 200]),
+            1002,
+        ),
         ("text", "/publish/p6", frame(0x81, b"hello"), 1003),
-        ("close 1001 echoed", "/publish/p7", frame(0x88, &1001u16.to_be_bytes()), 1001),
+        (
+            "close 1001 echoed",
+            "/publish/p7",
+            frame(0x88, &1001u16.to_be_bytes()),
+            1001,
+        ),
         ("policy: no key", "/publish/locked", vec![], 1008),
     ];
     for (what, path, bytes, want) in cases {
@@ -228,7 +254,8 @@ async fn publisher_protocol_errors_are_1002_and_policy_stays_1008() {
 
 /// Node and its `ws` package, or `None` (skip) when missing.
 fn node_ws() -> Option<std::path::PathBuf> {
-    let modules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/node_modules");
+    let modules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/node_modules");
     let ok = modules.join("ws").is_dir()
         && std::process::Command::new("node")
             .arg("--version")
@@ -236,9 +263,13 @@ fn node_ws() -> Option<std::path::PathBuf> {
             .is_ok_and(|o| o.status.success());
     if !ok {
         if std::env::var("RELAYCAST_REQUIRE_NODE").as_deref() == Ok("1") {
-            panic!("node and tests/browser/node_modules/ws are required (RELAYCAST_REQUIRE_NODE=1)");
+            panic!(
+                "node and tests/browser/node_modules/ws are required (RELAYCAST_REQUIRE_NODE=1)"
+            );
         }
-        eprintln!("skipping: node or tests/browser/node_modules/ws missing (npm ci in tests/browser)");
+        eprintln!(
+            "skipping: node or tests/browser/node_modules/ws missing (npm ci in tests/browser)"
+        );
         return None;
     }
     Some(modules)
@@ -247,7 +278,12 @@ fn node_ws() -> Option<std::path::PathBuf> {
 /// Run a Node `ws` publisher: connect to `url`, send `file` (or `size` zero
 /// bytes) as one binary message, then close with 1000; print what it saw
 /// as JSON: `{code, texts}`.
-async fn node_publish(modules: &std::path::Path, url: &str, file: Option<&str>, size: usize) -> serde_json::Value {
+async fn node_publish(
+    modules: &std::path::Path,
+    url: &str,
+    file: Option<&str>,
+    size: usize,
+) -> serde_json::Value {
     const SCRIPT: &str = r#"
 const WebSocket = require('ws');
 const fs = require('fs');
@@ -295,7 +331,13 @@ async fn node_ws_publisher_close_is_answered_with_summary_then_1000() {
         "{}/../../tests/fixtures/h264_aac_keyframe.mp4",
         env!("CARGO_MANIFEST_DIR")
     );
-    let r = node_publish(&modules, &format!("ws://{}/publish/nodecam", relay.addr), Some(&file), 0).await;
+    let r = node_publish(
+        &modules,
+        &format!("ws://{}/publish/nodecam", relay.addr),
+        Some(&file),
+        0,
+    )
+    .await;
     assert_eq!(r["code"], 1000, "the close is echoed: {r}");
     let texts = r["texts"].as_array().cloned().unwrap_or_default();
     let summary = texts
@@ -313,8 +355,17 @@ async fn node_ws_publisher_over_the_message_limit_sees_1009() {
     let Some(modules) = node_ws() else { return };
     let relay = relay(config()).await;
     let limit = relay.state.config.ingest.max_ws_message;
-    let r = node_publish(&modules, &format!("ws://{}/publish/bigmsg", relay.addr), None, limit + (1 << 20)).await;
-    assert_eq!(r["code"], 1009, "the close code survives the unread rest: {r}");
+    let r = node_publish(
+        &modules,
+        &format!("ws://{}/publish/bigmsg", relay.addr),
+        None,
+        limit + (1 << 20),
+    )
+    .await;
+    assert_eq!(
+        r["code"], 1009,
+        "the close code survives the unread rest: {r}"
+    );
     relay.shutdown().await;
 }
 
@@ -331,7 +382,10 @@ async fn client_bytes_are_capped_on_socket_io() {
         &vec![b'4'; 1 << 20],
     )
     .await;
-    assert!(head.starts_with("HTTP/1.1 413"), "60 MiB announced: {head:?}");
+    assert!(
+        head.starts_with("HTTP/1.1 413"),
+        "60 MiB announced: {head:?}"
+    );
     // Chunked, over the cap and never finished: refused once the cap is passed.
     let mut chunked = Vec::new();
     for _ in 0..(2 * MAX_CLIENT_BYTES / 8192) {
@@ -340,7 +394,10 @@ async fn client_bytes_are_capped_on_socket_io() {
         chunked.extend_from_slice(b"\r\n");
     }
     let head = eio_post(relay.addr, &sid, "Transfer-Encoding: chunked\r\n", &chunked).await;
-    assert!(head.starts_with("HTTP/1.1 413"), "chunked over the cap: {head:?}");
+    assert!(
+        head.starts_with("HTTP/1.1 413"),
+        "chunked over the cap: {head:?}"
+    );
     // Control: a small POST (the namespace CONNECT) is taken.
     let sid = eio_handshake(&base).await;
     let head = eio_post(relay.addr, &sid, "Content-Length: 2\r\n", b"40").await;
@@ -350,7 +407,10 @@ async fn client_bytes_are_capped_on_socket_io() {
     let open = tokio::time::timeout(LIMIT, ws.next()).await.expect("OPEN");
     assert!(matches!(open, Some(Ok(Message::Text(t))) if t.starts_with('0')));
     ws.send(Message::Text("40".into())).await.expect("connect");
-    let big = format!("42[\"watch\",{{\"name\":\"{}\"}}]", "x".repeat(2 * MAX_CLIENT_BYTES));
+    let big = format!(
+        "42[\"watch\",{{\"name\":\"{}\"}}]",
+        "x".repeat(2 * MAX_CLIENT_BYTES)
+    );
     let _ = ws.send(Message::Text(big.into())).await;
     let ended = tokio::time::timeout(LIMIT, async {
         loop {
@@ -364,4 +424,3 @@ async fn client_bytes_are_capped_on_socket_io() {
     assert_eq!(ended, Ok(true), "an oversized message ends the connection");
     relay.shutdown().await;
 }
-

@@ -59,7 +59,8 @@ pub fn valid_key(key: &[u8]) -> bool {
 pub async fn handshake(mut req: Request, next: Next) -> Response {
     let old = req.version() < Version::HTTP_11;
     let h = req.headers();
-    let upgrade = has_token(h, header::UPGRADE, "websocket") && has_token(h, header::CONNECTION, "upgrade");
+    let upgrade =
+        has_token(h, header::UPGRADE, "websocket") && has_token(h, header::CONNECTION, "upgrade");
     if old || !upgrade {
         let h = req.headers_mut();
         h.remove(header::SEC_WEBSOCKET_KEY);
@@ -91,8 +92,10 @@ pub async fn handshake(mut req: Request, next: Next) -> Response {
     };
     let mut r = error_response(&Error::BadRequest(why.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    r.headers_mut().insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
     r
 }
 

@@ -99,7 +99,10 @@ struct Conn<IO> {
 impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// The next piece of the stream: `None` at the client's close or the end
     /// of the connection.
-    async fn next(&mut self, refused: &crate::limits::Refused) -> Option<Result<bytes::Bytes, Error>> {
+    async fn next(
+        &mut self,
+        refused: &crate::limits::Refused,
+    ) -> Option<Result<bytes::Bytes, Error>> {
         loop {
             let s = self.reader.next(&mut self.buf[..]);
             let piece = self.buf.split_to(s.used);
@@ -138,8 +141,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Some(ws::Event::Fail { code, reason }) => {
                     let e = match code {
                         ws_code::TOO_BIG => {
-                            let size = usize::try_from(self.reader.message_len()).unwrap_or(usize::MAX);
-                            let limit = usize::try_from(self.reader.max_message()).unwrap_or(usize::MAX);
+                            let size =
+                                usize::try_from(self.reader.message_len()).unwrap_or(usize::MAX);
+                            let limit =
+                                usize::try_from(self.reader.max_message()).unwrap_or(usize::MAX);
                             let e = Error::MessageTooBig { size, limit };
                             refused.note_ingest_error(&e);
                             e
@@ -193,10 +198,13 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
     let refused = app.limits.refused.clone();
     let result = {
         let refused = &refused;
-        let mut source = Box::pin(futures_util::stream::unfold(&mut *conn, move |c| async move {
-            let item = c.next(refused).await?;
-            Some((item, c))
-        }));
+        let mut source = Box::pin(futures_util::stream::unfold(
+            &mut *conn,
+            move |c| async move {
+                let item = c.next(refused).await?;
+                Some((item, c))
+            },
+        ));
         session.run(&mut source, &app).await
     };
     let summary = session.summary(result.as_ref().err());

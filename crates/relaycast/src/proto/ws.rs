@@ -567,7 +567,10 @@ mod reader_tests {
         for piece in [1, 3, 1000] {
             let (e, _) = read(bytes, piece, 1 << 16);
             let l = e.last().cloned().unwrap_or(Event::Pong);
-            assert!(out.is_none_or(|o| o == l), "same verdict at every piece size");
+            assert!(
+                out.is_none_or(|o| o == l),
+                "same verdict at every piece size"
+            );
             out = Some(l);
         }
         out.unwrap_or(Event::Pong)
@@ -607,7 +610,11 @@ mod reader_tests {
             ("reserved opcode 3", frame(0x83, b"x"), 1002),
             ("reserved opcode 0xB", frame(0x8B, b""), 1002),
             ("stray continuation", frame(0x80, b"x"), 1002),
-            ("new message inside one", [frame(0x02, b"a"), frame(0x82, b"b")].concat(), 1002),
+            (
+                "new message inside one",
+                [frame(0x02, b"a"), frame(0x82, b"b")].concat(),
+                1002,
+            ),
             ("fragmented ping", frame(0x09, b""), 1002),
             ("ping over 125", frame(0x89, &[0; 126]), 1002),
             ("bad utf-8", frame(0x81, &[0xff]), 1007),
@@ -628,13 +635,30 @@ mod reader_tests {
             ("close 999", frame(0x88, &999u16.to_be_bytes()), 1002),
             ("close 1015", frame(0x88, &1015u16.to_be_bytes()), 1002),
             ("close 5000", frame(0x88, &5000u16.to_be_bytes()), 1002),
-            ("close reason not utf-8", frame(0x88, &[0x03, 0xe8, 0xff]), 1007),
+            (
+                "close reason not utf-8",
+                frame(0x88, &[0x03, 0xe8, 0xff]),
+                1007,
+            ),
             ("close empty", frame(0x88, b""), 1000),
-            ("close 1001 echoed", frame(0x88, &1001u16.to_be_bytes()), 1001),
-            ("close 4321 echoed", frame(0x88, &4321u16.to_be_bytes()), 4321),
+            (
+                "close 1001 echoed",
+                frame(0x88, &1001u16.to_be_bytes()),
+                1001,
+            ),
+            (
+                "close 4321 echoed",
+                frame(0x88, &4321u16.to_be_bytes()),
+                4321,
+            ),
             (
                 "utf-8 good across fragments",
-                [frame(0x01, &[0xe2]), frame(0x80, &[0x82, 0xac]), frame(0x88, b"")].concat(),
+                [
+                    frame(0x01, &[0xe2]),
+                    frame(0x80, &[0x82, 0xac]),
+                    frame(0x88, b""),
+                ]
+                .concat(),
                 1000,
             ),
         ];

@@ -295,15 +295,18 @@ pub async fn eio_handshake(base: &str) -> String {
     let (status, _, body) = get(&format!("http://{base}/socket.io/?EIO=4&transport=polling")).await;
     assert_eq!(status, 200);
     let text = String::from_utf8_lossy(&body);
-    let open: serde_json::Value = serde_json::from_str(text.strip_prefix('0').expect("an OPEN packet"))
-        .expect("OPEN is JSON");
+    let open: serde_json::Value =
+        serde_json::from_str(text.strip_prefix('0').expect("an OPEN packet"))
+            .expect("OPEN is JSON");
     open["sid"].as_str().expect("sid").to_string()
 }
 
 /// One Engine.IO polling GET: (status, packets).
 pub async fn eio_poll(base: &str, sid: &str) -> (u16, Vec<String>) {
     let url = format!("http://{base}/socket.io/?EIO=4&transport=polling&sid={sid}");
-    let (status, _, body) = tokio::time::timeout(Duration::from_secs(15), get(&url)).await.expect("poll answers");
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(15), get(&url))
+        .await
+        .expect("poll answers");
     let text = String::from_utf8_lossy(&body);
     let packets = if text.is_empty() {
         vec![]
@@ -315,7 +318,12 @@ pub async fn eio_poll(base: &str, sid: &str) -> (u16, Vec<String>) {
 
 /// A raw Engine.IO polling POST with `head_extra` headers and `body`; the response
 /// head (empty if none came within LIMIT).
-pub async fn eio_post(addr: std::net::SocketAddr, sid: &str, head_extra: &str, body: &[u8]) -> String {
+pub async fn eio_post(
+    addr: std::net::SocketAddr,
+    sid: &str,
+    head_extra: &str,
+    body: &[u8],
+) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
         "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\
@@ -335,4 +343,3 @@ pub async fn eio_post(addr: std::net::SocketAddr, sid: &str, head_extra: &str, b
     }
     String::from_utf8_lossy(&got).into_owned()
 }
-
