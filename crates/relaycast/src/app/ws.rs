@@ -17,8 +17,10 @@ use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
+use hyper_util::rt::TokioIo;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tracing::Instrument;
 
 /// How long a closing connection keeps reading (and dropping) what the client
 /// still sends before the relay closes TCP: the rest of a refused message,
@@ -102,7 +104,7 @@ pub async fn handshake(mut req: Request, next: Next) -> Response {
 /// A validated upgrade request.
 pub struct Upgrade {
     /// The connection, once the 101 is sent.
-    pub on_upgrade: hyper::upgrade::OnUpgrade,
+    on_upgrade: hyper::upgrade::OnUpgrade,
     accept: HeaderValue,
 }
 
@@ -130,8 +132,29 @@ pub fn upgrade(parts: &mut Parts) -> Option<Upgrade> {
 }
 
 impl Upgrade {
+    /// Answer 101 and serve the upgraded connection with `serve`, in a task
+    /// of its own that carries the current (session) span.
+    pub fn spawn<F, Fut>(self, serve: F) -> Response
+    where
+        F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let resp = self.response();
+        let on_upgrade = self.on_upgrade;
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                if let Ok(io) = on_upgrade.await {
+                    serve(TokioIo::new(io)).await;
+                }
+            }
+            .instrument(span),
+        );
+        resp
+    }
+
     /// The 101 Switching Protocols answer.
-    pub fn response(&self) -> Response {
+    fn response(&self) -> Response {
         let mut resp = Response::new(axum::body::Body::empty());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = resp.headers_mut();

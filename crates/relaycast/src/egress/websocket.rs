@@ -24,11 +24,9 @@ use crate::fanout::{EndReason, Event, Viewer, ViewerStart};
 use crate::proto::ws;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use hyper_util::rt::TokioIo;
 use std::io::IoSlice;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::Instrument;
 
 /// Most events written in one batch.
 const BATCH: usize = 64;
@@ -49,32 +47,21 @@ pub async fn serve(
 ) -> Response {
     let wait = app.wait_for(q.wait);
     let read_buffer = app.config.egress.ws_read_buffer.max(MIN_READ_BUFFER);
-    // The upgraded connection runs in a task of its own: carry the session span.
-    let span = tracing::Span::current();
-    let resp = up.response();
-    let on_upgrade = up.on_upgrade;
-    tokio::spawn(
-        async move {
-            let Ok(io) = on_upgrade.await else {
-                return;
-            };
-            let mut conn = Conn::new(TokioIo::new(io), read_buffer);
-            let start = ViewerStart {
-                after: q.resume_after(&app.registry, &name),
-                transport: Transport::WebSocket,
-            };
-            match super::admit(&app, &name, &q, start, wait, peer).await {
-                Ok(viewer) => run(conn, viewer, app).await,
-                Err(e) => {
-                    let reason = e.to_string();
-                    let bye = conn.close(e.ws_close_code(), &reason);
-                    let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
-                }
+    up.spawn(move |io| async move {
+        let mut conn = Conn::new(io, read_buffer);
+        let start = ViewerStart {
+            after: q.resume_after(&app.registry, &name),
+            transport: Transport::WebSocket,
+        };
+        match super::admit(&app, &name, &q, start, wait, peer).await {
+            Ok(viewer) => run(conn, viewer, app).await,
+            Err(e) => {
+                let reason = e.to_string();
+                let bye = conn.close(e.ws_close_code(), &reason);
+                let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
             }
         }
-        .instrument(span),
-    );
-    resp
+    })
 }
 
 /// What the client's frames asked for.

@@ -25,11 +25,9 @@ use crate::proto::ws;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::{BufMut, BytesMut};
-use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::Instrument;
 
 /// Bytes asked of the socket per read.
 const READ: usize = 64 << 10;
@@ -54,36 +52,25 @@ pub async fn serve(
     // upgraded socket, which every WebSocket client can read.
     let key = key_from(key.as_deref(), &headers);
     let admitted = admit(&app, &name, key.as_deref(), peer).await;
-    // The upgraded connection runs in a task of its own: carry the session span.
-    let span = tracing::Span::current();
-    let resp = up.response();
-    let on_upgrade = up.on_upgrade;
-    tokio::spawn(
-        async move {
-            let Ok(io) = on_upgrade.await else {
-                return;
-            };
-            let max = app.config.ingest.max_ws_message as u64;
-            let mut conn = Conn {
-                io: TokioIo::new(io),
-                buf: BytesMut::new(),
-                reader: ws::Reader::new(max),
-                client_close: None,
-            };
-            let r = match admitted {
-                Ok(session) => run(&mut conn, app, &name, session).await,
-                Err(e) => {
-                    conn.finish(None, &e).await;
-                    Err(e)
-                }
-            };
-            if let Err(e) = r {
-                tracing::warn!(stream = %name, error = %e, "WebSocket publisher failed");
+    up.spawn(move |io| async move {
+        let max = app.config.ingest.max_ws_message as u64;
+        let mut conn = Conn {
+            io,
+            buf: BytesMut::new(),
+            reader: ws::Reader::new(max),
+            client_close: None,
+        };
+        let r = match admitted {
+            Ok(session) => run(&mut conn, app, &name, session).await,
+            Err(e) => {
+                conn.finish(None, &e).await;
+                Err(e)
             }
+        };
+        if let Err(e) = r {
+            tracing::warn!(stream = %name, error = %e, "WebSocket publisher failed");
         }
-        .instrument(span),
-    );
-    resp
+    })
 }
 
 /// The upgraded connection of one publisher.
