@@ -11,6 +11,7 @@ use bytes::Bytes;
 mod boxes;
 mod codec;
 pub mod demo;
+pub mod hls;
 mod init;
 mod moof;
 mod splitter;
