@@ -102,7 +102,9 @@ describe('HLS and DASH players', () => {
           window[k] = undefined;
         }
       });
-      await waitFor(() => getJson(`${relay.base}/live/${name}/info`).then((i) => i.seq > 20), { timeout: 20000, what: 'the stream' });
+      // Chromium's own HLS demuxer fails (DEMUXER_ERROR_COULD_NOT_PARSE) on a
+      // playlist that holds one complete segment so far; join 4 s in.
+      await waitFor(() => getJson(`${relay.base}/live/${name}/info`).then((i) => i.seq > 40), { timeout: 20000, what: 'the stream' });
       await page.goto(`${relay.base}/watch/${name}?debug=1`);
       await waitFor(async () => (await stats(page))?.currentTime > 1, { timeout: 30000, what: 'native HLS playing' });
       const t0 = (await stats(page)).currentTime;
