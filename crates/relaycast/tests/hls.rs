@@ -68,8 +68,7 @@ fn tag<'a>(playlist: &'a str, name: &str) -> Option<&'a str> {
 fn last_part(playlist: &str) -> String {
     playlist
         .lines()
-        .filter(|l| l.starts_with("#EXT-X-PART:"))
-        .last()
+        .rfind(|l| l.starts_with("#EXT-X-PART:"))
         .and_then(|l| l.split("URI=\"").nth(1))
         .and_then(|u| u.split('"').next())
         .expect("a part")
@@ -92,13 +91,22 @@ async fn playlist_files_and_blocking_reloads() {
     let pl = String::from_utf8(body.to_vec()).expect("utf-8");
     assert_eq!(tag(&pl, "#EXT-X-TARGETDURATION"), Some("1"), "{pl}");
     assert_eq!(tag(&pl, "#EXT-X-MEDIA-SEQUENCE"), Some("0"), "{pl}");
-    assert_eq!(tag(&pl, "#EXT-X-PART-INF"), Some("PART-TARGET=0.100"), "{pl}");
+    assert_eq!(
+        tag(&pl, "#EXT-X-PART-INF"),
+        Some("PART-TARGET=0.100"),
+        "{pl}"
+    );
     assert!(pl.contains("CAN-BLOCK-RELOAD=YES"), "{pl}");
-    assert!(pl.contains(&format!("#EXT-X-MAP:URI=\"{epoch}/init/1.mp4\"")), "{pl}");
+    assert!(
+        pl.contains(&format!("#EXT-X-MAP:URI=\"{epoch}/init/1.mp4\"")),
+        "{pl}"
+    );
     assert!(pl.contains(&format!("\n{epoch}/seg/1.m4s\n")), "{pl}");
     assert_eq!(last_part(&pl), format!("{epoch}/part/24.m4s"), "{pl}");
     assert!(
-        pl.contains(&format!("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{epoch}/part/25.m4s\"")),
+        pl.contains(&format!(
+            "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{epoch}/part/25.m4s\""
+        )),
         "{pl}"
     );
 
@@ -236,7 +244,10 @@ async fn multivariant_and_mpd_describe_the_stream() {
         .and_then(|v| v.parse().ok())
         .expect("bandwidth");
     let per_frag = feed.sent[0].len() as u64 * 8 * 10;
-    assert!(bw >= per_frag && bw <= per_frag * 2, "{bw} vs {per_frag}: {m}");
+    assert!(
+        bw >= per_frag && bw <= per_frag * 2,
+        "{bw} vs {per_frag}: {m}"
+    );
     assert!(m.trim_end().ends_with("index.m3u8"), "{m}");
 
     let (status, h, body) = get(&format!("{base}/manifest.mpd")).await;
@@ -244,7 +255,10 @@ async fn multivariant_and_mpd_describe_the_stream() {
     assert_eq!(h["content-type"], "application/dash+xml");
     let mpd = String::from_utf8(body.to_vec()).expect("utf-8");
     assert!(mpd.contains("type=\"dynamic\""), "{mpd}");
-    assert!(mpd.contains(&format!("media=\"{epoch}/seg/$Number$.m4s\"")), "{mpd}");
+    assert!(
+        mpd.contains(&format!("media=\"{epoch}/seg/$Number$.m4s\"")),
+        "{mpd}"
+    );
     assert!(mpd.contains("/api/time"), "{mpd}");
     let (status, _, t) = get(&format!("http://{}/api/time", relay.addr)).await;
     assert_eq!(status, 200);
@@ -281,7 +295,11 @@ async fn signed_urls_carry_over_to_every_uri() {
     let uris: Vec<&str> = pl
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .chain(pl.split("URI=\"").skip(1).filter_map(|s| s.split('"').next()))
+        .chain(
+            pl.split("URI=\"")
+                .skip(1)
+                .filter_map(|s| s.split('"').next()),
+        )
         .collect();
     assert!(uris.len() > 10, "{pl}");
     for uri in uris {
@@ -540,13 +558,20 @@ http {{
     let edge = format!("http://127.0.0.1:{port}/live/cam");
     let mut up = false;
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             up = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(up, "nginx did not start: {:?}", std::fs::read_to_string(dir.path().join("error.log")));
+    assert!(
+        up,
+        "nginx did not start: {:?}",
+        std::fs::read_to_string(dir.path().join("error.log"))
+    );
 
     // The publisher: a part every 100 ms for 2 s.
     let publisher = tokio::spawn(async move {
@@ -566,8 +591,10 @@ http {{
             // Segment 2 holds seqs 20..30; 3 holds 30..40; 4 holds 40..
             for seq in 25..25 + PARTS {
                 let (msn, part) = (seq / 10, seq % 10);
-                let (status, _, body) =
-                    get(&format!("{edge}/index.m3u8?_HLS_msn={msn}&_HLS_part={part}")).await;
+                let (status, _, body) = get(&format!(
+                    "{edge}/index.m3u8?_HLS_msn={msn}&_HLS_part={part}"
+                ))
+                .await;
                 assert_eq!(status, 200, "{body:?}");
                 let pl = String::from_utf8_lossy(&body).to_string();
                 let uri = format!("{epoch}/part/{seq}.m4s");
@@ -601,7 +628,13 @@ http {{
         "{total} requests through nginx from {CLIENTS} clients; origin: {parts} part requests for {PARTS} parts, {playlists} playlist requests for {PARTS} blocking versions"
     );
     assert_eq!(total, CLIENTS * PARTS as usize * 2, "{log}");
-    assert!(parts <= PARTS as usize * 3, "{parts} origin part requests:\n{log}");
-    assert!(playlists <= PARTS as usize * 3, "{playlists} origin playlist requests:\n{log}");
+    assert!(
+        parts <= PARTS as usize * 3,
+        "{parts} origin part requests:\n{log}"
+    );
+    assert!(
+        playlists <= PARTS as usize * 3,
+        "{playlists} origin playlist requests:\n{log}"
+    );
     relay.shutdown().await;
 }

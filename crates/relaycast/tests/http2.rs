@@ -44,7 +44,9 @@ async fn curl(args: &[&str], url: &str) -> (String, u16, usize) {
     let mut it = w.split_whitespace();
     let version = it.next().unwrap_or_default().to_string();
     let status = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let len = std::fs::metadata(&body).map(|m| m.len() as usize).unwrap_or(0);
+    let len = std::fs::metadata(&body)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0);
     (version, status, len)
 }
 
@@ -71,8 +73,7 @@ async fn demo_paths(args: &[&str], base: &str) -> Vec<String> {
     let text = std::fs::read_to_string(&pl).unwrap_or_default();
     let part = text
         .lines()
-        .filter(|l| l.starts_with("#EXT-X-PART:"))
-        .last()
+        .rfind(|l| l.starts_with("#EXT-X-PART:"))
         .and_then(|l| l.split("URI=\"").nth(1))
         .and_then(|u| u.split('"').next())
         .map(|u| format!("/live/demo/{u}"));

@@ -101,7 +101,10 @@ mod tests {
         assert_eq!(iso8601(1_796_164_746_123), "2026-12-01T22:39:06.123Z");
         assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(http_date(784_111_777_000), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(http_date(1_796_164_746_123), "Tue, 01 Dec 2026 22:39:06 GMT");
+        assert_eq!(
+            http_date(1_796_164_746_123),
+            "Tue, 01 Dec 2026 22:39:06 GMT"
+        );
         let _ = http_date(u64::MAX);
         let _ = iso8601(u64::MAX);
         assert_eq!(xml_attr("a\"<&"), "a&quot;&lt;&amp;");

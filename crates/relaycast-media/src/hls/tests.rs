@@ -787,9 +787,12 @@ fn links_dress_every_uri() {
     };
     let text = media_playlist(&ix, &PlaylistRequest::default(), &links).unwrap();
     for line in text.lines() {
-        for uri in line.split('"').skip(1).step_by(2).chain(
-            Some(line).filter(|l| !l.starts_with('#') && !l.is_empty()),
-        ) {
+        for uri in line
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .chain(Some(line).filter(|l| !l.starts_with('#') && !l.is_empty()))
+        {
             assert!(uri.starts_with("77/"), "{uri} in {line}");
             assert!(uri.ends_with("?exp=1&sig=ab"), "{uri} in {line}");
         }
