@@ -7,7 +7,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{config, ffmpeg_live, fixture, get, have, relay, split};
+use common::{config, ffmpeg_live, fixture, get, get_with, have, relay, split};
 use relaycast::fanout::Publisher;
 use relaycast::media::Fragment;
 use std::time::Duration;
@@ -198,31 +198,6 @@ async fn playlist_files_and_blocking_reloads() {
     let from = (first * 10) as usize;
     assert_eq!(seg, feed.sent[from..from + 10].concat());
     relay.shutdown().await;
-}
-
-/// A GET with extra request headers: (status, headers, body).
-async fn get_with(url: &str, headers: &[(&str, &str)]) -> (u16, hyper::HeaderMap, Bytes) {
-    use http_body_util::BodyExt;
-    let u = url::Url::parse(url).expect("url");
-    let host = u.host_str().expect("host").to_string();
-    let port = u.port().expect("port");
-    let mut sender = common::http1((host.as_str(), port)).await;
-    let mut req = hyper::Request::get(&u[url::Position::BeforePath..])
-        .header("host", format!("{host}:{port}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = sender
-        .send_request(
-            req.body(http_body_util::Empty::<Bytes>::new())
-                .expect("request"),
-        )
-        .await
-        .expect("send");
-    let status = r.status().as_u16();
-    let h = r.headers().clone();
-    let b = r.into_body().collect().await.expect("body").to_bytes();
-    (status, h, b)
 }
 
 #[tokio::test]

@@ -181,6 +181,7 @@ async fn manifest_inner(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
 ) -> Result<Response, Error> {
+    // Only the media playlist takes directives; the others ignore the query.
     let req = match which {
         Manifest::Media => PlaylistRequest::from_query(raw_query.unwrap_or(""))
             .map_err(|e| playlist_error(e).unwrap_or(Error::BadRequest(String::new())))?,

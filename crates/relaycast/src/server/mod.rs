@@ -6,6 +6,7 @@
 pub mod quic;
 
 use crate::config::Config;
+use crate::egress::hls::Manifest;
 use crate::egress::{self, WatchQuery};
 use crate::fanout::{EndReason, Registry};
 use crate::{Error, ingest};
@@ -43,9 +44,12 @@ pub fn router(app: AppState) -> Router {
         .route("/live/{name}/poll", get(poll))
         .route("/live/{name}/init.mp4", get(init))
         .route("/live/{name}/info", get(info))
-        .route("/live/{name}/index.m3u8", get(hls_media))
-        .route("/live/{name}/master.m3u8", get(hls_multivariant))
-        .route("/live/{name}/manifest.mpd", get(dash_mpd))
+        .route("/live/{name}/index.m3u8", hls_manifest(Manifest::Media))
+        .route(
+            "/live/{name}/master.m3u8",
+            hls_manifest(Manifest::Multivariant),
+        )
+        .route("/live/{name}/manifest.mpd", hls_manifest(Manifest::Mpd))
         .route("/live/{name}/{epoch}/{kind}/{file}", get(hls_file))
         .route(egress::hls::TIME_PATH, get(clock))
         .route("/api/streams", get(streams))
@@ -153,38 +157,18 @@ async fn info(
     }
 }
 
-async fn hls_media(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    Query(q): Query<WatchQuery>,
-    RawQuery(raw): RawQuery,
-    Peer(peer): Peer,
-    headers: HeaderMap,
-) -> Response {
-    let which = egress::hls::Manifest::Media;
-    egress::hls::manifest(app, name, which, q, raw, headers, peer).await
-}
-
-async fn hls_multivariant(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    Query(q): Query<WatchQuery>,
-    Peer(peer): Peer,
-    headers: HeaderMap,
-) -> Response {
-    let which = egress::hls::Manifest::Multivariant;
-    egress::hls::manifest(app, name, which, q, None, headers, peer).await
-}
-
-async fn dash_mpd(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    Query(q): Query<WatchQuery>,
-    Peer(peer): Peer,
-    headers: HeaderMap,
-) -> Response {
-    let which = egress::hls::Manifest::Mpd;
-    egress::hls::manifest(app, name, which, q, None, headers, peer).await
+/// `index.m3u8`, `master.m3u8` or `manifest.mpd` (one handler, told which).
+fn hls_manifest(which: egress::hls::Manifest) -> axum::routing::MethodRouter<AppState> {
+    get(
+        move |State(app): State<AppState>,
+              Path(name): Path<String>,
+              Query(q): Query<WatchQuery>,
+              RawQuery(raw): RawQuery,
+              Peer(peer): Peer,
+              headers: HeaderMap| async move {
+            egress::hls::manifest(app, name, which, q, raw, headers, peer).await
+        },
+    )
 }
 
 async fn hls_file(
