@@ -613,3 +613,53 @@ http {{
     );
     relay.shutdown().await;
 }
+
+/// mpv plays `index.m3u8` of a live publish: it decodes 60 video frames and
+/// exits cleanly (rc 2 and "Errors when loading file" otherwise).
+#[tokio::test]
+async fn mpv_plays_hls() {
+    if !have("ffmpeg") {
+        return;
+    }
+    if std::process::Command::new("mpv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        if std::env::var("RELAYCAST_REQUIRE_VLC").as_deref() == Ok("1") {
+            panic!("mpv is required (RELAYCAST_REQUIRE_VLC=1) but does not run");
+        }
+        eprintln!("skipping: mpv not found");
+        return;
+    }
+    let relay = relay(config()).await;
+    let base = format!("http://{}", relay.addr);
+    let mut ffmpeg = ffmpeg_live(
+        15,
+        &format!("{base}/publish/cam"),
+        &["-frag_duration", "100000", "-method", "PUT"],
+    )
+    .spawn()
+    .expect("spawn ffmpeg");
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new("mpv")
+            .args(["--no-config", "--vo=null", "--ao=null", "--frames=60"])
+            .arg(format!("{base}/live/cam/index.m3u8?wait=10"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("mpv finished")
+    .expect("mpv runs");
+    let _ = ffmpeg.kill().await;
+    relay.shutdown().await;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "mpv: {}\n{log}", out.status);
+    assert!(!log.contains("Errors when loading file"), "{log}");
+    assert!(log.contains("VO: [null]"), "no video decoded: {log}");
+}
