@@ -5,12 +5,16 @@
 //! sequence of [`Fragment`]s (optional `styp`/`prft`/`emsg`/`sidx`, then one
 //! `moof` and its `mdat`). Payloads are `bytes::Bytes` slices of the buffer the
 //! input was gathered in: an `mdat` is never copied after it arrived.
+//!
+//! [`hls`] is the packaging side: the LL-HLS/DASH segment index and the
+//! playlists and MPD rendered from it (sans-IO too: the caller passes time).
 
 use bytes::Bytes;
 
 mod boxes;
 mod codec;
 pub mod demo;
+pub mod hls;
 mod init;
 mod moof;
 mod splitter;

@@ -292,7 +292,9 @@ async fn run() -> bool {
         .spawn()
         .expect("spawn relaycast");
     let pid = child.id();
-    let addr: SocketAddr = opsutil::listening(&mut child).parse().expect("listening address");
+    let addr: SocketAddr = opsutil::listening(&mut child)
+        .parse()
+        .expect("listening address");
     const STREAM: &str = "soak";
 
     // The publisher: the demo clip at real time, its fragments remembered by

@@ -57,6 +57,10 @@ pub enum Error {
         /// What was over it.
         detail: String,
     },
+    /// What was asked for does not exist yet and did not come in time (a
+    /// blocking playlist reload, a preload-hinted part): try again (load).
+    #[error("not available yet: {0}")]
+    Unavailable(String),
     /// The relay is shutting down.
     #[error("relay shutting down")]
     Shutdown,
@@ -79,7 +83,7 @@ impl Error {
             Error::MessageTooBig { .. } => 413,
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
-            Error::Limit(_) => 503,
+            Error::Limit(_) | Error::Unavailable(_) => 503,
             Error::Refused { reason, .. } => reason.http_status(),
             Error::Shutdown => 503,
             Error::Io(_) => 400,
@@ -98,7 +102,7 @@ impl Error {
             Error::Media(_) => ws::INVALID_DATA,
             Error::MessageTooBig { .. } => ws::TOO_BIG,
             Error::Unauthorized(_) | Error::Forbidden(_) => ws::POLICY,
-            Error::Limit(_) => ws::TRY_AGAIN,
+            Error::Limit(_) | Error::Unavailable(_) => ws::TRY_AGAIN,
             Error::Refused { reason, .. } => reason.ws_close_code(),
             Error::Shutdown => ws::GOING_AWAY,
             Error::Io(_) => ws::PROTOCOL,
@@ -121,7 +125,7 @@ impl Error {
             Error::Media(_) => quic::BAD_MEDIA,
             Error::Unauthorized(_) => quic::UNAUTHORIZED,
             Error::Forbidden(_) => quic::FORBIDDEN,
-            Error::Limit(_) | Error::Refused { .. } => quic::LIMIT,
+            Error::Limit(_) | Error::Refused { .. } | Error::Unavailable(_) => quic::LIMIT,
             Error::Shutdown => quic::SHUTDOWN,
             Error::Internal(_) => quic::INTERNAL,
         }

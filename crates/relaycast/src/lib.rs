@@ -21,7 +21,9 @@
 //!    ([`fanout::stats`]).
 //! 4. [`egress`]: one adapter per viewer transport (WebSocket, HTTP
 //!    streaming, long poll / poll, Socket.IO, QUIC), each starting from "a
-//!    cursor on a stream".
+//!    cursor on a stream"; and LL-HLS/DASH, a request per part or segment
+//!    answered from the ring and the stream's segment index
+//!    ([`media::hls`]).
 //! 5. [`cascade`]: relays in a tree. An edge is a viewer of its origin over
 //!    QUIC and a publisher into its own registry.
 //!

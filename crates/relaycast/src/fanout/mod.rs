@@ -66,6 +66,12 @@ pub struct RingConfig {
     pub max_fragments: usize,
     /// Most payload bytes kept (soft, as above; hard cap at 4×).
     pub max_bytes: usize,
+    /// Fragments younger than this (by arrival) are kept too (soft, as
+    /// above). Once a stream is watched over HLS or DASH its ring also keeps
+    /// whole segments worth three target durations (soft, as above), so that
+    /// `index.m3u8` always lists that much (RFC 8216 §6.2.2).
+    #[serde(with = "serde_secs")]
+    pub min_duration: Duration,
 }
 
 impl Default for RingConfig {
@@ -73,6 +79,7 @@ impl Default for RingConfig {
         Self {
             max_fragments: 600,
             max_bytes: 32 << 20,
+            min_duration: Duration::ZERO,
         }
     }
 }

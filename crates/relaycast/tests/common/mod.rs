@@ -229,13 +229,22 @@ where
 
 /// GET a URL, returning (status, headers, body).
 pub async fn get(url: &str) -> (u16, hyper::HeaderMap, Bytes) {
+    get_with(url, &[]).await
+}
+
+/// GET a URL with extra request headers, returning (status, headers, body).
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> (u16, hyper::HeaderMap, Bytes) {
     use http_body_util::BodyExt;
     let u = url::Url::parse(url).expect("url");
     let host = u.host_str().expect("host").to_string();
     let port = u.port().expect("port");
     let mut sender = http1((host.as_str(), port)).await;
-    let req = hyper::Request::get(&u[url::Position::BeforePath..])
-        .header("host", format!("{host}:{port}"))
+    let mut req = hyper::Request::get(&u[url::Position::BeforePath..])
+        .header("host", format!("{host}:{port}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
         .body(http_body_util::Empty::<Bytes>::new())
         .expect("request");
     let r = sender.send_request(req).await.expect("send");

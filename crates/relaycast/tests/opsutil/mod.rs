@@ -58,4 +58,3 @@ pub fn listening(child: &mut std::process::Child) -> String {
         .map(|a| a.trim_end_matches('/').to_string())
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
 }
-
