@@ -158,7 +158,10 @@ pub fn remux_ts(file: &[u8], chunk: usize) -> Remuxed {
 }
 
 /// (codec_type, codec_name, frames decoded, width, height) per stream, and ffprobe's stderr.
-pub fn probe(path: &Path) -> (Vec<(String, String, u64, String, String)>, String) {
+/// One row per stream: (codec_type, codec_name, frames, width, height).
+pub type Probed = Vec<(String, String, u64, String, String)>;
+
+pub fn probe(path: &Path) -> (Probed, String) {
     let o = Command::new("ffprobe")
         .args([
             "-v",
