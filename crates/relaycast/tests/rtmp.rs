@@ -1,0 +1,293 @@
+//! RTMP ingest with the real encoders: ffmpeg publishing FLV over RTMP (and
+//! RTMPS), checked with ffprobe and WebSocket viewers; the refusals an
+//! encoder shows its user, read from ffmpeg's stderr.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// ffmpeg publishing a live H.264/AAC test signal as FLV to `url`, for
+/// `seconds` (None: until killed).
+fn ffmpeg_flv(url: &str, seconds: Option<u32>, extra: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("ffmpeg");
+    c.args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args(["-re", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
+        .args([
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-g", "30", "-keyint_min", "30"])
+        .args(["-sc_threshold", "0", "-c:a", "aac", "-b:a", "64k"]);
+    if let Some(s) = seconds {
+        c.args(["-t", &s.to_string()]);
+    }
+    c.args(extra)
+        .args(["-f", "flv"])
+        .arg(url)
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+/// A relay with RTMP on 127.0.0.1:0.
+async fn rtmp_relay(
+    mut cfg: relaycast::config::Config,
+) -> (relaycast::server::Running, SocketAddr) {
+    cfg.ingest.rtmp.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let relay = relay(cfg).await;
+    let rtmp = relay.rtmp.expect("RTMP listener bound");
+    assert_ne!(rtmp.port(), 0, "the real port is reported");
+    (relay, rtmp)
+}
+
+/// Decode `url` for 2 s of media: (codec names, video frames, audio frames).
+async fn probe(url: &str) -> (Vec<String>, u64, u64) {
+    let out = tokio::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-read_intervals", "%+2"])
+        .args([
+            "-show_entries",
+            "stream=codec_type,codec_name,nb_read_frames",
+        ])
+        .args(["-of", "json"])
+        .arg(url)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("ffprobe finished within 30 s")
+        .expect("run ffprobe");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ffprobe {url}: {stderr}");
+    assert!(stderr.trim().is_empty(), "ffprobe {url}: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe JSON");
+    let streams = v["streams"].as_array().cloned().unwrap_or_default();
+    let frames = |kind: &str| {
+        streams
+            .iter()
+            .find(|s| s["codec_type"] == kind)
+            .and_then(|s| s["nb_read_frames"].as_str())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let codecs = streams
+        .iter()
+        .map(|s| s["codec_name"].as_str().unwrap_or("?").to_string())
+        .collect();
+    (codecs, frames("video"), frames("audio"))
+}
+
+/// Run ffmpeg to completion (bounded) and return (success, stderr).
+async fn run_to_end(mut c: tokio::process::Command) -> (bool, String) {
+    let out = tokio::time::timeout(Duration::from_secs(20), c.output())
+        .await
+        .expect("ffmpeg ended within 20 s")
+        .expect("run ffmpeg");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_rtmp_reaches_ffprobe_and_two_identical_viewers_and_survives_an_encoder_restart() {
+    if !have("ffmpeg") || !have("ffprobe") {
+        return;
+    }
+    let (relay, rtmp) = rtmp_relay(config()).await;
+    let http = relay.addr;
+    let url = format!("rtmp://{rtmp}/live/cam");
+    // Two viewers waiting before the publisher starts: both start at the first fragment.
+    let mut a = ws_connect(&format!("ws://{http}/live/cam?wait=15")).await;
+    let mut b = ws_connect(&format!("ws://{http}/live/cam?wait=15")).await;
+    let mut enc = ffmpeg_flv(&url, None, &[]).spawn().expect("spawn ffmpeg");
+    let (ra, rb) = tokio::join!(
+        ws_read(&mut a, 20, Duration::from_secs(20)),
+        ws_read(&mut b, 20, Duration::from_secs(20))
+    );
+    assert!(
+        ra.seqs.len() >= 20,
+        "viewer a got {} fragments",
+        ra.seqs.len()
+    );
+    let n = ra.binaries.len().min(rb.binaries.len());
+    assert!(n > 20);
+    assert_eq!(
+        ra.binaries[..n],
+        rb.binaries[..n],
+        "two viewers, identical bytes"
+    );
+    let init = &ra.of_type("init");
+    assert!(
+        init.first().is_some_and(|i| i["mime"]
+            .as_str()
+            .is_some_and(|m| m.contains("avc1.") && m.contains("mp4a.40.2"))),
+        "init control message: {init:?}"
+    );
+    // Fragments of at most ~100 ms: 30 fps video, so at most 4 frames of 33 ms.
+    let frags: Vec<_> = ra.of_type("fragment");
+    assert!(frags.len() >= 20);
+    let (codecs, video, audio) = probe(&format!("http://{http}/live/cam.mp4")).await;
+    assert_eq!(codecs, vec!["h264".to_string(), "aac".to_string()]);
+    assert!(
+        video >= 50 && audio >= 50,
+        "decoded {video} video, {audio} audio frames"
+    );
+
+    // Kill the encoder and start it again within the grace period (3 s).
+    enc.start_kill().expect("kill ffmpeg");
+    let _ = enc.wait().await;
+    let mut enc = ffmpeg_flv(&url, None, &[]).spawn().expect("respawn ffmpeg");
+    // Read on until 15 fragments came after the "publisher gone" message.
+    let mut after = Received::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let gone_at = |r: &Received| {
+        r.texts
+            .iter()
+            .position(|t| t["type"] == "publisher" && t["state"] == "gone")
+    };
+    while tokio::time::Instant::now() < deadline && after.close.is_none() {
+        let r = ws_read(&mut a, 1, Duration::from_secs(2)).await;
+        after.texts.extend(r.texts);
+        after.close = r.close;
+        if let Some(i) = gone_at(&after)
+            && after.texts[i..]
+                .iter()
+                .filter(|t| t["type"] == "fragment")
+                .count()
+                >= 15
+        {
+            break;
+        }
+    }
+    assert!(after.close.is_none(), "viewer kept: {:?}", after.close);
+    let i = gone_at(&after).expect("the viewer heard the publisher go");
+    let later: Vec<u64> = after.texts[i..]
+        .iter()
+        .filter(|t| t["type"] == "fragment")
+        .filter_map(|t| t["seq"].as_u64())
+        .collect();
+    assert!(
+        later.len() >= 15,
+        "fragments after the restart: {}",
+        later.len()
+    );
+    assert!(
+        later.windows(2).all(|w| w[1] > w[0]),
+        "seqs increase: {later:?}"
+    );
+    enc.start_kill().expect("kill ffmpeg");
+    let m = relaycast::server::metrics_text(&relay.state.registry, &relay.state.limits.refused);
+    assert!(
+        m.contains("relaycast_ingest_publishers_total{transport=\"rtmp\"} 2"),
+        "{m}"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn rtmp_refusals_reach_the_encoder_as_status_messages() {
+    if !have("ffmpeg") {
+        return;
+    }
+    let mut cfg = config();
+    cfg.ingest
+        .keys
+        .insert("studio".into(), "studio-secret-1".into());
+    cfg.ingest.keys.insert("cam".into(), "cam-secret-12".into());
+    let (relay, rtmp) = rtmp_relay(cfg).await;
+    let cases = [
+        // (url, what ffmpeg's stderr must say)
+        (format!("rtmp://{rtmp}/live/cam"), "needs a key"),
+        (
+            format!("rtmp://{rtmp}/live/cam?key=nope"),
+            "wrong publish key",
+        ),
+        (
+            format!("rtmp://{rtmp}/live/bad*name"),
+            "invalid stream name",
+        ),
+        (
+            format!("rtmp://{rtmp}/other/cam"),
+            "unknown RTMP application",
+        ),
+    ];
+    for (url, want) in &cases {
+        let (ok, stderr) = run_to_end(ffmpeg_flv(url, Some(3), &[])).await;
+        assert!(!ok, "{url}: ffmpeg should fail");
+        assert!(
+            stderr.contains(want),
+            "{url}: stderr {stderr:?} lacks {want:?}"
+        );
+    }
+    // A live name cannot be taken by a second encoder.
+    let mut first = ffmpeg_flv(
+        &format!("rtmp://{rtmp}/live/cam?key=cam-secret-12"),
+        None,
+        &[],
+    )
+    .spawn()
+    .expect("spawn");
+    let http = relay.addr;
+    let info = reqwest_info(&format!("http://{http}/live/cam/info?wait=10")).await;
+    assert_eq!(info["live"], true, "{info}");
+    let (ok, stderr) = run_to_end(ffmpeg_flv(
+        &format!("rtmp://{rtmp}/live/cam?key=cam-secret-12"),
+        Some(3),
+        &[],
+    ))
+    .await;
+    assert!(
+        !ok && stderr.contains("already has a live publisher"),
+        "{stderr}"
+    );
+    first.start_kill().expect("kill");
+    // The key alone as the stream key (OBS's one field) publishes to its stream.
+    let mut by_key = ffmpeg_flv(&format!("rtmp://{rtmp}/live/studio-secret-1"), None, &[])
+        .spawn()
+        .expect("spawn");
+    let info = reqwest_info(&format!("http://{http}/live/studio/info?wait=10")).await;
+    assert_eq!(info["live"], true, "{info}");
+    by_key.start_kill().expect("kill");
+    let m = relaycast::server::metrics_text(&relay.state.registry, &relay.state.limits.refused);
+    assert!(m.contains("reason=\"wrong_key\"} 1"), "{m}");
+    assert!(m.contains("reason=\"missing_key\"} 1"), "{m}");
+    relay.shutdown().await;
+}
+
+/// GET a JSON document.
+async fn reqwest_info(url: &str) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    let u = url::Url::parse(url).expect("url");
+    let tcp =
+        tokio::net::TcpStream::connect((u.host_str().expect("host"), u.port().expect("port")))
+            .await
+            .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::get(&u[url::Position::BeforePath..])
+        .header("host", "x")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let r = tokio::time::timeout(Duration::from_secs(15), send.send_request(req))
+        .await
+        .expect("answered")
+        .expect("response");
+    let body = r.into_body().collect().await.expect("body").to_bytes();
+    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
+}
