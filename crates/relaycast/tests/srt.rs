@@ -1,0 +1,222 @@
+//! SRT ingest with ffmpeg's libsrt as the caller: MPEG-TS remuxed to CMAF,
+//! checked with ffprobe and WebSocket viewers; AES with the publish key as
+//! the passphrase, and a wrong passphrase refused.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// ffmpeg publishing a live H.264/AAC test signal as MPEG-TS over SRT.
+fn ffmpeg_srt(url: &str, seconds: Option<u32>) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("ffmpeg");
+    c.args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args(["-re", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
+        .args([
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-g", "30", "-keyint_min", "30"])
+        .args(["-sc_threshold", "0", "-c:a", "aac", "-b:a", "64k"]);
+    if let Some(s) = seconds {
+        c.args(["-t", &s.to_string()]);
+    }
+    c.args(["-f", "mpegts"])
+        .arg(url)
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+async fn srt_relay(mut cfg: relaycast::config::Config) -> (relaycast::server::Running, SocketAddr) {
+    cfg.ingest.srt.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let relay = relay(cfg).await;
+    let srt = relay.srt.expect("SRT listener bound");
+    assert_ne!(srt.port(), 0);
+    (relay, srt)
+}
+
+async fn ffprobe_codecs(url: &str) -> (Vec<String>, u64) {
+    let out = tokio::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-read_intervals", "%+2"])
+        .args([
+            "-show_entries",
+            "stream=codec_type,codec_name,nb_read_frames",
+        ])
+        .args(["-of", "json"])
+        .arg(url)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("ffprobe finished within 30 s")
+        .expect("run ffprobe");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "ffprobe {url}: {stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe JSON");
+    let streams = v["streams"].as_array().cloned().unwrap_or_default();
+    let frames = streams
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .and_then(|s| s["nb_read_frames"].as_str())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let codecs = streams
+        .iter()
+        .map(|s| s["codec_name"].as_str().unwrap_or("?").to_string())
+        .collect();
+    (codecs, frames)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_srt_with_passphrase_reaches_ffprobe_and_identical_viewers_and_survives_a_restart() {
+    if !have("ffmpeg") || !have("ffprobe") {
+        return;
+    }
+    let mut cfg = config();
+    cfg.ingest.publish_key = Some("0123456789abcdef".into());
+    // A killed caller sends no shutdown: SRT notices it after its peer idle
+    // timeout (5 s), so the grace period must outlast that.
+    cfg.fanout.grace = Duration::from_secs(10);
+    let (relay, srt) = srt_relay(cfg).await;
+    let http = relay.addr;
+    let url =
+        format!("srt://{srt}?streamid=#!::r=cam,m=publish&passphrase=0123456789abcdef&pbkeylen=16");
+    let mut a = ws_connect(&format!("ws://{http}/live/cam?wait=15")).await;
+    let mut b = ws_connect(&format!("ws://{http}/live/cam?wait=15")).await;
+    let mut enc = ffmpeg_srt(&url, None).spawn().expect("spawn ffmpeg");
+    let (ra, rb) = tokio::join!(
+        ws_read(&mut a, 20, Duration::from_secs(20)),
+        ws_read(&mut b, 20, Duration::from_secs(20))
+    );
+    assert!(
+        ra.seqs.len() >= 20,
+        "viewer a got {} fragments",
+        ra.seqs.len()
+    );
+    let n = ra.binaries.len().min(rb.binaries.len());
+    assert!(n > 20);
+    assert_eq!(
+        ra.binaries[..n],
+        rb.binaries[..n],
+        "two viewers, identical bytes"
+    );
+    let (codecs, frames) = ffprobe_codecs(&format!("http://{http}/live/cam.mp4")).await;
+    assert_eq!(codecs, vec!["h264".to_string(), "aac".to_string()]);
+    assert!(frames >= 50, "decoded {frames} video frames");
+    // Kill the encoder and restart it within the grace period, retrying
+    // while the relay still holds the vanished caller (as OBS reconnects):
+    // the viewer continues.
+    enc.start_kill().expect("kill");
+    let _ = enc.wait().await;
+    let retry_until = tokio::time::Instant::now() + Duration::from_secs(12);
+    let mut enc = loop {
+        let mut e = ffmpeg_srt(&url, None).spawn().expect("respawn ffmpeg");
+        match tokio::time::timeout(Duration::from_millis(1500), e.wait()).await {
+            Err(_) => break e, // still running: publishing
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < retry_until,
+                    "restart never admitted"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let mut texts = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut closed = None;
+    let mut later = 0;
+    while tokio::time::Instant::now() < deadline && closed.is_none() && later < 15 {
+        let r = ws_read(&mut a, 1, Duration::from_secs(2)).await;
+        texts.extend(r.texts);
+        closed = r.close;
+        later = texts
+            .iter()
+            .skip_while(|t| !(t["type"] == "publisher" && t["state"] == "gone"))
+            .filter(|t| t["type"] == "fragment")
+            .count();
+    }
+    assert!(closed.is_none(), "viewer kept: {closed:?}");
+    assert!(later >= 15, "fragments after the restart: {later}");
+    enc.start_kill().expect("kill");
+    let m = relaycast::server::metrics_text(&relay.state.registry, &relay.state.limits.refused);
+    assert!(
+        m.contains("relaycast_ingest_publishers_total{transport=\"srt\"} 2"),
+        "{m}"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_wrong_or_missing_passphrase_is_refused_and_a_plain_streamid_publishes() {
+    if !have("ffmpeg") {
+        return;
+    }
+    let mut cfg = config();
+    cfg.ingest
+        .keys
+        .insert("locked".into(), "0123456789abcdef".into());
+    let (relay, srt) = srt_relay(cfg).await;
+    let http = relay.addr;
+    for (url, what) in [
+        (
+            format!(
+                "srt://{srt}?streamid=#!::r=locked,m=publish&passphrase=wrongwrongwrong&pbkeylen=16"
+            ),
+            "wrong passphrase",
+        ),
+        (
+            format!("srt://{srt}?streamid=#!::r=locked,m=publish"),
+            "no passphrase",
+        ),
+        (
+            format!("srt://{srt}?streamid=#!::r=open,m=request"),
+            "m=request",
+        ),
+    ] {
+        let out = tokio::time::timeout(Duration::from_secs(20), ffmpeg_srt(&url, Some(3)).output())
+            .await
+            .expect("ffmpeg ended")
+            .expect("run ffmpeg");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{what}: ffmpeg should fail; {stderr}"
+        );
+        eprintln!("{what}: {stderr}");
+    }
+    let info = relay.state.registry.list();
+    assert!(info.is_empty(), "no stream was created by a refused caller");
+    // A plain streamid (the name alone) publishes a stream without a key.
+    let mut enc = ffmpeg_srt(&format!("srt://{srt}?streamid=open"), None)
+        .spawn()
+        .expect("spawn");
+    let mut v = ws_connect(&format!("ws://{http}/live/open?wait=15")).await;
+    let r = ws_read(&mut v, 5, Duration::from_secs(15)).await;
+    assert!(
+        r.seqs.len() >= 5,
+        "plain streamid: {} fragments",
+        r.seqs.len()
+    );
+    enc.start_kill().expect("kill");
+    let m = relaycast::server::metrics_text(&relay.state.registry, &relay.state.limits.refused);
+    assert!(m.contains("reason=\"missing_key\"} 1"), "{m}");
+    relay.shutdown().await;
+}
