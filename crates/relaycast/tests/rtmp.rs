@@ -291,3 +291,115 @@ async fn reqwest_info(url: &str) -> serde_json::Value {
     let body = r.into_body().collect().await.expect("body").to_bytes();
     serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
 }
+
+#[tokio::test]
+async fn ffmpeg_rtmps_with_the_relays_certificate_publishes() {
+    if !have("ffmpeg") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).expect("write cert");
+    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).expect("write key");
+    let mut cfg = config();
+    cfg.server.tls_cert = Some(dir.path().join("cert.pem"));
+    cfg.server.tls_key = Some(dir.path().join("key.pem"));
+    cfg.ingest.rtmp.tls_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let relay = relay(cfg).await;
+    let rtmps = relay.rtmps.expect("RTMPS listener bound");
+    assert!(relay.rtmp.is_none());
+    let mut enc = ffmpeg_flv(&format!("rtmps://{rtmps}/live/secure"), None, &[])
+        .spawn()
+        .expect("spawn ffmpeg");
+    // The relay serves HTTPS with that certificate; read the stream's state directly.
+    let stream = relay
+        .state
+        .registry
+        .find("secure", Duration::from_secs(10))
+        .await
+        .expect("the RTMPS publisher created the stream");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        let info = serde_json::to_value(stream.info()).expect("info");
+        if info["codecs"].is_string() || tokio::time::Instant::now() > deadline {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(info["live"], true, "{info}");
+    assert!(
+        info["codecs"]
+            .as_str()
+            .is_some_and(|c| c.contains("avc1.") && c.contains("mp4a.40.2")),
+        "{info}"
+    );
+    enc.start_kill().expect("kill");
+    let m = relaycast::server::metrics_text(&relay.state.registry, &relay.state.limits.refused);
+    assert!(
+        m.contains("relaycast_ingest_publishers_total{transport=\"rtmp\"} 1"),
+        "{m}"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_flvmux_rtmp2sink_publishes_and_ffprobe_decodes() {
+    if !have("ffmpeg") || !have("ffprobe") {
+        return;
+    }
+    let gst_ok = std::process::Command::new("gst-inspect-1.0")
+        .arg("rtmp2sink")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !gst_ok {
+        if std::env::var("RELAYCAST_REQUIRE_FFMPEG").as_deref() == Ok("1") {
+            panic!("GStreamer rtmp2sink is required in CI (gstreamer1.0-plugins-bad)");
+        }
+        eprintln!("skipping: GStreamer rtmp2sink not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = dir.path().join("in.mp4");
+    let made = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args([
+            "-t",
+            "8",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k"])
+        .arg(&clip)
+        .status()
+        .await
+        .expect("ffmpeg");
+    assert!(made.success());
+    let (relay, rtmp) = rtmp_relay(config()).await;
+    let pipeline = format!(
+        "filesrc location={} ! qtdemux name=d d.video_0 ! queue ! h264parse ! flvmux name=m streamable=true ! rtmp2sink location=rtmp://{rtmp}/live/gst sync=true d.audio_0 ! queue ! aacparse ! m.",
+        clip.display()
+    );
+    let mut gst = tokio::process::Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(pipeline.split(' '))
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn gst-launch-1.0");
+    let (codecs, video, audio) =
+        probe(&format!("http://{}/live/gst.mp4?wait=10", relay.addr)).await;
+    assert_eq!(codecs, vec!["h264".to_string(), "aac".to_string()]);
+    assert!(
+        video >= 50 && audio >= 50,
+        "decoded {video} video, {audio} audio frames"
+    );
+    gst.start_kill().expect("kill gst");
+    relay.shutdown().await;
+}
