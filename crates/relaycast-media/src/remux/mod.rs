@@ -17,3 +17,7 @@ pub mod cmaf;
 pub mod flv;
 mod nal;
 pub mod ts;
+
+/// Annex-B helpers for whoever builds FLV or CMAF input from raw H.264/HEVC
+/// (encoders, test clients): NAL unit splitting and `avcC`/`hvcC` records.
+pub use nal::{build_avcc, build_hvcc, split_annexb};

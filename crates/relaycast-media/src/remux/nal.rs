@@ -12,7 +12,7 @@ use mp4_atom::{Atom, Avcc, AvccExt, HvcCArray, Hvcc};
 
 /// Splits an Annex-B byte stream into NAL units (start codes removed, trailing
 /// zero bytes of each unit trimmed; empty units skipped).
-pub(crate) fn split_annexb(data: &[u8]) -> Vec<&[u8]> {
+pub fn split_annexb(data: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut start: Option<usize> = None;
     let mut i = 0;
@@ -282,7 +282,7 @@ pub(crate) fn hevc_sps(nal: &[u8]) -> Option<HevcSps> {
 }
 
 /// Encodes an `AVCDecoderConfigurationRecord` (the `avcC` box body) from one SPS and PPS.
-pub(crate) fn build_avcc(sps: &[u8], pps: &[u8]) -> Option<Bytes> {
+pub fn build_avcc(sps: &[u8], pps: &[u8]) -> Option<Bytes> {
     let info = avc_sps(sps)?;
     let mut avcc = Avcc::new(sps, pps).ok()?;
     if matches!(sps.get(1), Some(100 | 110 | 122 | 144)) {
@@ -299,7 +299,7 @@ pub(crate) fn build_avcc(sps: &[u8], pps: &[u8]) -> Option<Bytes> {
 }
 
 /// Encodes an `HEVCDecoderConfigurationRecord` (the `hvcC` box body) from VPS, SPS and PPS.
-pub(crate) fn build_hvcc(vps: &[u8], sps: &[u8], pps: &[u8]) -> Option<Bytes> {
+pub fn build_hvcc(vps: &[u8], sps: &[u8], pps: &[u8]) -> Option<Bytes> {
     let s = hevc_sps(sps)?;
     let array = |t: u8, n: &[u8]| HvcCArray {
         completeness: true,
