@@ -337,8 +337,23 @@ async fn publish_enhanced(
         obs.video(i as u32 * 1000 / 30, tag).await;
     }
     obs.stop(name).await;
-    // 30 fps in fragments of 100 ms: 3 frames each, all of them flushed at the stop.
-    ws_read(&mut viewer, units.len() / 3, Duration::from_secs(15)).await
+    // Everything up to the publisher's goodbye (all frames are flushed at the stop).
+    let mut got = Received::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline {
+        let r = ws_read(&mut viewer, 1, Duration::from_secs(1)).await;
+        let done = r.close.is_some()
+            || r.texts
+                .iter()
+                .any(|t| t["type"] == "publisher" || t["type"] == "end");
+        got.bytes.extend_from_slice(&r.bytes);
+        got.seqs.extend(r.seqs);
+        got.texts.extend(r.texts);
+        if done {
+            break;
+        }
+    }
+    got
 }
 
 /// (codec, width, height, frames) of an fMP4 file, by ffprobe.
