@@ -11,36 +11,7 @@ use std::time::Duration;
 /// ffmpeg publishing a live H.264/AAC test signal as FLV to `url`, for
 /// `seconds` (None: until killed).
 fn ffmpeg_flv(url: &str, seconds: Option<u32>, extra: &[&str]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new("ffmpeg");
-    c.args(["-hide_banner", "-loglevel", "error", "-nostdin"])
-        .args(["-re", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
-        .args([
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-        ])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-        ])
-        .args(["-pix_fmt", "yuv420p", "-g", "30", "-keyint_min", "30"])
-        .args(["-sc_threshold", "0", "-c:a", "aac", "-b:a", "64k"]);
-    if let Some(s) = seconds {
-        c.args(["-t", &s.to_string()]);
-    }
-    c.args(extra)
-        .args(["-f", "flv"])
-        .arg(url)
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    c
+    ffmpeg_encoder(seconds, &[extra, &["-f", "flv"][..]].concat(), url)
 }
 
 /// A relay with RTMP on 127.0.0.1:0.
@@ -52,42 +23,6 @@ async fn rtmp_relay(
     let rtmp = relay.rtmp.expect("RTMP listener bound");
     assert_ne!(rtmp.port(), 0, "the real port is reported");
     (relay, rtmp)
-}
-
-/// Decode `url` for 2 s of media: (codec names, video frames, audio frames).
-async fn probe(url: &str) -> (Vec<String>, u64, u64) {
-    let out = tokio::process::Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-read_intervals", "%+2"])
-        .args([
-            "-show_entries",
-            "stream=codec_type,codec_name,nb_read_frames",
-        ])
-        .args(["-of", "json"])
-        .arg(url)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), out)
-        .await
-        .expect("ffprobe finished within 30 s")
-        .expect("run ffprobe");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "ffprobe {url}: {stderr}");
-    assert!(stderr.trim().is_empty(), "ffprobe {url}: {stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe JSON");
-    let streams = v["streams"].as_array().cloned().unwrap_or_default();
-    let frames = |kind: &str| {
-        streams
-            .iter()
-            .find(|s| s["codec_type"] == kind)
-            .and_then(|s| s["nb_read_frames"].as_str())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let codecs = streams
-        .iter()
-        .map(|s| s["codec_name"].as_str().unwrap_or("?").to_string())
-        .collect();
-    (codecs, frames("video"), frames("audio"))
 }
 
 /// Run ffmpeg to completion (bounded) and return (success, stderr).
@@ -140,7 +75,7 @@ async fn ffmpeg_rtmp_reaches_ffprobe_and_two_identical_viewers_and_survives_an_e
     // Fragments of at most ~100 ms: 30 fps video, so at most 4 frames of 33 ms.
     let frags: Vec<_> = ra.of_type("fragment");
     assert!(frags.len() >= 20);
-    let (codecs, video, audio) = probe(&format!("http://{http}/live/cam.mp4")).await;
+    let (codecs, video, audio) = ffprobe_live(&format!("http://{http}/live/cam.mp4")).await;
     assert_eq!(codecs, vec!["h264".to_string(), "aac".to_string()]);
     assert!(
         video >= 50 && audio >= 50,
@@ -394,7 +329,7 @@ async fn gstreamer_flvmux_rtmp2sink_publishes_and_ffprobe_decodes() {
         .spawn()
         .expect("spawn gst-launch-1.0");
     let (codecs, video, audio) =
-        probe(&format!("http://{}/live/gst.mp4?wait=10", relay.addr)).await;
+        ffprobe_live(&format!("http://{}/live/gst.mp4?wait=10", relay.addr)).await;
     assert_eq!(codecs, vec!["h264".to_string(), "aac".to_string()]);
     assert!(
         video >= 50 && audio >= 50,

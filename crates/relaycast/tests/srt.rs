@@ -10,35 +10,7 @@ use std::time::Duration;
 
 /// ffmpeg publishing a live H.264/AAC test signal as MPEG-TS over SRT.
 fn ffmpeg_srt(url: &str, seconds: Option<u32>) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new("ffmpeg");
-    c.args(["-hide_banner", "-loglevel", "error", "-nostdin"])
-        .args(["-re", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
-        .args([
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-        ])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-        ])
-        .args(["-pix_fmt", "yuv420p", "-g", "30", "-keyint_min", "30"])
-        .args(["-sc_threshold", "0", "-c:a", "aac", "-b:a", "64k"]);
-    if let Some(s) = seconds {
-        c.args(["-t", &s.to_string()]);
-    }
-    c.args(["-f", "mpegts"])
-        .arg(url)
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    c
+    ffmpeg_encoder(seconds, &["-f", "mpegts"], url)
 }
 
 async fn srt_relay(mut cfg: relaycast::config::Config) -> (relaycast::server::Running, SocketAddr) {
@@ -47,41 +19,6 @@ async fn srt_relay(mut cfg: relaycast::config::Config) -> (relaycast::server::Ru
     let srt = relay.srt.expect("SRT listener bound");
     assert_ne!(srt.port(), 0);
     (relay, srt)
-}
-
-async fn ffprobe_codecs(url: &str) -> (Vec<String>, u64) {
-    let out = tokio::process::Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-read_intervals", "%+2"])
-        .args([
-            "-show_entries",
-            "stream=codec_type,codec_name,nb_read_frames",
-        ])
-        .args(["-of", "json"])
-        .arg(url)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), out)
-        .await
-        .expect("ffprobe finished within 30 s")
-        .expect("run ffprobe");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stderr.trim().is_empty(),
-        "ffprobe {url}: {stderr}"
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe JSON");
-    let streams = v["streams"].as_array().cloned().unwrap_or_default();
-    let frames = streams
-        .iter()
-        .find(|s| s["codec_type"] == "video")
-        .and_then(|s| s["nb_read_frames"].as_str())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    let codecs = streams
-        .iter()
-        .map(|s| s["codec_name"].as_str().unwrap_or("?").to_string())
-        .collect();
-    (codecs, frames)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +54,7 @@ async fn ffmpeg_srt_with_passphrase_reaches_ffprobe_and_identical_viewers_and_su
         rb.binaries[..n],
         "two viewers, identical bytes"
     );
-    let (codecs, frames) = ffprobe_codecs(&format!("http://{http}/live/cam.mp4")).await;
+    let (codecs, frames, _) = ffprobe_live(&format!("http://{http}/live/cam.mp4")).await;
     assert_eq!(codecs, vec!["h264".to_string(), "aac".to_string()]);
     assert!(frames >= 50, "decoded {frames} video frames");
     // Kill the encoder and restart it within the grace period, retrying

@@ -247,16 +247,29 @@ pub async fn get(url: &str) -> (u16, hyper::HeaderMap, Bytes) {
 
 /// ffmpeg's live test source (320x180 H.264 + AAC, real time) muxed as fMP4 to `out`.
 pub fn ffmpeg_live(seconds: u32, out: &str, extra: &[&str]) -> tokio::process::Command {
+    let mp4 = [
+        "-f",
+        "mp4",
+        "-movflags",
+        "frag_keyframe+empty_moov+default_base_moof",
+    ];
+    ffmpeg_encoder(Some(seconds), &[&mp4[..], extra].concat(), out)
+}
+
+/// ffmpeg's live test source (320x180 H.264 at 30 fps, 1 s GOPs, + AAC;
+/// real time), for `seconds` (None: until killed), with `output_args`
+/// (the muxer: `-f flv`, `-f mpegts`, …) and `out`. stderr is piped (for
+/// the refusals an encoder prints).
+pub fn ffmpeg_encoder(
+    seconds: Option<u32>,
+    output_args: &[&str],
+    out: &str,
+) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("ffmpeg");
     c.args(["-hide_banner", "-loglevel", "error", "-nostdin"])
         .args(["-re", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
-        .args([
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-        ])
+        .args(["-re", "-f", "lavfi"])
+        .args(["-i", "sine=frequency=440:sample_rate=48000"])
         .args([
             "-c:v",
             "libx264",
@@ -265,27 +278,56 @@ pub fn ffmpeg_live(seconds: u32, out: &str, extra: &[&str]) -> tokio::process::C
             "-tune",
             "zerolatency",
         ])
-        .args([
-            "-pix_fmt",
-            "yuv420p",
-            "-g",
-            "30",
-            "-keyint_min",
-            "30",
-            "-sc_threshold",
-            "0",
-        ])
-        .args(["-c:a", "aac", "-b:a", "64k", "-t", &seconds.to_string()])
-        .args([
-            "-f",
-            "mp4",
-            "-movflags",
-            "frag_keyframe+empty_moov+default_base_moof",
-        ])
-        .args(extra)
+        .args(["-pix_fmt", "yuv420p", "-g", "30", "-keyint_min", "30"])
+        .args(["-sc_threshold", "0", "-c:a", "aac", "-b:a", "64k"]);
+    if let Some(s) = seconds {
+        c.args(["-t", &s.to_string()]);
+    }
+    c.args(output_args)
         .arg(out)
         .kill_on_drop(true)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     c
+}
+
+/// Decode `url` with ffprobe for 2 s of media: (codec names in stream
+/// order, video frames read, audio frames read). Fails the test on any
+/// ffprobe error.
+pub async fn ffprobe_live(url: &str) -> (Vec<String>, u64, u64) {
+    let out = tokio::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-read_intervals", "%+2"])
+        .args([
+            "-show_entries",
+            "stream=codec_type,codec_name,nb_read_frames",
+        ])
+        .args(["-of", "json"])
+        .arg(url)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("ffprobe finished within 30 s")
+        .expect("run ffprobe");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ffprobe {url}: {stderr}");
+    assert!(
+        stderr.trim().is_empty(),
+        "ffprobe {url} reported errors: {stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe JSON");
+    let streams = v["streams"].as_array().cloned().unwrap_or_default();
+    let frames = |kind: &str| {
+        streams
+            .iter()
+            .find(|s| s["codec_type"] == kind)
+            .and_then(|s| s["nb_read_frames"].as_str())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let codecs = streams
+        .iter()
+        .map(|s| s["codec_name"].as_str().unwrap_or("?").to_string())
+        .collect();
+    (codecs, frames("video"), frames("audio"))
 }
