@@ -45,26 +45,10 @@ async fn ffmpeg_rtmp_reaches_ffprobe_and_two_identical_viewers_and_survives_an_e
     let (relay, rtmp) = rtmp_relay(config()).await;
     let http = relay.addr;
     let url = format!("rtmp://{rtmp}/live/cam");
-    // Two viewers waiting before the publisher starts: both start at the first fragment.
-    let mut a = ws_connect(&format!("ws://{http}/live/cam?wait=15")).await;
-    let mut b = ws_connect(&format!("ws://{http}/live/cam?wait=15")).await;
-    let mut enc = ffmpeg_flv(&url, None, &[]).spawn().expect("spawn ffmpeg");
-    let (ra, rb) = tokio::join!(
-        ws_read(&mut a, 20, Duration::from_secs(20)),
-        ws_read(&mut b, 20, Duration::from_secs(20))
-    );
-    assert!(
-        ra.seqs.len() >= 20,
-        "viewer a got {} fragments",
-        ra.seqs.len()
-    );
-    let n = ra.binaries.len().min(rb.binaries.len());
-    assert!(n > 20);
-    assert_eq!(
-        ra.binaries[..n],
-        rb.binaries[..n],
-        "two viewers, identical bytes"
-    );
+    let (mut a, ra, enc) = identical_viewers(http, "cam", || {
+        ffmpeg_flv(&url, None, &[]).spawn().expect("spawn ffmpeg")
+    })
+    .await;
     let init = &ra.of_type("init");
     assert!(
         init.first().is_some_and(|i| i["mime"]
@@ -83,47 +67,11 @@ async fn ffmpeg_rtmp_reaches_ffprobe_and_two_identical_viewers_and_survives_an_e
     );
 
     // Kill the encoder and start it again within the grace period (3 s).
-    enc.start_kill().expect("kill ffmpeg");
-    let _ = enc.wait().await;
-    let mut enc = ffmpeg_flv(&url, None, &[]).spawn().expect("respawn ffmpeg");
-    // Read on until 15 fragments came after the "publisher gone" message.
-    let mut after = Received::default();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let gone_at = |r: &Received| {
-        r.texts
-            .iter()
-            .position(|t| t["type"] == "publisher" && t["state"] == "gone")
-    };
-    while tokio::time::Instant::now() < deadline && after.close.is_none() {
-        let r = ws_read(&mut a, 1, Duration::from_secs(2)).await;
-        after.texts.extend(r.texts);
-        after.close = r.close;
-        if let Some(i) = gone_at(&after)
-            && after.texts[i..]
-                .iter()
-                .filter(|t| t["type"] == "fragment")
-                .count()
-                >= 15
-        {
-            break;
-        }
-    }
-    assert!(after.close.is_none(), "viewer kept: {:?}", after.close);
-    let i = gone_at(&after).expect("the viewer heard the publisher go");
-    let later: Vec<u64> = after.texts[i..]
-        .iter()
-        .filter(|t| t["type"] == "fragment")
-        .filter_map(|t| t["seq"].as_u64())
-        .collect();
-    assert!(
-        later.len() >= 15,
-        "fragments after the restart: {}",
-        later.len()
-    );
-    assert!(
-        later.windows(2).all(|w| w[1] > w[0]),
-        "seqs increase: {later:?}"
-    );
+    let mut enc = restart_encoder(enc, || {
+        ffmpeg_flv(&url, None, &[]).spawn().expect("respawn ffmpeg")
+    })
+    .await;
+    fragments_after_publisher_gone(&mut a, 15).await;
     enc.start_kill().expect("kill ffmpeg");
     let m = relaycast::server::metrics_text(&relay.state.registry, &relay.state.limits.refused);
     assert!(

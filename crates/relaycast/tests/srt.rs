@@ -35,63 +35,21 @@ async fn ffmpeg_srt_with_passphrase_reaches_ffprobe_and_identical_viewers_and_su
     let http = relay.addr;
     let url =
         format!("srt://{srt}?streamid=#!::r=cam,m=publish&passphrase=0123456789abcdef&pbkeylen=16");
-    let mut a = ws_connect(&format!("ws://{http}/live/cam?wait=15")).await;
-    let mut b = ws_connect(&format!("ws://{http}/live/cam?wait=15")).await;
-    let mut enc = ffmpeg_srt(&url, None).spawn().expect("spawn ffmpeg");
-    let (ra, rb) = tokio::join!(
-        ws_read(&mut a, 20, Duration::from_secs(20)),
-        ws_read(&mut b, 20, Duration::from_secs(20))
-    );
-    assert!(
-        ra.seqs.len() >= 20,
-        "viewer a got {} fragments",
-        ra.seqs.len()
-    );
-    let n = ra.binaries.len().min(rb.binaries.len());
-    assert!(n > 20);
-    assert_eq!(
-        ra.binaries[..n],
-        rb.binaries[..n],
-        "two viewers, identical bytes"
-    );
+    let (mut a, _, enc) = identical_viewers(http, "cam", || {
+        ffmpeg_srt(&url, None).spawn().expect("spawn ffmpeg")
+    })
+    .await;
     let (codecs, frames, _) = ffprobe_live(&format!("http://{http}/live/cam.mp4")).await;
     assert_eq!(codecs, vec!["h264".to_string(), "aac".to_string()]);
     assert!(frames >= 50, "decoded {frames} video frames");
     // Kill the encoder and restart it within the grace period, retrying
     // while the relay still holds the vanished caller (as OBS reconnects):
     // the viewer continues.
-    enc.start_kill().expect("kill");
-    let _ = enc.wait().await;
-    let retry_until = tokio::time::Instant::now() + Duration::from_secs(12);
-    let mut enc = loop {
-        let mut e = ffmpeg_srt(&url, None).spawn().expect("respawn ffmpeg");
-        match tokio::time::timeout(Duration::from_millis(1500), e.wait()).await {
-            Err(_) => break e, // still running: publishing
-            Ok(_) => {
-                assert!(
-                    tokio::time::Instant::now() < retry_until,
-                    "restart never admitted"
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    };
-    let mut texts = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut closed = None;
-    let mut later = 0;
-    while tokio::time::Instant::now() < deadline && closed.is_none() && later < 15 {
-        let r = ws_read(&mut a, 1, Duration::from_secs(2)).await;
-        texts.extend(r.texts);
-        closed = r.close;
-        later = texts
-            .iter()
-            .skip_while(|t| !(t["type"] == "publisher" && t["state"] == "gone"))
-            .filter(|t| t["type"] == "fragment")
-            .count();
-    }
-    assert!(closed.is_none(), "viewer kept: {closed:?}");
-    assert!(later >= 15, "fragments after the restart: {later}");
+    let mut enc = restart_encoder(enc, || {
+        ffmpeg_srt(&url, None).spawn().expect("respawn ffmpeg")
+    })
+    .await;
+    fragments_after_publisher_gone(&mut a, 15).await;
     enc.start_kill().expect("kill");
     let m = relaycast::server::metrics_text(&relay.state.registry, &relay.state.limits.refused);
     assert!(

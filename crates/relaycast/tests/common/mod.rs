@@ -331,3 +331,91 @@ pub async fn ffprobe_live(url: &str) -> (Vec<String>, u64, u64) {
         .collect();
     (codecs, frames("video"), frames("audio"))
 }
+
+/// Two WebSocket viewers of `name` on the relay at `http` that join before
+/// the publisher `start`s (so both begin at its first fragment); reads 20
+/// fragments from both and checks they received identical bytes. Returns
+/// viewer a, what it read, and what `start` returned.
+pub async fn identical_viewers<T>(
+    http: std::net::SocketAddr,
+    name: &str,
+    start: impl FnOnce() -> T,
+) -> (Ws, Received, T) {
+    let mut a = ws_connect(&format!("ws://{http}/live/{name}?wait=15")).await;
+    let mut b = ws_connect(&format!("ws://{http}/live/{name}?wait=15")).await;
+    let started = start();
+    let (ra, rb) = tokio::join!(
+        ws_read(&mut a, 20, Duration::from_secs(20)),
+        ws_read(&mut b, 20, Duration::from_secs(20))
+    );
+    assert!(
+        ra.seqs.len() >= 20,
+        "viewer a got {} fragments",
+        ra.seqs.len()
+    );
+    let n = ra.binaries.len().min(rb.binaries.len());
+    assert!(n > 20, "{n} binary messages in common");
+    assert_eq!(
+        ra.binaries[..n],
+        rb.binaries[..n],
+        "two viewers, identical bytes"
+    );
+    (a, ra, started)
+}
+
+/// Kill `encoder` and start a new one with `spawn`, as an encoder that
+/// reconnects does: a new one that exits within 1.5 s was refused (the
+/// relay may still hold the vanished one) and is retried for up to 12 s.
+pub async fn restart_encoder(
+    mut encoder: tokio::process::Child,
+    spawn: impl Fn() -> tokio::process::Child,
+) -> tokio::process::Child {
+    encoder.start_kill().expect("kill the encoder");
+    let _ = encoder.wait().await;
+    let retry_until = tokio::time::Instant::now() + Duration::from_secs(12);
+    loop {
+        let mut e = spawn();
+        match tokio::time::timeout(Duration::from_millis(1500), e.wait()).await {
+            Err(_) => return e, // still running: publishing
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < retry_until,
+                    "the restarted encoder was never admitted"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Read `viewer` on until `n` fragments came after its "publisher gone"
+/// message (the publisher left and a new one came back within the grace
+/// period); fails if the viewer is closed. Returns those fragments' seqs.
+pub async fn fragments_after_publisher_gone(viewer: &mut Ws, n: usize) -> Vec<u64> {
+    let mut texts: Vec<serde_json::Value> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let later = |texts: &[serde_json::Value]| -> Vec<u64> {
+        texts
+            .iter()
+            .skip_while(|t| !(t["type"] == "publisher" && t["state"] == "gone"))
+            .filter(|t| t["type"] == "fragment")
+            .filter_map(|t| t["seq"].as_u64())
+            .collect()
+    };
+    while tokio::time::Instant::now() < deadline && later(&texts).len() < n {
+        let r = ws_read(viewer, 1, Duration::from_secs(2)).await;
+        texts.extend(r.texts);
+        assert!(r.close.is_none(), "viewer closed: {:?}", r.close);
+    }
+    let seqs = later(&texts);
+    assert!(
+        seqs.len() >= n,
+        "fragments after the restart: {}",
+        seqs.len()
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[1] > w[0]),
+        "seqs increase: {seqs:?}"
+    );
+    seqs
+}
