@@ -4,7 +4,7 @@
 //! client ([`Reason`]).
 
 use crate::media::MediaError;
-use crate::proto::code::{quic, ws};
+use crate::proto::code::{quic, rtmp, ws};
 
 /// Everything that can go wrong, each variant mapped once to an HTTP status
 /// and a WebSocket close code.
@@ -129,6 +129,38 @@ impl Error {
             Error::Shutdown => quic::SHUTDOWN,
             Error::Internal(_) => quic::INTERNAL,
         }
+    }
+
+    /// The RTMP status code an encoder is refused or cut off with:
+    /// `NetStream.Publish.BadName` for a name that is invalid or already
+    /// live, `NetStream.Publish.Denied` for keys, limits, callbacks and
+    /// shutdown, `NetStream.Failed` for what went wrong after publishing started.
+    pub fn rtmp_code(&self) -> &'static str {
+        match self {
+            Error::BadName(_) | Error::AlreadyLive(_) | Error::NotFound(_) => {
+                rtmp::PUBLISH_BAD_NAME
+            }
+            Error::Unauthorized(_)
+            | Error::Forbidden(_)
+            | Error::Limit(_)
+            | Error::Unavailable(_)
+            | Error::Refused { .. }
+            | Error::Shutdown => rtmp::PUBLISH_DENIED,
+            Error::BadRequest(_)
+            | Error::WrongMessageType(_)
+            | Error::TakenOver(_)
+            | Error::Media(_)
+            | Error::MessageTooBig { .. }
+            | Error::Io(_)
+            | Error::Internal(_) => rtmp::PUBLISH_FAILED,
+        }
+    }
+
+    /// The SRT rejection code for a refused caller: 2000 + the HTTP status
+    /// on the wire (libsrt's `SRT_REJX_*`: 2401 unauthorized, 2403
+    /// forbidden, 2409 conflict, …).
+    pub fn srt_reject_code(&self) -> i32 {
+        crate::proto::code::srt::PREDEFINED + i32::from(self.http_status())
     }
 
     /// The line a raw TCP publisher reads before the relay closes:

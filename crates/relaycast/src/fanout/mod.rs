@@ -250,3 +250,47 @@ impl Transport {
         }
     }
 }
+
+/// The ingest (publisher) transports, for counters (`transport="…"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum Ingest {
+    /// HTTP `PUT`/`POST /publish/{name}`.
+    Http = 0,
+    /// WebSocket `/publish/{name}`.
+    WebSocket = 1,
+    /// Raw TCP (`--tcp-ingest`).
+    Tcp = 2,
+    /// QUIC (`relaycast/1`).
+    Quic = 3,
+    /// RTMP or RTMPS (FLV remuxed to CMAF).
+    Rtmp = 4,
+    /// SRT (MPEG-TS remuxed to CMAF).
+    Srt = 5,
+}
+
+impl Ingest {
+    /// Number of ingest transports.
+    pub const COUNT: usize = 6;
+    /// Every ingest transport.
+    pub const ALL: [Ingest; Self::COUNT] = [
+        Ingest::Http,
+        Ingest::WebSocket,
+        Ingest::Tcp,
+        Ingest::Quic,
+        Ingest::Rtmp,
+        Ingest::Srt,
+    ];
+
+    /// Label used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ingest::Http => "http",
+            Ingest::WebSocket => "ws",
+            Ingest::Tcp => "tcp",
+            Ingest::Quic => "quic",
+            Ingest::Rtmp => "rtmp",
+            Ingest::Srt => "srt",
+        }
+    }
+}

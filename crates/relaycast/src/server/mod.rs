@@ -255,6 +255,12 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Raw TCP ingest ports: (stream name, address).
     pub tcp_ingest: Vec<(String, SocketAddr)>,
+    /// The RTMP ingest address, when enabled (`--rtmp`; the bound port when 0 was asked).
+    pub rtmp: Option<SocketAddr>,
+    /// The RTMPS ingest address, when enabled (`--rtmps`).
+    pub rtmps: Option<SocketAddr>,
+    /// The SRT ingest (UDP) address, when enabled (`--srt`).
+    pub srt: Option<SocketAddr>,
     /// The QUIC endpoint's address and certificate fingerprint at start,
     /// when enabled ([`Running::quic_now`] follows certificate reloads).
     pub quic: Option<quic::Info>,
@@ -357,6 +363,33 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         tcp_ingest.push((port.name.clone(), l.local_addr()?));
         tasks.push(tokio::spawn(ingest::tcp::run(l, port, state.clone())));
     }
+    let rtmp_cfg = &state.config.ingest.rtmp;
+    let mut rtmp = None;
+    let mut rtmps = None;
+    for (addr, secure, slot) in [
+        (rtmp_cfg.listen, false, &mut rtmp),
+        (rtmp_cfg.tls_listen, true, &mut rtmps),
+    ] {
+        let Some(a) = addr else { continue };
+        let tls = match (secure, &tls) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t.clone()),
+            (true, None) => anyhow::bail!("--rtmps needs --tls-cert and --tls-key"),
+        };
+        let l = TcpListener::bind(a)
+            .await
+            .map_err(|e| anyhow::anyhow!("listening on {a} (RTMP ingest): {e}"))?;
+        *slot = Some(l.local_addr()?);
+        tasks.push(tokio::spawn(ingest::rtmp::run(l, tls, state.clone())));
+    }
+    let srt = match state.config.ingest.srt.listen {
+        Some(a) => {
+            let (bound, task) = ingest::srt::start(a, state.clone()).await?;
+            tasks.push(task);
+            Some(bound)
+        }
+        None => None,
+    };
     if state.config.server.demo {
         tasks.push(tokio::spawn(ingest::demo::run(
             registry.clone(),
@@ -417,6 +450,9 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     Ok(Running {
         addr,
         tcp_ingest,
+        rtmp,
+        rtmps,
+        srt,
         quic,
         quic_live,
         state,
