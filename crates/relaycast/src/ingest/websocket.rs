@@ -51,7 +51,14 @@ pub async fn serve(
     // answered; a refusal is told as a close code (1008, 1013) on the
     // upgraded socket, which every WebSocket client can read.
     let key = key_from(key.as_deref(), &headers);
-    let admitted = admit(&app, &name, key.as_deref(), peer).await;
+    let admitted = admit(
+        &app,
+        crate::fanout::Ingest::WebSocket,
+        &name,
+        key.as_deref(),
+        peer,
+    )
+    .await;
     up.spawn(move |io| async move {
         let max = app.config.ingest.max_ws_message as u64;
         let mut conn = Conn {
