@@ -54,3 +54,29 @@ for target, fmt in (("flv_remux", "flv"), ("ts_remux", "mpegts")):
                     "-t", "1", "-c:v", "libx264", "-g", "5", "-c:a", "aac", "-b:a", "16k",
                     "-f", fmt, out], check=False)
 os.makedirs(os.path.join(root, "fuzz", "corpus", "rtmp_session"), exist_ok=True)
+
+# ws_reader: a seed byte (the message limit), then masked client frames.
+def frame(b0, payload, key=b"\x11\x22\x33\x44"):
+    n = len(payload)
+    if n < 126:
+        head = bytes([b0, 0x80 | n])
+    elif n < 65536:
+        head = bytes([b0, 0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([b0, 0x80 | 127]) + struct.pack(">Q", n)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+ws_dir = os.path.join(root, "fuzz", "corpus", "ws_reader")
+os.makedirs(ws_dir, exist_ok=True)
+ws_seeds = {
+    "messages": frame(0x01, "héllo ".encode()) + frame(0x89, b"hi") + frame(0x80, "wörld".encode())
+        + frame(0x82, bytes(300)) + frame(0x88, struct.pack(">H", 1000)),
+    "close-codes": frame(0x88, struct.pack(">H", 3000) + b"bye"),
+    "bad-utf8-across": frame(0x01, b"\xe2\x82") + frame(0x80, b"\x28"),
+    "stray-continuation": frame(0x80, b"x"),
+    "rsv-opcode": frame(0xC1, b"x") + frame(0x83, b""),
+    "big": frame(0x82, bytes(70000)) + frame(0x88, b""),
+}
+for name, data in ws_seeds.items():
+    open(os.path.join(ws_dir, "seed-" + name), "wb").write(b"\x08" + data)
+print(f"{len(ws_seeds)} seeds in fuzz/corpus/ws_reader", file=sys.stderr)

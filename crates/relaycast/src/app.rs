@@ -1,7 +1,10 @@
 //! The application layer: what every ingest and egress adapter shares — the
 //! relay's state ([`AppState`]), the client's address ([`Peer`]), and an
 //! [`Error`] as an HTTP response ([`error_response`]). Adapters import this,
-//! never the server that routes to them.
+//! never the server that routes to them. [`ws`]: the WebSocket handshake
+//! and the closing handshake every hand-framed WebSocket adapter shares.
+
+pub mod ws;
 
 use crate::Error;
 use crate::config::Config;

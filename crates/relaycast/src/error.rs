@@ -20,6 +20,12 @@ pub enum Error {
     /// stream's binary is expected (client).
     #[error("bad request: {0}")]
     WrongMessageType(String),
+    /// A WebSocket client broke the framing rules of RFC 6455 (client).
+    #[error("websocket protocol error: {0}")]
+    Protocol(String),
+    /// A WebSocket text message (or close reason) that is not UTF-8 (client).
+    #[error("websocket: {0}")]
+    InvalidText(String),
     /// No such stream (client).
     #[error("no stream named {0:?}")]
     NotFound(String),
@@ -76,7 +82,11 @@ impl Error {
     /// The HTTP status for this error.
     pub fn http_status(&self) -> u16 {
         match self {
-            Error::BadName(_) | Error::BadRequest(_) | Error::WrongMessageType(_) => 400,
+            Error::BadName(_)
+            | Error::BadRequest(_)
+            | Error::WrongMessageType(_)
+            | Error::Protocol(_)
+            | Error::InvalidText(_) => 400,
             Error::NotFound(_) => 404,
             Error::AlreadyLive(_) | Error::TakenOver(_) => 409,
             Error::Media(m) => m.http_status(),
@@ -96,6 +106,8 @@ impl Error {
         match self {
             Error::BadName(_) | Error::BadRequest(_) => ws::POLICY,
             Error::WrongMessageType(_) => ws::UNSUPPORTED,
+            Error::Protocol(_) => ws::PROTOCOL,
+            Error::InvalidText(_) => ws::INVALID_DATA,
             Error::NotFound(_) => ws::NOT_FOUND,
             Error::AlreadyLive(_) | Error::TakenOver(_) => ws::CONFLICT,
             Error::Media(MediaError::BoxTooLarge { .. }) => ws::TOO_BIG,
@@ -116,6 +128,8 @@ impl Error {
             Error::BadName(_)
             | Error::BadRequest(_)
             | Error::WrongMessageType(_)
+            | Error::Protocol(_)
+            | Error::InvalidText(_)
             | Error::Io(_) => quic::BAD_REQUEST,
             Error::NotFound(_) => quic::NOT_FOUND,
             Error::AlreadyLive(_) | Error::TakenOver(_) => quic::CONFLICT,
@@ -148,6 +162,8 @@ impl Error {
             | Error::Shutdown => rtmp::PUBLISH_DENIED,
             Error::BadRequest(_)
             | Error::WrongMessageType(_)
+            | Error::Protocol(_)
+            | Error::InvalidText(_)
             | Error::TakenOver(_)
             | Error::Media(_)
             | Error::MessageTooBig { .. }

@@ -33,7 +33,7 @@
 //! WebSocket frame codec) → [`Error`] → [`fanout`] → [`tls`], [`limits`] →
 //! [`auth`], [`quic`] (the `relaycast/1` protocol and client), [`metrics`]
 //! (the exposition) → [`config`] → [`app`] (shared state, peer, error
-//! responses), [`logging`] → [`ingest`], [`egress`] → [`cascade`],
+//! responses, the WebSocket handshakes), [`logging`] → [`ingest`], [`egress`] → [`cascade`],
 //! [`player`] → [`server`] (routes, listeners, the QUIC endpoint, SIGHUP,
 //! `/metrics`, shutdown) → [`client`] (`relaycast publish` / `watch`). The
 //! load generator is its own crate, `relaycast-load`.

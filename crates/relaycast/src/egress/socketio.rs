@@ -10,6 +10,21 @@
 //! is kept short (`BUFFER` packets, one per fragment) so that this happens
 //! about as soon as for a WebSocket viewer, and so that a stalled client pins
 //! a few fragments in memory, not minutes of them.
+//!
+//! What a client may send is capped apart from what the relay sends
+//! (fragments of several MB): a viewer only ever emits `watch`, so polling
+//! POST bodies and WebSocket messages are limited to [`MAX_CLIENT_BYTES`],
+//! and a POST body must arrive whole within [`CLIENT_BODY_DEADLINE`]
+//! ([`limit_client_bytes`], in front of the Socket.IO layer; socketioxide's
+//! own `max_payload` bounds both directions of polling, so it stays large).
+//!
+//! Engine.IO heartbeat (protocol v4): the relay sends the first PING one
+//! `pingInterval` after the handshake, then one per interval, and drops a
+//! client that does not answer within `pingTimeout` ([`Heartbeat`]). The
+//! vendored `engineioxide` (see `vendor/engineioxide/RELAYCAST.md`) fixes
+//! its release's first PING, which went out at once, so that a client that
+//! stopped answering was dropped after `pingTimeout` instead of
+//! `pingInterval + pingTimeout`.
 
 use super::Transport;
 use crate::app::AppState;
@@ -27,8 +42,101 @@ use tokio_util::sync::CancellationToken;
 /// 32 is a few seconds of a typical stream, enough to ride over a polling
 /// round trip, and a bound on what a stalled client holds.
 const BUFFER: usize = 32;
-/// Largest polling payload (socketioxide's default, 100 KB, is less than one 1 s fragment).
+/// Largest polling payload (socketioxide's default, 100 KB, is less than one
+/// 1 s fragment). socketioxide applies it to both directions; what a client
+/// may send is capped much lower by [`MAX_CLIENT_BYTES`].
 const MAX_PAYLOAD: u64 = 64 << 20;
+/// Most bytes a client may send in one polling POST body or one WebSocket
+/// message (a viewer's `watch` is a few hundred bytes).
+pub const MAX_CLIENT_BYTES: usize = 64 << 10;
+/// Time a polling POST body has to arrive whole.
+pub const CLIENT_BODY_DEADLINE: Duration = Duration::from_secs(10);
+/// The path socketioxide serves (its default).
+const PATH: &str = "/socket.io";
+
+/// Engine.IO heartbeat timings (advertised in the handshake as
+/// `pingInterval` and `pingTimeout`).
+#[derive(Clone, Copy, Debug)]
+pub struct Heartbeat {
+    /// Time between the relay's PINGs (the first one too).
+    pub ping_interval: Duration,
+    /// Time a client has to answer a PING with a PONG.
+    pub ping_timeout: Duration,
+}
+
+impl Default for Heartbeat {
+    /// The Engine.IO reference values: 25 s and 20 s.
+    fn default() -> Self {
+        Heartbeat {
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Middleware in front of the Socket.IO layer: a polling POST to
+/// `/socket.io/` may carry at most [`MAX_CLIENT_BYTES`] (413 otherwise, at
+/// once when `Content-Length` says so) and must arrive whole within
+/// [`CLIENT_BODY_DEADLINE`] (408); it is read here, into at most that many
+/// bytes, before socketioxide sees it. Other paths pass untouched.
+pub async fn limit_client_bytes(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use crate::Error;
+    use crate::app::error_response;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    let path = req.uri().path();
+    if req.method() != axum::http::Method::POST
+        || !(path == PATH || path.starts_with("/socket.io/"))
+    {
+        return next.run(req).await;
+    }
+    let too_big = || {
+        let mut r = error_response(&Error::BadRequest(format!(
+            "a Socket.IO request body may carry at most {MAX_CLIENT_BYTES} bytes"
+        )));
+        *r.status_mut() = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
+        r
+    };
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_CLIENT_BYTES as u64) {
+        return with_close(too_big());
+    }
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, MAX_CLIENT_BYTES);
+    let body = match tokio::time::timeout(CLIENT_BODY_DEADLINE, limited.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return with_close(too_big()),
+        Ok(Err(e)) => {
+            return error_response(&Error::BadRequest(format!("Socket.IO body: {e}")));
+        }
+        Err(_) => {
+            let mut r = error_response(&Error::BadRequest(format!(
+                "Socket.IO body not in within {CLIENT_BODY_DEADLINE:?}"
+            )));
+            *r.status_mut() = axum::http::StatusCode::REQUEST_TIMEOUT;
+            return with_close(r);
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, Body::from(body)))
+        .await
+}
+
+/// Ask hyper to close the connection after this answer (the rest of a
+/// refused body is not read).
+fn with_close(mut r: axum::response::Response) -> axum::response::Response {
+    r.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    r
+}
 
 #[derive(Debug, Deserialize)]
 struct WatchReq {
@@ -44,9 +152,23 @@ struct WatchReq {
 
 /// Build the Socket.IO layer and register the viewer namespace.
 pub fn layer(app: AppState) -> socketioxide::layer::SocketIoLayer {
+    layer_with(app, Heartbeat::default())
+}
+
+/// [`layer`] with other heartbeat timings (tests use short ones).
+pub fn layer_with(app: AppState, heartbeat: Heartbeat) -> socketioxide::layer::SocketIoLayer {
+    let parser = socketioxide::ParserConfig::common()
+        .max_incoming_binary_buf_size(MAX_CLIENT_BYTES)
+        .max_incoming_binaries(1);
     let (layer, io) = SocketIo::builder()
+        .req_path(PATH)
+        .ping_interval(heartbeat.ping_interval)
+        .ping_timeout(heartbeat.ping_timeout)
         .max_payload(MAX_PAYLOAD)
+        .ws_max_message_size(MAX_CLIENT_BYTES)
+        .ws_max_frame_size(MAX_CLIENT_BYTES)
         .max_buffer_size(BUFFER)
+        .with_parser(parser.packet_completion_timeout(CLIENT_BODY_DEADLINE))
         .build_layer();
     io.ns("/", move |socket: SocketRef| {
         let app = app.clone();

@@ -14,21 +14,19 @@
 //! in user space, nothing retained between batches. The client side of the
 //! protocol a viewer needs is small: answer pings, honour close, drop anything
 //! else (viewers have nothing to say; messages over 64 KiB close the
-//! connection with 1009, as before).
+//! connection with 1009). What the client sends is read by the sans-IO
+//! [`ws::Reader`], every rule of RFC 6455 §5 checked (1002, 1007, 1009 with a
+//! reason; a valid close code echoed), out of a fixed buffer per viewer.
 
 use super::{Transport, WatchQuery, event_parts, hello};
 use crate::app::AppState;
 use crate::fanout::{EndReason, Event, Viewer, ViewerStart};
 use crate::proto::ws;
-use axum::http::request::Parts;
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
-use hyper_util::rt::TokioIo;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
 use std::io::IoSlice;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::Instrument;
 
 /// Most events written in one batch.
 const BATCH: usize = 64;
@@ -37,35 +35,7 @@ const MAX_CLIENT_MESSAGE: u64 = 64 << 10;
 /// Smallest read buffer: a whole control frame (14 + 125 bytes) must fit.
 const MIN_READ_BUFFER: usize = 256;
 
-/// A validated upgrade request.
-pub struct Upgrade {
-    on_upgrade: hyper::upgrade::OnUpgrade,
-    accept: HeaderValue,
-}
-
-/// Checks that `parts` is a WebSocket upgrade (GET, `Upgrade: websocket`,
-/// version 13, a key) and takes the connection's upgrade handle.
-pub fn upgrade(parts: &mut Parts) -> Option<Upgrade> {
-    let h = &parts.headers;
-    let has_token = |name: header::HeaderName, token: &str| {
-        h.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    if parts.method != Method::GET
-        || !has_token(header::CONNECTION, "upgrade")
-        || !has_token(header::UPGRADE, "websocket")
-        || h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13")
-    {
-        return None;
-    }
-    let key = h.get(header::SEC_WEBSOCKET_KEY)?;
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let accept = HeaderValue::from_str(&accept).ok()?;
-    let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
-    Some(Upgrade { on_upgrade, accept })
-}
+pub use crate::app::ws::{Upgrade, upgrade};
 
 /// Answer the upgrade and serve one viewer on the upgraded connection.
 pub async fn serve(
@@ -77,35 +47,21 @@ pub async fn serve(
 ) -> Response {
     let wait = app.wait_for(q.wait);
     let read_buffer = app.config.egress.ws_read_buffer.max(MIN_READ_BUFFER);
-    // The upgraded connection runs in a task of its own: carry the session span.
-    let span = tracing::Span::current();
-    tokio::spawn(
-        async move {
-            let Ok(io) = up.on_upgrade.await else {
-                return;
-            };
-            let mut conn = Conn::new(TokioIo::new(io), read_buffer);
-            let start = ViewerStart {
-                after: q.resume_after(&app.registry, &name),
-                transport: Transport::WebSocket,
-            };
-            match super::admit(&app, &name, &q, start, wait, peer).await {
-                Ok(viewer) => run(conn, viewer, app).await,
-                Err(e) => {
-                    let reason = e.to_string();
-                    let bye = conn.close(e.ws_close_code(), &reason);
-                    let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
-                }
+    up.spawn(move |io| async move {
+        let mut conn = Conn::new(io, read_buffer);
+        let start = ViewerStart {
+            after: q.resume_after(&app.registry, &name),
+            transport: Transport::WebSocket,
+        };
+        match super::admit(&app, &name, &q, start, wait, peer).await {
+            Ok(viewer) => run(conn, viewer, app).await,
+            Err(e) => {
+                let reason = e.to_string();
+                let bye = conn.close(e.ws_close_code(), &reason);
+                let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
             }
         }
-        .instrument(span),
-    );
-    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, up.accept);
-    resp
+    })
 }
 
 /// What the client's frames asked for.
@@ -115,22 +71,18 @@ enum FromClient {
     Nothing,
     /// Answer with a pong carrying this payload.
     Ping(Bytes),
-    /// The client closed (or broke the protocol: `code` to answer with).
-    Close(u16),
+    /// The client closed (the code to echo) or broke the protocol (the code
+    /// and reason to close with; then linger).
+    Close(u16, &'static str),
 }
 
-/// Reads client frames out of a small buffer.
+/// Reads client frames out of a small fixed buffer with [`ws::Reader`].
 #[derive(Debug)]
 struct ClientFrames {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
-    /// Payload bytes of an ignored data frame still to drop.
-    skip: u64,
-    /// Size of the data message being received so far.
-    message: u64,
-    /// A close was returned: nothing more is read.
-    closed: bool,
+    reader: ws::Reader,
 }
 
 impl ClientFrames {
@@ -139,9 +91,7 @@ impl ClientFrames {
             buf: vec![0; len].into_boxed_slice(),
             start: 0,
             end: 0,
-            skip: 0,
-            message: 0,
-            closed: false,
+            reader: ws::Reader::new(MAX_CLIENT_MESSAGE),
         }
     }
 
@@ -155,63 +105,28 @@ impl ClientFrames {
         &mut self.buf[self.end..]
     }
 
-    /// Takes one action out of the buffered bytes.
-    fn next(&mut self) -> FromClient {
-        if self.closed {
-            return FromClient::Nothing;
-        }
-        let action = self.step();
-        if let FromClient::Close(_) = action {
-            self.closed = true;
-        }
-        action
+    /// The bytes read but not consumed.
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
     }
 
-    fn step(&mut self) -> FromClient {
+    /// Takes one action out of the buffered bytes.
+    fn next(&mut self) -> FromClient {
         loop {
-            let avail = self.end - self.start;
-            if self.skip > 0 {
-                let n = self.skip.min(avail as u64) as usize;
-                self.start += n;
-                self.skip -= n as u64;
-                if self.skip > 0 {
-                    return FromClient::Nothing;
+            let s = self.reader.next(&mut self.buf[self.start..self.end]);
+            let at = self.start;
+            self.start += s.used;
+            match s.event {
+                None if s.used == 0 => return FromClient::Nothing,
+                None | Some(ws::Event::Data { .. } | ws::Event::Pong) => {}
+                Some(ws::Event::Ping(r)) => {
+                    return FromClient::Ping(Bytes::copy_from_slice(
+                        &self.buf[at + r.start..at + r.end],
+                    ));
                 }
+                Some(ws::Event::Close(code)) => return FromClient::Close(code, ""),
+                Some(ws::Event::Fail { code, reason }) => return FromClient::Close(code, reason),
             }
-            let b = &self.buf[self.start..self.end];
-            let Some(h) = ws::Header::parse(b) else {
-                return FromClient::Nothing;
-            };
-            let Some(mask) = h.mask else {
-                // RFC 6455 5.1: a server must close on an unmasked client frame.
-                return FromClient::Close(1002);
-            };
-            let (len, hl) = (h.len, h.header_len);
-            if h.is_control() {
-                if len > 125 || !h.fin {
-                    return FromClient::Close(1002);
-                }
-                let total = hl + len as usize;
-                if b.len() < total {
-                    return FromClient::Nothing;
-                }
-                let mut payload = b[hl..total].to_vec();
-                ws::apply_mask(&mut payload, mask, 0);
-                self.start += total;
-                match h.opcode {
-                    ws::CLOSE => return FromClient::Close(1000),
-                    ws::PING => return FromClient::Ping(Bytes::from(payload)),
-                    _ => continue, // pong or reserved control: ignore
-                }
-            }
-            let opcode = h.opcode;
-            // A data frame: nothing a viewer says is used; bound its size.
-            self.message = if opcode == 0 { self.message + len } else { len };
-            if self.message > MAX_CLIENT_MESSAGE {
-                return FromClient::Close(1009);
-            }
-            self.start += hl;
-            self.skip = len;
         }
     }
 }
@@ -314,18 +229,22 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
 
     /// Sends a close frame and ends the connection.
     async fn close(&mut self, code: u16, reason: &str) -> std::io::Result<()> {
-        // Close reasons are limited to 123 bytes.
-        let mut reason = reason.to_string();
-        while reason.len() > 123 {
-            reason.pop();
-        }
-        let mut payload = BytesMut::with_capacity(2 + reason.len());
-        payload.put_u16(code);
-        payload.put_slice(reason.as_bytes());
         let mut f = Frames::default();
-        f.push(0x8, payload.freeze());
+        f.push(ws::CLOSE, crate::app::ws::close_payload(code, reason));
         self.send(&mut f).await?;
         self.wr.shutdown().await
+    }
+
+    /// Answers the client's close (or its protocol error) with a close frame,
+    /// then, after an error, reads and drops what it still sends for a while
+    /// (a lingering close: closing with unread input resets the connection,
+    /// and the reset discards the close frame the client has not read yet).
+    async fn answer_close(&mut self, code: u16, reason: &str, client_closed: bool) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.close(code, reason)).await;
+        if !client_closed {
+            let buffered = self.client.buffered().to_vec();
+            crate::app::ws::linger(&mut self.rd, &mut self.client.reader, &buffered).await;
+        }
     }
 }
 
@@ -358,12 +277,8 @@ async fn run<IO: AsyncRead + AsyncWrite>(mut conn: Conn<IO>, mut viewer: Viewer,
                     match conn.client.next() {
                         FromClient::Nothing => break,
                         FromClient::Ping(p) => frames.push(0xA, p),
-                        FromClient::Close(code) => {
-                            let _ = tokio::time::timeout(
-                                Duration::from_secs(1),
-                                conn.close(code, ""),
-                            )
-                            .await;
+                        FromClient::Close(code, reason) => {
+                            conn.answer_close(code, reason, reason.is_empty()).await;
                             return;
                         }
                     }
@@ -477,7 +392,7 @@ mod tests {
             feed(&mut c, &bytes),
             vec![
                 FromClient::Ping(Bytes::from_static(b"hi")),
-                FromClient::Close(1000)
+                FromClient::Close(1000, "")
             ]
         );
     }
@@ -487,13 +402,16 @@ mod tests {
         let mut c = ClientFrames::new(MIN_READ_BUFFER);
         assert_eq!(
             feed(&mut c, &[0x81, 0x01, b'x']),
-            vec![FromClient::Close(1002)]
+            vec![FromClient::Close(1002, "client frames must be masked")]
         );
         let mut c = ClientFrames::new(MIN_READ_BUFFER);
         let mut big = vec![0x82, 0x80 | 127];
         big.extend_from_slice(&(1u64 << 20).to_be_bytes());
         big.extend_from_slice(&[0, 0, 0, 0]);
-        assert_eq!(feed(&mut c, &big), vec![FromClient::Close(1009)]);
+        assert_eq!(
+            feed(&mut c, &big),
+            vec![FromClient::Close(1009, "message over the size limit")]
+        );
     }
 
     #[test]

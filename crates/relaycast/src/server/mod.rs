@@ -61,6 +61,11 @@ pub fn router(app: AppState) -> Router {
         .route("/player/{*file}", get(player_file))
         .layer(axum::middleware::from_fn(crate::logging::session_span))
         .layer(egress::socketio::layer(app.clone()))
+        .layer(axum::middleware::from_fn(
+            egress::socketio::limit_client_bytes,
+        ))
+        // Outside the Socket.IO layer: the handshake rules hold for /socket.io/ too.
+        .layer(axum::middleware::from_fn(crate::app::ws::handshake))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(cors)
         .with_state(app)
@@ -99,10 +104,15 @@ async fn publish_ws(
     Path(name): Path<String>,
     Query(q): Query<PublishQuery>,
     Peer(peer): Peer,
-    headers: HeaderMap,
-    ws: axum::extract::ws::WebSocketUpgrade,
+    req: Request,
 ) -> Response {
-    ingest::websocket::serve(app, name, q.key, headers, peer, ws).await
+    let (mut parts, _) = req.into_parts();
+    match crate::app::ws::upgrade(&mut parts) {
+        Some(up) => ingest::websocket::serve(app, name, q.key, parts.headers, peer, up).await,
+        None => error_response(&Error::BadRequest(format!(
+            "GET /publish/{name} needs Upgrade: websocket; to publish over HTTP use PUT or POST"
+        ))),
+    }
 }
 
 async fn live(

@@ -300,6 +300,60 @@ pub fn ffmpeg_encoder(
     c
 }
 
+/// Engine.IO v4 polling handshake at `base` (`host:port`): the sid.
+pub async fn eio_handshake(base: &str) -> String {
+    let (status, _, body) = get(&format!("http://{base}/socket.io/?EIO=4&transport=polling")).await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    let open: serde_json::Value =
+        serde_json::from_str(text.strip_prefix('0').expect("an OPEN packet"))
+            .expect("OPEN is JSON");
+    open["sid"].as_str().expect("sid").to_string()
+}
+
+/// One Engine.IO polling GET: (status, packets).
+pub async fn eio_poll(base: &str, sid: &str) -> (u16, Vec<String>) {
+    let url = format!("http://{base}/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(15), get(&url))
+        .await
+        .expect("poll answers");
+    let text = String::from_utf8_lossy(&body);
+    let packets = if text.is_empty() {
+        vec![]
+    } else {
+        text.split('\x1e').map(str::to_string).collect()
+    };
+    (status, packets)
+}
+
+/// A raw Engine.IO polling POST with `head_extra` headers and `body`; the response
+/// head (empty if none came within LIMIT).
+pub async fn eio_post(
+    addr: std::net::SocketAddr,
+    sid: &str,
+    head_extra: &str,
+    body: &[u8],
+) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: text/plain;charset=UTF-8\r\n{head_extra}\r\n"
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(head.as_bytes()).await.expect("head");
+    // The relay may refuse (and close) before it all is sent.
+    let _ = s.write_all(body).await;
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(15), s.read(&mut b)).await {
+            Ok(Ok(1)) => got.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// Decode `url` with ffprobe for 2 s of media: (codec names in stream
 /// order, video frames read, audio frames read). Fails the test on any
 /// ffprobe error.
