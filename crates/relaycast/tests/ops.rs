@@ -378,3 +378,215 @@ fn environment_overrides_the_file_and_unknown_keys_fail() {
     )];
     assert!(Config::default().apply_env(bad).is_err(), "wrong type");
 }
+
+/// A relay's figures set by hand, the same on every run: a live stream with
+/// viewers of every transport and full histograms, one in its grace period
+/// with empty ones, two pulled from origins (cascade edge), one that ended
+/// (only in the relay-wide totals), and refusals. The handles keep the
+/// streams alive while the caller scrapes.
+fn fixed_relay() -> (
+    relaycast::fanout::Registry,
+    relaycast::limits::Refused,
+    Vec<relaycast::fanout::Publisher>,
+) {
+    use relaycast::fanout::stats::UpstreamState;
+    use relaycast::fanout::{EndReason, Registry, Source, Transport};
+    use relaycast::limits::{Reason, Refused};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let mut cfg = relaycast::fanout::FanoutConfig::default();
+    cfg.grace = Duration::from_secs(600);
+    let registry = Registry::new(cfg);
+    let set = |s: &relaycast::fanout::Stream, c: [u64; 7]| {
+        let st = s.stats();
+        for (a, v) in [
+            &st.bytes_in,
+            &st.fragments_in,
+            &st.bytes_out,
+            &st.fragments_out,
+            &st.skips,
+            &st.lag_disconnects,
+            &st.publishes,
+        ]
+        .into_iter()
+        .zip(c)
+        {
+            a.store(v, Relaxed);
+        }
+    };
+    let ms = Duration::from_millis;
+    let us = Duration::from_micros;
+    let mut keep = Vec::new();
+
+    let a = registry.publish("cam-a").expect("publish");
+    let s = registry.get("cam-a").expect("cam-a");
+    set(&s, [123_456_789, 4_567, 987_654_321, 45_670, 3, 1, 2]);
+    for (t, n) in Transport::ALL.into_iter().zip([3, 2, 1, 4, 1, 2, 0]) {
+        s.stats().viewers[t as usize].store(n, Relaxed);
+    }
+    for d in [us(300), ms(3), ms(20), ms(20), us(24_999), ms(40_000)] {
+        s.stats().delivery.observe(d);
+    }
+    for d in [ms(120), us(1_500_250)] {
+        s.stats().join.observe(d);
+    }
+    keep.push(a);
+
+    // In its grace period: not live, histograms empty.
+    drop(registry.publish("cam-b").expect("publish"));
+    let s = registry.get("cam-b").expect("cam-b in grace");
+    set(&s, [1_000, 10, 0, 0, 0, 0, 1]);
+
+    let pulled = |name: &str, from: &str, up: &str, rtt_ms, failovers, state| {
+        let p = registry
+            .publish_from(
+                name,
+                Source::Pulled {
+                    from: from.into(),
+                    upstream: up.into(),
+                    rtt_ms,
+                    failovers,
+                    seq_space: 7,
+                },
+            )
+            .expect("publish_from");
+        let s = registry.get(name).expect("pulled stream");
+        s.stats().set_upstream(state);
+        (p, s)
+    };
+    let (p, s) = pulled(
+        "edge-cam",
+        "https://origin-1.example:4443",
+        "up",
+        12,
+        2,
+        UpstreamState::Connected,
+    );
+    set(&s, [55_555, 55, 111_110, 110, 0, 0, 3]);
+    s.stats().viewers[Transport::Edge as usize].store(2, Relaxed);
+    s.stats().viewers[Transport::WebSocket as usize].store(1, Relaxed);
+    // A sum of whole seconds.
+    for d in [ms(1_500), ms(500)] {
+        s.stats().delivery.observe(d);
+    }
+    keep.push(p);
+    let (p, _) = pulled(
+        "edge-down",
+        "https://origin-2.example:4443",
+        "down",
+        1_000,
+        0,
+        UpstreamState::Failed,
+    );
+    keep.push(p);
+
+    // Ended: its counts live on in the relay-wide totals only. Off the
+    // runtime, so no grace task holds it: its stats are retired.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let old = registry.publish("old").expect("publish");
+            let s = registry.get("old").expect("old");
+            set(&s, [9_000, 9, 18_000, 18, 1, 1, 1]);
+            s.stats().delivery.observe(ms(7));
+            s.close(EndReason::Shutdown);
+            drop((old, s));
+        });
+    });
+
+    let refused = Refused::default();
+    for (r, n) in [
+        (Reason::WrongKey, 2),
+        (Reason::Viewers, 1),
+        (Reason::MemoryBudget, 4),
+    ] {
+        for _ in 0..n {
+            refused.count(r);
+        }
+    }
+    (registry, refused, keep)
+}
+
+/// A scrape without what differs from run to run: the version label and
+/// the process's own figures.
+fn normalized(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("process_") {
+                let name = l.split(' ').next().unwrap_or(l);
+                format!("{name} <process>\n")
+            } else if l.starts_with("relaycast_build_info{") {
+                "relaycast_build_info{version=\"<version>\"} 1\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
+/// Compare with a golden file under tests/fixtures; RELAYCAST_BLESS=1
+/// writes it instead.
+fn golden(file: &str, got: &str) {
+    let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var("RELAYCAST_BLESS").as_deref() == Ok("1") {
+        std::fs::write(&path, got).expect("write golden");
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    if got != want {
+        for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
+            if g != w {
+                panic!("{file}:{}: got\n{g}\nwant\n{w}\n(RELAYCAST_BLESS=1 rewrites it)", i + 1);
+            }
+        }
+        panic!(
+            "{file}: {} lines, golden has {} (RELAYCAST_BLESS=1 rewrites it)",
+            got.lines().count(),
+            want.lines().count()
+        );
+    }
+}
+
+/// `promtool check metrics` on a scrape, when promtool is installed.
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("skipping promtool check: promtool not found");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn metrics_text_of_a_fixed_relay_matches_the_golden_file() {
+    let (registry, refused, _keep) = fixed_relay();
+    let text = relaycast::server::metrics_text(&registry, &refused);
+    let (types, samples) = parse(&text);
+    check_histograms(&types, &samples);
+    // 2 + 1 + 3 set by hand, 1 by edge-down's publisher, 1 by the ended
+    // stream, which still counts in the relay-wide totals.
+    assert_eq!(
+        value(&samples, "relaycast_publishes_total", &[]),
+        Some(8.0)
+    );
+    promtool_check(&text);
+    golden("metrics.txt", &normalized(&text));
+}
