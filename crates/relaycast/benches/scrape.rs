@@ -53,7 +53,8 @@ fn scrape(c: &mut Criterion) {
 }
 
 fn scrape_text(registry: &Registry, refused: &Refused) -> String {
-    relaycast::server::metrics_text(registry, refused)
+    relaycast::server::metrics_text(registry, refused, relaycast::metrics::Format::Prometheus)
+        .unwrap_or_default()
 }
 
 criterion_group!(benches, scrape);

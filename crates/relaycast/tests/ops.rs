@@ -535,7 +535,10 @@ fn golden(file: &str, got: &str) {
     if got != want {
         for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
             if g != w {
-                panic!("{file}:{}: got\n{g}\nwant\n{w}\n(RELAYCAST_BLESS=1 rewrites it)", i + 1);
+                panic!(
+                    "{file}:{}: got\n{g}\nwant\n{w}\n(RELAYCAST_BLESS=1 rewrites it)",
+                    i + 1
+                );
             }
         }
         panic!(
@@ -577,16 +580,114 @@ fn promtool_check(text: &str) {
 
 #[tokio::test]
 async fn metrics_text_of_a_fixed_relay_matches_the_golden_file() {
+    use relaycast::metrics::Format;
     let (registry, refused, _keep) = fixed_relay();
-    let text = relaycast::server::metrics_text(&registry, &refused);
+    let text =
+        relaycast::server::metrics_text(&registry, &refused, Format::Prometheus).expect("metrics");
     let (types, samples) = parse(&text);
     check_histograms(&types, &samples);
     // 2 + 1 + 3 set by hand, 1 by edge-down's publisher, 1 by the ended
     // stream, which still counts in the relay-wide totals.
-    assert_eq!(
-        value(&samples, "relaycast_publishes_total", &[]),
-        Some(8.0)
-    );
+    assert_eq!(value(&samples, "relaycast_publishes_total", &[]), Some(8.0));
     promtool_check(&text);
     golden("metrics.txt", &normalized(&text));
+
+    // OpenMetrics: the same series and values, its own golden file.
+    let om = relaycast::server::metrics_text(&registry, &refused, Format::OpenMetrics)
+        .expect("openmetrics");
+    assert!(om.ends_with("\n# EOF\n"), "{om}");
+    assert!(om.contains("# TYPE relaycast_bytes_in counter\n"));
+    let (a, b) = (series(&om), series(&text));
+    let differ: Vec<_> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .chain(b.iter().filter(|(k, _)| !a.contains_key(*k)))
+        .collect();
+    assert!(differ.is_empty(), "OpenMetrics and 0.0.4 differ in {differ:?}");
+    golden("metrics.openmetrics.txt", &normalized(&om));
+}
+
+/// Every sample of a scrape (either format) by series: labels sorted (the
+/// formats order `le` differently), `le` read as a number (`1` and `1.0` are
+/// the same bucket); process figures left out.
+fn series(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
+        .map(|l| {
+            let (head, v) = l.rsplit_once(' ').expect("sample");
+            let (name, labels) = head.split_once('{').unwrap_or((head, "}"));
+            let mut set = BTreeMap::new();
+            let body = labels.strip_suffix('}').expect("labels close");
+            for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once("=\"").expect("k=\"v\"");
+                let v = v.trim_end_matches('"').to_string();
+                let v = match k {
+                    "le" => format!("{}", v.parse::<f64>().expect("le is a number")),
+                    _ => v,
+                };
+                set.insert(k.to_string(), v);
+            }
+            (format!("{name}{set:?}"), v.parse().expect("value"))
+        })
+        .collect()
+}
+
+/// GET `url` with one extra request header.
+async fn get_with(url: &str, name: &str, value: &str) -> (u16, hyper::HeaderMap, Bytes) {
+    use http_body_util::BodyExt;
+    let u = url::Url::parse(url).expect("url");
+    let host = u.host_str().expect("host").to_string();
+    let port = u.port().expect("port");
+    let mut sender = common::http1((host.as_str(), port)).await;
+    let req = hyper::Request::get(&u[url::Position::BeforePath..])
+        .header("host", format!("{host}:{port}"))
+        .header(name, value)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let r = sender.send_request(req).await.expect("send");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let b = r.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, b)
+}
+
+#[tokio::test]
+async fn metrics_speak_openmetrics_when_the_scraper_prefers_it() {
+    let relay = relay(config()).await;
+    let url = format!("http://127.0.0.1:{}/metrics", relay.addr.port());
+    let ct = |h: &hyper::HeaderMap| {
+        h.get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    // What Prometheus sends.
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (status, h, om) = get_with(&url, "accept", prometheus).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        ct(&h),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert_eq!(h.get("vary").and_then(|v| v.to_str().ok()), Some("accept"));
+    let om = String::from_utf8(om.to_vec()).expect("utf-8");
+    assert!(om.ends_with("\n# EOF\n"), "{om}");
+    assert!(om.contains("# TYPE relaycast_publishes counter\nrelaycast_publishes_total 0\n"));
+    // No Accept, or one that prefers the text format: 0.0.4 as always.
+    for accept in [None, Some("text/plain;version=0.0.4"), Some("*/*")] {
+        let (status, h, text) = match accept {
+            None => get(&url).await,
+            Some(a) => get_with(&url, "accept", a).await,
+        };
+        assert_eq!(status, 200);
+        assert_eq!(
+            ct(&h),
+            "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        let text = String::from_utf8(text.to_vec()).expect("utf-8");
+        assert!(!text.contains("# EOF"));
+        parse(&text);
+    }
+    relay.shutdown().await;
 }

@@ -668,7 +668,12 @@ async fn ffmpeg_publishes_over_raw_tcp_and_http_put_and_ffprobe_decodes_both() {
             .expect("ffmpeg status");
         assert!(out.success(), "ffmpeg over {what} exited with {out}");
     }
-    let m = relaycast::server::metrics_text(&relay.state.registry, &relay.state.limits.refused);
+    let m = relaycast::server::metrics_text(
+        &relay.state.registry,
+        &relay.state.limits.refused,
+        relaycast::metrics::Format::Prometheus,
+    )
+    .expect("metrics");
     assert!(
         m.contains("relaycast_stream_publishes_total{stream=\"tcpcam\"} 1"),
         "{m}"
