@@ -53,8 +53,7 @@ fn scrape(c: &mut Criterion) {
 }
 
 fn scrape_text(registry: &Registry, refused: &Refused) -> String {
-    relaycast::server::metrics_text(registry, refused, relaycast::metrics::Format::Prometheus)
-        .unwrap_or_default()
+    relaycast::server::metrics_text(registry, refused)
 }
 
 criterion_group!(benches, scrape);

@@ -334,6 +334,16 @@ impl Core {
         }
         let mut m = family(
             e,
+            "relaycast_ingest_publishers_total",
+            Kind::Counter,
+            "Publishers admitted, by ingest transport (http, ws, tcp, quic, rtmp, srt).",
+        )?;
+        let admitted = self.registry.totals().ingest_snapshot();
+        for (t, n) in crate::fanout::Ingest::ALL.iter().zip(admitted) {
+            counter(&mut m, &[("transport", t.name())], n)?;
+        }
+        let mut m = family(
+            e,
             "relaycast_refused_total",
             Kind::Counter,
             "Clients refused, by reason.",

@@ -323,6 +323,9 @@ fn the_documented_example_config_parses_and_names_every_key() {
         "server.player_dir",
         "ingest.publish_key",
         "quic.listen",
+        "ingest.rtmp.listen",
+        "ingest.rtmp.tls_listen",
+        "ingest.srt.listen",
     ] {
         let leaf = optional.rsplit('.').next().unwrap_or(optional);
         assert!(
@@ -582,8 +585,7 @@ fn promtool_check(text: &str) {
 async fn metrics_text_of_a_fixed_relay_matches_the_golden_file() {
     use relaycast::metrics::Format;
     let (registry, refused, _keep) = fixed_relay();
-    let text =
-        relaycast::server::metrics_text(&registry, &refused, Format::Prometheus).expect("metrics");
+    let text = relaycast::server::scrape(&registry, &refused, Format::Prometheus).expect("metrics");
     let (types, samples) = parse(&text);
     check_histograms(&types, &samples);
     // 2 + 1 + 3 set by hand, 1 by edge-down's publisher, 1 by the ended
@@ -593,8 +595,8 @@ async fn metrics_text_of_a_fixed_relay_matches_the_golden_file() {
     golden("metrics.txt", &normalized(&text));
 
     // OpenMetrics: the same series and values, its own golden file.
-    let om = relaycast::server::metrics_text(&registry, &refused, Format::OpenMetrics)
-        .expect("openmetrics");
+    let om =
+        relaycast::server::scrape(&registry, &refused, Format::OpenMetrics).expect("openmetrics");
     assert!(om.ends_with("\n# EOF\n"), "{om}");
     assert!(om.contains("# TYPE relaycast_bytes_in counter\n"));
     let (a, b) = (series(&om), series(&text));
@@ -603,7 +605,10 @@ async fn metrics_text_of_a_fixed_relay_matches_the_golden_file() {
         .filter(|(k, v)| b.get(*k) != Some(v))
         .chain(b.iter().filter(|(k, _)| !a.contains_key(*k)))
         .collect();
-    assert!(differ.is_empty(), "OpenMetrics and 0.0.4 differ in {differ:?}");
+    assert!(
+        differ.is_empty(),
+        "OpenMetrics and 0.0.4 differ in {differ:?}"
+    );
     golden("metrics.openmetrics.txt", &normalized(&om));
 }
 

@@ -45,7 +45,15 @@ pub async fn serve(
     body: Body,
 ) -> Response {
     let key = key_from(key.as_deref(), &headers);
-    let mut session = match admit(&app, &name, key.as_deref(), peer).await {
+    let mut session = match admit(
+        &app,
+        crate::fanout::Ingest::Http,
+        &name,
+        key.as_deref(),
+        peer,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
             linger(body.into_data_stream());
