@@ -397,9 +397,10 @@ fn fixed_relay() -> (
     use relaycast::limits::{Reason, Refused};
     use std::sync::atomic::Ordering::Relaxed;
 
-    let mut cfg = relaycast::fanout::FanoutConfig::default();
-    cfg.grace = Duration::from_secs(600);
-    let registry = Registry::new(cfg);
+    let registry = Registry::new(relaycast::fanout::FanoutConfig {
+        grace: Duration::from_secs(600),
+        ..Default::default()
+    });
     let set = |s: &relaycast::fanout::Stream, c: [u64; 7]| {
         let st = s.stats();
         for (a, v) in [
