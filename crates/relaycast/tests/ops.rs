@@ -321,6 +321,7 @@ fn the_documented_example_config_parses_and_names_every_key() {
         "server.tls_cert",
         "server.tls_key",
         "server.player_dir",
+        "server.operator_token",
         "ingest.publish_key",
         "quic.listen",
         "ingest.rtmp.listen",
