@@ -639,25 +639,6 @@ fn series(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// GET `url` with one extra request header.
-async fn get_with(url: &str, name: &str, value: &str) -> (u16, hyper::HeaderMap, Bytes) {
-    use http_body_util::BodyExt;
-    let u = url::Url::parse(url).expect("url");
-    let host = u.host_str().expect("host").to_string();
-    let port = u.port().expect("port");
-    let mut sender = common::http1((host.as_str(), port)).await;
-    let req = hyper::Request::get(&u[url::Position::BeforePath..])
-        .header("host", format!("{host}:{port}"))
-        .header(name, value)
-        .body(http_body_util::Empty::<Bytes>::new())
-        .expect("request");
-    let r = sender.send_request(req).await.expect("send");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let b = r.into_body().collect().await.expect("body").to_bytes();
-    (status, headers, b)
-}
-
 #[tokio::test]
 async fn metrics_speak_openmetrics_when_the_scraper_prefers_it() {
     let relay = relay(config()).await;
@@ -670,7 +651,7 @@ async fn metrics_speak_openmetrics_when_the_scraper_prefers_it() {
     };
     // What Prometheus sends.
     let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-    let (status, h, om) = get_with(&url, "accept", prometheus).await;
+    let (status, h, om) = get_with(&url, &[("accept", prometheus)]).await;
     assert_eq!(status, 200);
     assert_eq!(
         ct(&h),
@@ -684,7 +665,7 @@ async fn metrics_speak_openmetrics_when_the_scraper_prefers_it() {
     for accept in [None, Some("text/plain;version=0.0.4"), Some("*/*")] {
         let (status, h, text) = match accept {
             None => get(&url).await,
-            Some(a) => get_with(&url, "accept", a).await,
+            Some(a) => get_with(&url, &[("accept", a)]).await,
         };
         assert_eq!(status, 200);
         assert_eq!(
