@@ -29,30 +29,43 @@ pub static MALLOC_CONF: &[u8; 60] =
 /// /metrics, from jemalloc's statistics.
 #[cfg(not(target_env = "msvc"))]
 fn heap_metrics() {
-    use relaycast::metrics::{Exposition, Kind};
-    use tikv_jemalloc_ctl::{epoch, stats};
-    relaycast::metrics::add_collector(Box::new(|_, e: &mut Exposition| {
+    relaycast::metrics::add_collector(HeapMetrics);
+}
+
+/// The collector of [`heap_metrics`].
+#[cfg(not(target_env = "msvc"))]
+#[derive(Debug)]
+struct HeapMetrics;
+
+#[cfg(not(target_env = "msvc"))]
+impl relaycast::metrics::Collector for HeapMetrics {
+    fn encode(&self, mut e: relaycast::metrics::DescriptorEncoder) -> std::fmt::Result {
+        use relaycast::metrics::{Kind, single};
+        use tikv_jemalloc_ctl::{epoch, stats};
         // The statistics are a snapshot refreshed by advancing the epoch.
         if epoch::advance().is_err() {
-            return;
+            return Ok(());
         }
         if let Ok(n) = stats::allocated::read() {
-            e.single(
+            single(
+                &mut e,
                 "relaycast_heap_allocated_bytes",
                 Kind::Gauge,
                 "Bytes of heap allocated by the relay and not yet freed (jemalloc stats.allocated).",
                 n as u64,
-            );
+            )?;
         }
         if let Ok(n) = stats::resident::read() {
-            e.single(
+            single(
+                &mut e,
                 "relaycast_heap_resident_bytes",
                 Kind::Gauge,
                 "Bytes of physical memory the allocator holds, including freed pages not yet returned (jemalloc stats.resident).",
                 n as u64,
-            );
+            )?;
         }
-    }));
+        Ok(())
+    }
 }
 
 #[cfg(target_env = "msvc")]

@@ -1,14 +1,23 @@
-//! `metrics`: what `GET /metrics` says, in the Prometheus text format
-//! (version 0.0.4), written by hand from atomics at scrape time.
+//! `metrics`: what `GET /metrics` says, encoded by the `prometheus-client`
+//! crate from the relay's own atomics at scrape time.
 //!
-//! Why by hand: every number already lives in an atomic next to the thing it
-//! counts ([`StreamStats`] per stream), so a scrape is a walk over the
-//! streams, and the hot path stays what it was: no lock, no allocation, no
-//! map lookup per fragment per viewer. Histograms are real cumulative
-//! Prometheus histograms (`_bucket{le=…}`, `_sum`, `_count`); a viewer
-//! gathers its delivery latencies in a local [`LocalHistogram`] and folds
-//! them into its stream's shared [`Histogram`] every [`FLUSH_EVERY`]
-//! observations, every second, and when it goes away.
+//! The numbers live in atomics next to the thing they count ([`StreamStats`]
+//! per stream, [`Totals`] relay-wide, [`Refused`](crate::limits::Refused)),
+//! so the hot path stays what it was: no lock, no allocation, no map lookup
+//! per fragment per viewer. A scrape walks the streams; the families are
+//! `prometheus-client` [`Collector`]s that read those atomics and hand the
+//! values to the crate's encoder, which owns the format: the Prometheus text
+//! format 0.0.4 by default (`prometheus_text::encode`), OpenMetrics 1.0.0
+//! when the scraper's `Accept` prefers it (`text::encode`, see [`Format`]).
+//! The crate's own metric types (`Family`, `Counter`) are not used: they
+//! would put a hash map lookup on the hot path. `tests/ops.rs` holds the
+//! output of a fixed relay as a golden file, so a change in the crate's
+//! formatting is seen.
+//!
+//! Histograms are real cumulative Prometheus histograms (`_bucket{le=…}`,
+//! `_sum`, `_count`); a viewer gathers its delivery latencies in a local
+//! [`LocalHistogram`] and folds them into its stream's shared [`Histogram`]
+//! every [`FLUSH_EVERY`] observations, every second, and when it goes away.
 //!
 //! # Families
 //!
@@ -27,416 +36,482 @@
 //! # Adding a family
 //!
 //! A counter that belongs to a stream goes into [`StreamStats`] and gets a
-//! line in [`write_streams`]. A relay-wide family that has its own state
-//! registers a [`Collector`] with [`add_collector`]; it is called on every
-//! scrape with an [`Exposition`] to write to. Refusals go through
-//! [`refused`].
+//! line in `Core::streams`. A layer above this one (the cascade) passes a
+//! [`Part`] to [`metrics_text`]: it makes a [`Collector`] for the scrape.
+//! Process-wide state (the allocator's heap figures) registers a
+//! [`Collector`] with [`add_collector`]. Write families with [`family`] and
+//! samples with [`gauge`], [`counter`] and [`histogram`]. Refusals go
+//! through [`refused`](crate::limits::Refused::refuse).
 
 use crate::fanout::stats::*;
-use crate::fanout::{Registry, Transport};
+use crate::fanout::{Registry, Stream, Transport};
+use crate::limits::{Reason, Refused};
 use parking_lot::Mutex;
-use std::fmt::Write as _;
+pub use prometheus_client::collector::Collector;
+pub use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder};
+use prometheus_client::encoding::{NoLabelSet, prometheus_text, text};
+pub use prometheus_client::metrics::MetricType as Kind;
+use std::fmt;
+use std::sync::Arc;
 
-/// Writes extra families into a scrape; see [`add_collector`].
-pub type Collector = Box<dyn Fn(&Registry, &mut Exposition) + Send + Sync>;
+/// A process-wide collector, shared by every scrape.
+#[derive(Debug)]
+struct Shared(Arc<dyn Collector>);
 
-static COLLECTORS: Mutex<Vec<Collector>> = Mutex::new(Vec::new());
-
-/// Register a function called on every scrape (process-wide) to write more
-/// families, e.g. a QUIC endpoint's connection gauge.
-pub fn add_collector(c: Collector) {
-    COLLECTORS.lock().push(c);
+impl Collector for Shared {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        self.0.encode(encoder)
+    }
 }
 
-/// Metric kinds.
+static COLLECTORS: Mutex<Vec<Arc<dyn Collector>>> = Mutex::new(Vec::new());
+
+/// Register a collector called on every scrape (process-wide), after the
+/// relay's own families, e.g. the allocator's heap gauges.
+pub fn add_collector(c: impl Collector) {
+    COLLECTORS.lock().push(Arc::new(c));
+}
+
+/// The exposition format of a scrape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Monotonic (the name should end in `_total`).
-    Counter,
-    /// Goes up and down.
-    Gauge,
-    /// `_bucket`/`_sum`/`_count`.
-    Histogram,
+pub enum Format {
+    /// The Prometheus text format, version 0.0.4 (the default).
+    Prometheus,
+    /// OpenMetrics 1.0.0 text (counter families without `_total`, `# EOF`).
+    OpenMetrics,
 }
 
-/// A scrape being written: families with `# HELP` / `# TYPE`, then samples.
-#[derive(Debug, Default)]
-pub struct Exposition {
-    out: String,
-}
-
-impl Exposition {
-    /// Start a family. Its samples must follow before the next family.
-    pub fn family(&mut self, name: &str, kind: Kind, help: &str) {
-        let kind = match kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        };
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    /// One sample of the current family.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
-        self.out.push_str(name);
-        self.labels(labels, None);
-        let _ = writeln!(self.out, " {value}");
-    }
-
-    /// One sample of the current family, a float (seconds, ratios).
-    pub fn sample_f64(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        self.labels(labels, None);
-        let _ = writeln!(self.out, " {value}");
-    }
-
-    /// A family with a single unlabelled sample.
-    pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: u64) {
-        self.family(name, kind, help);
-        self.sample(name, &[], value);
-    }
-
-    /// The samples of one histogram (seconds) of the current family.
-    pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
-        let mut cum = 0;
-        for (i, n) in h.buckets.iter().enumerate() {
-            cum += n;
-            let le = match BUCKETS_US.get(i) {
-                Some(&us) => secs(us),
-                None => "+Inf".to_string(),
-            };
-            let _ = write!(self.out, "{name}_bucket");
-            self.labels(labels, Some(&le));
-            let _ = writeln!(self.out, " {cum}");
-        }
-        let _ = write!(self.out, "{name}_sum");
-        self.labels(labels, None);
-        let _ = writeln!(self.out, " {}", secs(h.sum_us));
-        let _ = write!(self.out, "{name}_count");
-        self.labels(labels, None);
-        let _ = writeln!(self.out, " {}", h.count);
-    }
-
-    fn labels(&mut self, labels: &[(&str, &str)], le: Option<&str>) {
-        if labels.is_empty() && le.is_none() {
-            return;
-        }
-        self.out.push('{');
-        let mut first = true;
-        for (k, v) in labels.iter().copied().chain(le.map(|le| ("le", le))) {
-            if !first {
-                self.out.push(',');
+impl Format {
+    /// The format a scraper asks for with `accept` (an `Accept` header):
+    /// OpenMetrics when `application/openmetrics-text` has a higher quality
+    /// than `text/plain` (Prometheus' own scraper sends 1 and 0.5), the
+    /// text format 0.0.4 otherwise, including when there is no header.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let (mut openmetrics, mut plain) = (0.0f32, 0.0f32);
+        for range in accept.unwrap_or("").split(',') {
+            let mut params = range.split(';').map(str::trim);
+            let media = params.next().unwrap_or("").to_ascii_lowercase();
+            let q = params
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, v)| v.trim().parse::<f32>().ok())
+                .unwrap_or(0.0);
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+                "text/plain" | "text/*" | "*/*" => plain = plain.max(q),
+                _ => {}
             }
-            first = false;
-            self.out.push_str(k);
-            self.out.push_str("=\"");
-            for ch in v.chars() {
-                match ch {
-                    '\\' => self.out.push_str("\\\\"),
-                    '"' => self.out.push_str("\\\""),
-                    '\n' => self.out.push_str("\\n"),
-                    c => self.out.push(c),
-                }
-            }
-            self.out.push('"');
         }
-        self.out.push('}');
+        if openmetrics > 0.0 && openmetrics > plain {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
     }
 
-    /// The text written so far.
-    pub fn finish(self) -> String {
-        self.out
+    /// The `Content-Type` of a scrape in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
     }
 }
 
-/// Microseconds as seconds, exactly (`1500` → `0.0015`).
-fn secs(us: u64) -> String {
-    let s = format!("{}.{:06}", us / 1_000_000, us % 1_000_000);
-    let s = s.trim_end_matches('0');
-    s.strip_suffix('.').unwrap_or(s).to_string()
-}
+/// Makes the collector of a layer above this one (the cascade's) for one
+/// scrape of a relay; see [`metrics_text`].
+pub type Part = dyn Fn(&Registry) -> Box<dyn Collector>;
 
-/// Writes the families of a layer above this one into a scrape.
-pub type Part = dyn Fn(&Registry, &mut Exposition);
-
-/// The whole `/metrics` text for a relay; `refused` are its refusals by
-/// reason (counted by [`crate::limits`]); `parts` write the families of the
-/// layers above this one (the cascade's), after the streams'.
+/// The whole `/metrics` text for a relay in `format`; `refused` are its
+/// refusals by reason (counted by [`crate::limits`]); `parts` make the
+/// collectors of the layers above this one (the cascade's), written after
+/// the streams' families. Fails only when a collector does.
 pub fn metrics_text(
     registry: &Registry,
-    refused: &crate::limits::Refused,
+    refused: &Refused,
     parts: &[&Part],
-) -> String {
-    let mut e = Exposition::default();
-    write_totals(registry, refused, &mut e);
-    write_streams(registry, &mut e);
-    for part in parts {
-        part(registry, &mut e);
-    }
-    write_process(&mut e);
-    for c in COLLECTORS.lock().iter() {
-        c(registry, &mut e);
-    }
-    e.finish()
+    format: Format,
+) -> Result<String, crate::Error> {
+    let mut collectors: Vec<Box<dyn Collector>> = vec![Box::new(Core {
+        registry: registry.clone(),
+        refused: refused.snapshot(),
+    })];
+    collectors.extend(parts.iter().map(|part| part(registry)));
+    collectors.push(Box::new(Process));
+    let shared = COLLECTORS.lock().clone();
+    collectors.extend(
+        shared
+            .into_iter()
+            .map(|c| Box::new(Shared(c)) as Box<dyn Collector>),
+    );
+    encode(collectors, format)
+        .map_err(|_| crate::Error::Internal("a /metrics collector failed".into()))
 }
 
-fn write_totals(registry: &Registry, refused: &crate::limits::Refused, e: &mut Exposition) {
-    let streams = registry.list();
-    let (c, viewers, upstream) = registry.totals().snapshot();
-    e.family(
-        "relaycast_build_info",
-        Kind::Gauge,
-        "Always 1; the version is a label.",
-    );
-    e.sample(
-        "relaycast_build_info",
-        &[("version", env!("CARGO_PKG_VERSION"))],
-        1,
-    );
-    e.single(
-        "relaycast_streams",
-        Kind::Gauge,
-        "Streams that exist now (live or in their grace period).",
-        streams.len() as u64,
-    );
-    e.single(
-        "relaycast_publishers",
-        Kind::Gauge,
-        "Publishers connected now.",
-        streams.iter().filter(|s| s.is_live()).count() as u64,
-    );
-    e.family(
-        "relaycast_viewers",
-        Kind::Gauge,
-        "Viewers connected now, by transport.",
-    );
-    for t in Transport::ALL {
-        e.sample(
-            "relaycast_viewers",
-            &[("transport", t.name())],
-            viewers[t as usize],
-        );
+/// Encode `collectors`, in order, in `format`.
+fn encode(collectors: Vec<Box<dyn Collector>>, format: Format) -> Result<String, fmt::Error> {
+    let mut r = prometheus_client::registry::Registry::default();
+    for c in collectors {
+        r.register_collector(c);
     }
-    let counters: [(&str, &str, u64); 7] = [
-        (
-            "relaycast_bytes_in_total",
-            "Fragment bytes received from publishers.",
-            c.bytes_in,
-        ),
-        (
-            "relaycast_fragments_in_total",
-            "Fragments received from publishers.",
-            c.fragments_in,
-        ),
-        (
-            "relaycast_bytes_out_total",
-            "Fragment bytes handed to viewers.",
-            c.bytes_out,
-        ),
-        (
-            "relaycast_fragments_out_total",
-            "Fragments handed to viewers.",
-            c.fragments_out,
-        ),
-        (
-            "relaycast_skips_total",
-            "Times a slow viewer was moved forward to the newest keyframe.",
-            c.skips,
-        ),
-        (
-            "relaycast_lag_disconnects_total",
-            "Viewers disconnected for lagging.",
-            c.lag_disconnects,
-        ),
-        (
-            "relaycast_publishes_total",
-            "Publisher connections accepted.",
-            c.publishes,
-        ),
-    ];
-    for (name, help, v) in counters {
-        e.single(name, Kind::Counter, help, v);
+    let mut out = String::new();
+    match format {
+        Format::Prometheus => prometheus_text::encode(&mut out, &r)?,
+        Format::OpenMetrics => text::encode(&mut out, &r)?,
     }
-    e.family(
-        "relaycast_ingest_publishers_total",
-        Kind::Counter,
-        "Publishers admitted, by ingest transport (http, ws, tcp, quic, rtmp, srt).",
-    );
-    let admitted = registry.totals().ingest_snapshot();
-    for (t, n) in crate::fanout::Ingest::ALL.iter().zip(admitted) {
-        e.sample(
-            "relaycast_ingest_publishers_total",
-            &[("transport", t.name())],
+    Ok(out)
+}
+
+/// Start a family: `# HELP`, `# TYPE`; its samples follow through the
+/// returned encoder. A counter's `name` ends in `_total`, as it is exposed
+/// (the encoder writes the suffix itself).
+pub fn family<'s>(
+    e: &'s mut DescriptorEncoder,
+    name: &'s str,
+    kind: Kind,
+    help: &str,
+) -> Result<MetricEncoder<'s>, fmt::Error> {
+    let name = match kind {
+        Kind::Counter => name.strip_suffix("_total").ok_or(fmt::Error)?,
+        _ => name,
+    };
+    e.encode_descriptor(name, help, None, kind)
+}
+
+/// One gauge sample of the current family.
+pub fn gauge(m: &mut MetricEncoder, labels: &[(&str, &str)], value: u64) -> fmt::Result {
+    if labels.is_empty() {
+        m.encode_gauge(&value)
+    } else {
+        m.encode_family(&labels)?.encode_gauge(&value)
+    }
+}
+
+/// One gauge sample of the current family, a float (seconds, ratios).
+pub fn gauge_f64(m: &mut MetricEncoder, labels: &[(&str, &str)], value: f64) -> fmt::Result {
+    m.encode_family(&labels)?.encode_gauge(&value)
+}
+
+/// One counter sample of the current family.
+pub fn counter(m: &mut MetricEncoder, labels: &[(&str, &str)], value: u64) -> fmt::Result {
+    m.encode_family(&labels)?
+        .encode_counter::<NoLabelSet, u64, u64>(&value, None)
+}
+
+/// A family with a single unlabelled sample (gauge or counter).
+pub fn single(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    kind: Kind,
+    help: &str,
+    value: u64,
+) -> fmt::Result {
+    let mut m = family(e, name, kind, help)?;
+    match kind {
+        Kind::Counter => counter(&mut m, &[], value),
+        _ => gauge(&mut m, &[], value),
+    }
+}
+
+/// The samples of one histogram (seconds) of the current family.
+pub fn histogram(
+    m: &mut MetricEncoder,
+    labels: &[(&str, &str)],
+    h: &HistogramSnapshot,
+) -> fmt::Result {
+    let mut buckets = [(f64::INFINITY, 0); BUCKETS_US.len() + 1];
+    for (i, (b, &n)) in buckets.iter_mut().zip(h.buckets.iter()).enumerate() {
+        *b = (
+            BUCKETS_US
+                .get(i)
+                .map_or(f64::INFINITY, |&us| us as f64 / 1e6),
             n,
         );
     }
-    e.family(
-        "relaycast_refused_total",
-        Kind::Counter,
-        "Clients refused, by reason.",
-    );
-    for (reason, n) in refused.snapshot() {
-        e.sample("relaycast_refused_total", &[("reason", reason.name())], n);
-    }
-    e.family(
-        "relaycast_join_seconds",
-        Kind::Histogram,
-        "Viewer connected (cursor opened) to its first fragment written; push transports only.",
-    );
-    e.histogram("relaycast_join_seconds", &[], &c.join);
-    e.family(
-        "relaycast_delivery_seconds",
-        Kind::Histogram,
-        "Fragment arrival at the relay to written to a viewer.",
-    );
-    e.histogram("relaycast_delivery_seconds", &[], &c.delivery);
-    e.family(
-        "relaycast_upstream_streams",
-        Kind::Gauge,
-        "Streams by upstream (cascade) state; none = published here.",
-    );
-    for s in UpstreamState::ALL {
-        e.sample(
-            "relaycast_upstream_streams",
-            &[("state", s.name())],
-            upstream[s as usize],
-        );
+    m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+        h.sum_us as f64 / 1e6,
+        h.count,
+        &buckets,
+        None,
+    )
+}
+
+/// The core's families of one relay: relay-wide, then per stream.
+struct Core {
+    registry: Registry,
+    refused: Vec<(Reason, u64)>,
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("streams", &self.registry.len())
+            .field("refused", &self.refused)
+            .finish()
     }
 }
 
-/// The per-stream families.
-fn write_streams(registry: &Registry, e: &mut Exposition) {
-    let streams = registry.list();
-    let counts: Vec<Counts> = streams.iter().map(|s| Counts::of(s.stats())).collect();
-    e.family(
-        "relaycast_stream_live",
-        Kind::Gauge,
-        "1 while the stream has a publisher.",
-    );
-    for s in &streams {
-        e.sample(
-            "relaycast_stream_live",
-            &[("stream", s.name())],
-            u64::from(s.is_live()),
-        );
+impl Collector for Core {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let streams = self.registry.list();
+        self.totals(&streams, &mut e)?;
+        Core::streams(&streams, &mut e)
     }
-    e.family(
-        "relaycast_stream_viewers",
-        Kind::Gauge,
-        "Viewers of the stream now, by transport.",
-    );
-    for s in &streams {
+}
+
+impl Core {
+    fn totals(&self, streams: &[Stream], e: &mut DescriptorEncoder) -> fmt::Result {
+        let (c, viewers, upstream) = self.registry.totals().snapshot();
+        let mut m = family(
+            e,
+            "relaycast_build_info",
+            Kind::Gauge,
+            "Always 1; the version is a label.",
+        )?;
+        gauge(&mut m, &[("version", env!("CARGO_PKG_VERSION"))], 1)?;
+        single(
+            e,
+            "relaycast_streams",
+            Kind::Gauge,
+            "Streams that exist now (live or in their grace period).",
+            streams.len() as u64,
+        )?;
+        single(
+            e,
+            "relaycast_publishers",
+            Kind::Gauge,
+            "Publishers connected now.",
+            streams.iter().filter(|s| s.is_live()).count() as u64,
+        )?;
+        let mut m = family(
+            e,
+            "relaycast_viewers",
+            Kind::Gauge,
+            "Viewers connected now, by transport.",
+        )?;
         for t in Transport::ALL {
-            e.sample(
-                "relaycast_stream_viewers",
-                &[("stream", s.name()), ("transport", t.name())],
-                s.stats().viewers_of(t),
-            );
+            gauge(&mut m, &[("transport", t.name())], viewers[t as usize])?;
         }
-    }
-    type Get = fn(&Counts) -> u64;
-    let families: [(&str, &str, Get); 7] = [
-        (
-            "relaycast_stream_bytes_in_total",
-            "Fragment bytes received.",
-            |c| c.bytes_in,
-        ),
-        (
-            "relaycast_stream_fragments_in_total",
-            "Fragments received.",
-            |c| c.fragments_in,
-        ),
-        (
-            "relaycast_stream_bytes_out_total",
-            "Fragment bytes handed to viewers.",
-            |c| c.bytes_out,
-        ),
-        (
-            "relaycast_stream_fragments_out_total",
-            "Fragments handed to viewers.",
-            |c| c.fragments_out,
-        ),
-        (
-            "relaycast_stream_skips_total",
-            "Viewer skips to the newest keyframe.",
-            |c| c.skips,
-        ),
-        (
-            "relaycast_stream_lag_disconnects_total",
-            "Viewers disconnected for lagging.",
-            |c| c.lag_disconnects,
-        ),
-        (
-            "relaycast_stream_publishes_total",
-            "Publisher connections.",
-            |c| c.publishes,
-        ),
-    ];
-    for (name, help, get) in families {
-        e.family(name, Kind::Counter, help);
-        for (s, c) in streams.iter().zip(&counts) {
-            e.sample(name, &[("stream", s.name())], get(c));
+        let counters: [(&str, &str, u64); 7] = [
+            (
+                "relaycast_bytes_in_total",
+                "Fragment bytes received from publishers.",
+                c.bytes_in,
+            ),
+            (
+                "relaycast_fragments_in_total",
+                "Fragments received from publishers.",
+                c.fragments_in,
+            ),
+            (
+                "relaycast_bytes_out_total",
+                "Fragment bytes handed to viewers.",
+                c.bytes_out,
+            ),
+            (
+                "relaycast_fragments_out_total",
+                "Fragments handed to viewers.",
+                c.fragments_out,
+            ),
+            (
+                "relaycast_skips_total",
+                "Times a slow viewer was moved forward to the newest keyframe.",
+                c.skips,
+            ),
+            (
+                "relaycast_lag_disconnects_total",
+                "Viewers disconnected for lagging.",
+                c.lag_disconnects,
+            ),
+            (
+                "relaycast_publishes_total",
+                "Publisher connections accepted.",
+                c.publishes,
+            ),
+        ];
+        for (name, help, v) in counters {
+            single(e, name, Kind::Counter, help, v)?;
         }
-    }
-    e.family(
-        "relaycast_stream_join_seconds",
-        Kind::Histogram,
-        "Viewer join time (cursor opened to first fragment written).",
-    );
-    for (s, c) in streams.iter().zip(&counts) {
-        e.histogram(
-            "relaycast_stream_join_seconds",
-            &[("stream", s.name())],
-            &c.join,
-        );
-    }
-    e.family(
-        "relaycast_stream_delivery_seconds",
-        Kind::Histogram,
-        "Fragment arrival to written to a viewer.",
-    );
-    for (s, c) in streams.iter().zip(&counts) {
-        e.histogram(
-            "relaycast_stream_delivery_seconds",
-            &[("stream", s.name())],
-            &c.delivery,
-        );
-    }
-    e.family(
-        "relaycast_stream_upstream_state",
-        Kind::Gauge,
-        "1 for the stream's current upstream (cascade) state.",
-    );
-    for s in &streams {
-        let cur = s.stats().upstream.get();
-        for st in UpstreamState::ALL {
-            e.sample(
-                "relaycast_stream_upstream_state",
-                &[("stream", s.name()), ("state", st.name())],
-                u64::from(st == cur),
-            );
+        let mut m = family(
+            e,
+            "relaycast_ingest_publishers_total",
+            Kind::Counter,
+            "Publishers admitted, by ingest transport (http, ws, tcp, quic, rtmp, srt).",
+        )?;
+        let admitted = self.registry.totals().ingest_snapshot();
+        for (t, n) in crate::fanout::Ingest::ALL.iter().zip(admitted) {
+            counter(&mut m, &[("transport", t.name())], n)?;
         }
+        let mut m = family(
+            e,
+            "relaycast_refused_total",
+            Kind::Counter,
+            "Clients refused, by reason.",
+        )?;
+        for &(reason, n) in &self.refused {
+            counter(&mut m, &[("reason", reason.name())], n)?;
+        }
+        let mut m = family(
+            e,
+            "relaycast_join_seconds",
+            Kind::Histogram,
+            "Viewer connected (cursor opened) to its first fragment written; push transports only.",
+        )?;
+        histogram(&mut m, &[], &c.join)?;
+        let mut m = family(
+            e,
+            "relaycast_delivery_seconds",
+            Kind::Histogram,
+            "Fragment arrival at the relay to written to a viewer.",
+        )?;
+        histogram(&mut m, &[], &c.delivery)?;
+        let mut m = family(
+            e,
+            "relaycast_upstream_streams",
+            Kind::Gauge,
+            "Streams by upstream (cascade) state; none = published here.",
+        )?;
+        for s in UpstreamState::ALL {
+            gauge(&mut m, &[("state", s.name())], upstream[s as usize])?;
+        }
+        Ok(())
+    }
+
+    /// The per-stream families.
+    fn streams(streams: &[Stream], e: &mut DescriptorEncoder) -> fmt::Result {
+        let counts: Vec<Counts> = streams.iter().map(|s| Counts::of(s.stats())).collect();
+        let mut m = family(
+            e,
+            "relaycast_stream_live",
+            Kind::Gauge,
+            "1 while the stream has a publisher.",
+        )?;
+        for s in streams {
+            gauge(&mut m, &[("stream", s.name())], u64::from(s.is_live()))?;
+        }
+        let mut m = family(
+            e,
+            "relaycast_stream_viewers",
+            Kind::Gauge,
+            "Viewers of the stream now, by transport.",
+        )?;
+        for s in streams {
+            for t in Transport::ALL {
+                gauge(
+                    &mut m,
+                    &[("stream", s.name()), ("transport", t.name())],
+                    s.stats().viewers_of(t),
+                )?;
+            }
+        }
+        type Get = fn(&Counts) -> u64;
+        let families: [(&str, &str, Get); 7] = [
+            (
+                "relaycast_stream_bytes_in_total",
+                "Fragment bytes received.",
+                |c| c.bytes_in,
+            ),
+            (
+                "relaycast_stream_fragments_in_total",
+                "Fragments received.",
+                |c| c.fragments_in,
+            ),
+            (
+                "relaycast_stream_bytes_out_total",
+                "Fragment bytes handed to viewers.",
+                |c| c.bytes_out,
+            ),
+            (
+                "relaycast_stream_fragments_out_total",
+                "Fragments handed to viewers.",
+                |c| c.fragments_out,
+            ),
+            (
+                "relaycast_stream_skips_total",
+                "Viewer skips to the newest keyframe.",
+                |c| c.skips,
+            ),
+            (
+                "relaycast_stream_lag_disconnects_total",
+                "Viewers disconnected for lagging.",
+                |c| c.lag_disconnects,
+            ),
+            (
+                "relaycast_stream_publishes_total",
+                "Publisher connections.",
+                |c| c.publishes,
+            ),
+        ];
+        for (name, help, get) in families {
+            let mut m = family(e, name, Kind::Counter, help)?;
+            for (s, c) in streams.iter().zip(&counts) {
+                counter(&mut m, &[("stream", s.name())], get(c))?;
+            }
+        }
+        type Pick = fn(&Counts) -> &HistogramSnapshot;
+        let histograms: [(&str, &str, Pick); 2] = [
+            (
+                "relaycast_stream_join_seconds",
+                "Viewer join time (cursor opened to first fragment written).",
+                |c| &c.join,
+            ),
+            (
+                "relaycast_stream_delivery_seconds",
+                "Fragment arrival to written to a viewer.",
+                |c| &c.delivery,
+            ),
+        ];
+        for (name, help, pick) in histograms {
+            let mut m = family(e, name, Kind::Histogram, help)?;
+            for (s, c) in streams.iter().zip(&counts) {
+                histogram(&mut m, &[("stream", s.name())], pick(c))?;
+            }
+        }
+        let mut m = family(
+            e,
+            "relaycast_stream_upstream_state",
+            Kind::Gauge,
+            "1 for the stream's current upstream (cascade) state.",
+        )?;
+        for s in streams {
+            let cur = s.stats().upstream.get();
+            for st in UpstreamState::ALL {
+                gauge(
+                    &mut m,
+                    &[("stream", s.name()), ("state", st.name())],
+                    u64::from(st == cur),
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
 /// `process_resident_memory_bytes` and `process_open_fds` (Linux /proc).
-fn write_process(e: &mut Exposition) {
-    if let Some(rss) = resident_memory_bytes() {
-        e.single(
-            "process_resident_memory_bytes",
-            Kind::Gauge,
-            "Resident memory size in bytes.",
-            rss,
-        );
-    }
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        e.single(
-            "process_open_fds",
-            Kind::Gauge,
-            "Open file descriptors.",
-            dir.count() as u64,
-        );
+#[derive(Debug)]
+struct Process;
+
+impl Collector for Process {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        if let Some(rss) = resident_memory_bytes() {
+            single(
+                &mut e,
+                "process_resident_memory_bytes",
+                Kind::Gauge,
+                "Resident memory size in bytes.",
+                rss,
+            )?;
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            single(
+                &mut e,
+                "process_open_fds",
+                Kind::Gauge,
+                "Open file descriptors.",
+                dir.count() as u64,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -453,24 +528,50 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A collector from a closure, for the tests.
+    struct F(Box<dyn Fn(DescriptorEncoder) -> fmt::Result + Send + Sync>);
+
+    impl fmt::Debug for F {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("F")
+        }
+    }
+
+    impl Collector for F {
+        fn encode(&self, e: DescriptorEncoder) -> fmt::Result {
+            (self.0)(e)
+        }
+    }
+
+    fn text_of(
+        format: Format,
+        f: impl Fn(DescriptorEncoder) -> fmt::Result + Send + Sync + 'static,
+    ) -> String {
+        encode(vec![Box::new(F(Box::new(f)))], format).expect("encode")
+    }
+
     #[test]
-    fn histogram_exposition_is_cumulative() {
+    fn histogram_exposition_is_cumulative_with_exact_bounds() {
         let h = Histogram::default();
         h.observe(Duration::from_micros(300));
         h.observe(Duration::from_millis(3));
         let mut l = LocalHistogram::default();
         l.observe(Duration::from_secs(40));
         h.merge(&l);
-        let mut e = Exposition::default();
-        e.family("x_seconds", Kind::Histogram, "test");
-        e.histogram("x_seconds", &[("stream", "a")], &h.snapshot());
-        let text = e.finish();
+        let snap = h.snapshot();
+        let text = text_of(Format::Prometheus, move |mut e| {
+            let mut m = family(&mut e, "x_seconds", Kind::Histogram, "test")?;
+            histogram(&mut m, &[("stream", "a")], &snap)
+        });
+        assert!(text.starts_with("# HELP x_seconds test\n# TYPE x_seconds histogram\n"));
         assert!(text.contains("x_seconds_bucket{stream=\"a\",le=\"0.0005\"} 1\n"));
         assert!(text.contains("x_seconds_bucket{stream=\"a\",le=\"0.005\"} 2\n"));
+        assert!(text.contains("x_seconds_bucket{stream=\"a\",le=\"1\"} 2\n"));
         assert!(text.contains("x_seconds_bucket{stream=\"a\",le=\"30\"} 2\n"));
         assert!(text.contains("x_seconds_bucket{stream=\"a\",le=\"+Inf\"} 3\n"));
         assert!(text.contains("x_seconds_sum{stream=\"a\"} 40.0033\n"));
         assert!(text.contains("x_seconds_count{stream=\"a\"} 3\n"));
+        assert_eq!(text.matches("_bucket").count(), BUCKETS_US.len() + 1);
     }
 
     #[test]
@@ -493,16 +594,66 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        let mut e = Exposition::default();
-        e.sample("m", &[("k", "a\"b\\c\nd")], 1);
-        assert_eq!(e.finish(), "m{k=\"a\\\"b\\\\c\\nd\"} 1\n");
+        let text = text_of(Format::Prometheus, |mut e| {
+            let mut m = family(&mut e, "m", Kind::Gauge, "h")?;
+            gauge(&mut m, &[("k", "a\"b\\c\nd")], 1)
+        });
+        assert!(text.ends_with("\nm{k=\"a\\\"b\\\\c\\nd\"} 1\n"), "{text}");
     }
 
     #[test]
-    fn seconds_are_exact() {
-        assert_eq!(secs(500), "0.0005");
-        assert_eq!(secs(1_000_000), "1");
-        assert_eq!(secs(2_500_000), "2.5");
-        assert_eq!(secs(0), "0");
+    fn counters_are_written_with_total_and_openmetrics_names_the_family_without() {
+        let f = |mut e: DescriptorEncoder| single(&mut e, "c_total", Kind::Counter, "h", 5);
+        assert_eq!(
+            text_of(Format::Prometheus, f),
+            "# HELP c_total h\n# TYPE c_total counter\nc_total 5\n"
+        );
+        assert_eq!(
+            text_of(Format::OpenMetrics, f),
+            "# HELP c h\n# TYPE c counter\nc_total 5\n# EOF\n"
+        );
+        // A counter must be named as exposed, with `_total`.
+        let bad = encode(
+            vec![Box::new(F(Box::new(|mut e| {
+                single(&mut e, "c", Kind::Counter, "h", 5)
+            })))],
+            Format::Prometheus,
+        );
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn openmetrics_only_when_the_scraper_prefers_it() {
+        use Format::*;
+        for (accept, want) in [
+            (None, Prometheus),
+            (Some(""), Prometheus),
+            (Some("*/*"), Prometheus),
+            (Some("text/plain"), Prometheus),
+            (Some("application/openmetrics-text"), OpenMetrics),
+            (
+                Some("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                OpenMetrics,
+            ),
+            // Prometheus' scraper.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                OpenMetrics,
+            ),
+            (
+                Some("text/plain;version=0.0.4,application/openmetrics-text;q=0.5"),
+                Prometheus,
+            ),
+            (Some("application/openmetrics-text;q=0"), Prometheus),
+            (Some("application/openmetrics-text;q=bad"), Prometheus),
+            (
+                Some("APPLICATION/OpenMetrics-Text ; Q=0.9, text/plain;q=0.8"),
+                OpenMetrics,
+            ),
+        ] {
+            assert_eq!(Format::negotiate(accept), want, "{accept:?}");
+        }
     }
 }

@@ -382,3 +382,300 @@ fn environment_overrides_the_file_and_unknown_keys_fail() {
     )];
     assert!(Config::default().apply_env(bad).is_err(), "wrong type");
 }
+
+/// A relay's figures set by hand, the same on every run: a live stream with
+/// viewers of every transport and full histograms, one in its grace period
+/// with empty ones, two pulled from origins (cascade edge), one that ended
+/// (only in the relay-wide totals), and refusals. The handles keep the
+/// streams alive while the caller scrapes.
+fn fixed_relay() -> (
+    relaycast::fanout::Registry,
+    relaycast::limits::Refused,
+    Vec<relaycast::fanout::Publisher>,
+) {
+    use relaycast::fanout::stats::UpstreamState;
+    use relaycast::fanout::{EndReason, Registry, Source, Transport};
+    use relaycast::limits::{Reason, Refused};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let registry = Registry::new(relaycast::fanout::FanoutConfig {
+        grace: Duration::from_secs(600),
+        ..Default::default()
+    });
+    let set = |s: &relaycast::fanout::Stream, c: [u64; 7]| {
+        let st = s.stats();
+        for (a, v) in [
+            &st.bytes_in,
+            &st.fragments_in,
+            &st.bytes_out,
+            &st.fragments_out,
+            &st.skips,
+            &st.lag_disconnects,
+            &st.publishes,
+        ]
+        .into_iter()
+        .zip(c)
+        {
+            a.store(v, Relaxed);
+        }
+    };
+    let ms = Duration::from_millis;
+    let us = Duration::from_micros;
+    let mut keep = Vec::new();
+
+    let a = registry.publish("cam-a").expect("publish");
+    let s = registry.get("cam-a").expect("cam-a");
+    set(&s, [123_456_789, 4_567, 987_654_321, 45_670, 3, 1, 2]);
+    for (t, n) in Transport::ALL.into_iter().zip([3, 2, 1, 4, 1, 2, 0]) {
+        s.stats().viewers[t as usize].store(n, Relaxed);
+    }
+    for d in [us(300), ms(3), ms(20), ms(20), us(24_999), ms(40_000)] {
+        s.stats().delivery.observe(d);
+    }
+    for d in [ms(120), us(1_500_250)] {
+        s.stats().join.observe(d);
+    }
+    keep.push(a);
+
+    // In its grace period: not live, histograms empty.
+    drop(registry.publish("cam-b").expect("publish"));
+    let s = registry.get("cam-b").expect("cam-b in grace");
+    set(&s, [1_000, 10, 0, 0, 0, 0, 1]);
+
+    let pulled = |name: &str, from: &str, up: &str, rtt_ms, failovers, state| {
+        let p = registry
+            .publish_from(
+                name,
+                Source::Pulled {
+                    from: from.into(),
+                    upstream: up.into(),
+                    rtt_ms,
+                    failovers,
+                    seq_space: 7,
+                },
+            )
+            .expect("publish_from");
+        let s = registry.get(name).expect("pulled stream");
+        s.stats().set_upstream(state);
+        (p, s)
+    };
+    let (p, s) = pulled(
+        "edge-cam",
+        "https://origin-1.example:4443",
+        "up",
+        12,
+        2,
+        UpstreamState::Connected,
+    );
+    set(&s, [55_555, 55, 111_110, 110, 0, 0, 3]);
+    s.stats().viewers[Transport::Edge as usize].store(2, Relaxed);
+    s.stats().viewers[Transport::WebSocket as usize].store(1, Relaxed);
+    // A sum of whole seconds.
+    for d in [ms(1_500), ms(500)] {
+        s.stats().delivery.observe(d);
+    }
+    keep.push(p);
+    let (p, _) = pulled(
+        "edge-down",
+        "https://origin-2.example:4443",
+        "down",
+        1_000,
+        0,
+        UpstreamState::Failed,
+    );
+    keep.push(p);
+
+    // Ended: its counts live on in the relay-wide totals only. Off the
+    // runtime, so no grace task holds it: its stats are retired.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let old = registry.publish("old").expect("publish");
+            let s = registry.get("old").expect("old");
+            set(&s, [9_000, 9, 18_000, 18, 1, 1, 1]);
+            s.stats().delivery.observe(ms(7));
+            s.close(EndReason::Shutdown);
+            drop((old, s));
+        });
+    });
+
+    let refused = Refused::default();
+    for (r, n) in [
+        (Reason::WrongKey, 2),
+        (Reason::Viewers, 1),
+        (Reason::MemoryBudget, 4),
+    ] {
+        for _ in 0..n {
+            refused.count(r);
+        }
+    }
+    (registry, refused, keep)
+}
+
+/// A scrape without what differs from run to run: the version label and
+/// the process's own figures.
+fn normalized(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("process_") {
+                let name = l.split(' ').next().unwrap_or(l);
+                format!("{name} <process>\n")
+            } else if l.starts_with("relaycast_build_info{") {
+                "relaycast_build_info{version=\"<version>\"} 1\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
+/// Compare with a golden file under tests/fixtures; RELAYCAST_BLESS=1
+/// writes it instead.
+fn golden(file: &str, got: &str) {
+    let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var("RELAYCAST_BLESS").as_deref() == Ok("1") {
+        std::fs::write(&path, got).expect("write golden");
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    if got != want {
+        for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
+            if g != w {
+                panic!(
+                    "{file}:{}: got\n{g}\nwant\n{w}\n(RELAYCAST_BLESS=1 rewrites it)",
+                    i + 1
+                );
+            }
+        }
+        panic!(
+            "{file}: {} lines, golden has {} (RELAYCAST_BLESS=1 rewrites it)",
+            got.lines().count(),
+            want.lines().count()
+        );
+    }
+}
+
+/// `promtool check metrics` on a scrape, when promtool is installed.
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("skipping promtool check: promtool not found");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn metrics_text_of_a_fixed_relay_matches_the_golden_file() {
+    use relaycast::metrics::Format;
+    let (registry, refused, _keep) = fixed_relay();
+    let text = relaycast::server::scrape(&registry, &refused, Format::Prometheus).expect("metrics");
+    let (types, samples) = parse(&text);
+    check_histograms(&types, &samples);
+    // 2 + 1 + 3 set by hand, 1 by edge-down's publisher, 1 by the ended
+    // stream, which still counts in the relay-wide totals.
+    assert_eq!(value(&samples, "relaycast_publishes_total", &[]), Some(8.0));
+    promtool_check(&text);
+    golden("metrics.txt", &normalized(&text));
+
+    // OpenMetrics: the same series and values, its own golden file.
+    let om =
+        relaycast::server::scrape(&registry, &refused, Format::OpenMetrics).expect("openmetrics");
+    assert!(om.ends_with("\n# EOF\n"), "{om}");
+    assert!(om.contains("# TYPE relaycast_bytes_in counter\n"));
+    let (a, b) = (series(&om), series(&text));
+    let differ: Vec<_> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .chain(b.iter().filter(|(k, _)| !a.contains_key(*k)))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "OpenMetrics and 0.0.4 differ in {differ:?}"
+    );
+    golden("metrics.openmetrics.txt", &normalized(&om));
+}
+
+/// Every sample of a scrape (either format) by series: labels sorted (the
+/// formats order `le` differently), `le` read as a number (`1` and `1.0` are
+/// the same bucket); process figures left out.
+fn series(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
+        .map(|l| {
+            let (head, v) = l.rsplit_once(' ').expect("sample");
+            let (name, labels) = head.split_once('{').unwrap_or((head, "}"));
+            let mut set = BTreeMap::new();
+            let body = labels.strip_suffix('}').expect("labels close");
+            for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once("=\"").expect("k=\"v\"");
+                let v = v.trim_end_matches('"').to_string();
+                let v = match k {
+                    "le" => format!("{}", v.parse::<f64>().expect("le is a number")),
+                    _ => v,
+                };
+                set.insert(k.to_string(), v);
+            }
+            (format!("{name}{set:?}"), v.parse().expect("value"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_speak_openmetrics_when_the_scraper_prefers_it() {
+    let relay = relay(config()).await;
+    let url = format!("http://127.0.0.1:{}/metrics", relay.addr.port());
+    let ct = |h: &hyper::HeaderMap| {
+        h.get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    // What Prometheus sends.
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (status, h, om) = get_with(&url, &[("accept", prometheus)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        ct(&h),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert_eq!(h.get("vary").and_then(|v| v.to_str().ok()), Some("accept"));
+    let om = String::from_utf8(om.to_vec()).expect("utf-8");
+    assert!(om.ends_with("\n# EOF\n"), "{om}");
+    assert!(om.contains("# TYPE relaycast_publishes counter\nrelaycast_publishes_total 0\n"));
+    // No Accept, or one that prefers the text format: 0.0.4 as always.
+    for accept in [None, Some("text/plain;version=0.0.4"), Some("*/*")] {
+        let (status, h, text) = match accept {
+            None => get(&url).await,
+            Some(a) => get_with(&url, &[("accept", a)]).await,
+        };
+        assert_eq!(status, 200);
+        assert_eq!(
+            ct(&h),
+            "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        let text = String::from_utf8(text.to_vec()).expect("utf-8");
+        assert!(!text.contains("# EOF"));
+        parse(&text);
+    }
+    relay.shutdown().await;
+}

@@ -680,65 +680,92 @@ impl Puller {
 }
 
 /// `/metrics` families of pulled streams: where each comes from and its
-/// upstream's health, round-trip time and failovers.
-pub fn metrics(streams: &[Stream], e: &mut crate::metrics::Exposition) {
-    use crate::metrics::Kind;
-    let pulled: Vec<(&Stream, Source)> = streams.iter().map(|s| (s, s.source())).collect();
-    e.family(
-        "relaycast_stream_pulled",
-        Kind::Gauge,
-        "1 when the stream is pulled from an origin (label origin), 0 when published here.",
-    );
-    for (s, src) in &pulled {
-        let (v, from) = match src {
-            Source::Local => (0, ""),
-            Source::Pulled { from, .. } => (1, from.as_str()),
-        };
-        e.sample(
-            "relaycast_stream_pulled",
-            &[("stream", s.name()), ("origin", from)],
-            v,
-        );
+/// upstream's health, round-trip time and failovers. A [`Collector`] over
+/// the streams' sources, read when it is made (once per scrape).
+///
+/// [`Collector`]: crate::metrics::Collector
+#[derive(Debug)]
+pub struct Metrics(Vec<(String, Source)>);
+
+impl Metrics {
+    /// The cascade's families for `streams`.
+    pub fn of(streams: &[Stream]) -> Metrics {
+        Metrics(
+            streams
+                .iter()
+                .map(|s| (s.name().to_string(), s.source()))
+                .collect(),
+        )
     }
-    type Field = fn(&str, u64, u64) -> f64;
-    let families: [(&str, Kind, &str, Field); 3] = [
-        (
+}
+
+impl crate::metrics::Collector for Metrics {
+    fn encode(&self, mut e: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        use crate::metrics::{Kind, counter, family, gauge, gauge_f64};
+        let mut m = family(
+            &mut e,
+            "relaycast_stream_pulled",
+            Kind::Gauge,
+            "1 when the stream is pulled from an origin (label origin), 0 when published here.",
+        )?;
+        for (name, src) in &self.0 {
+            let (v, from) = match src {
+                Source::Local => (0, ""),
+                Source::Pulled { from, .. } => (1, from.as_str()),
+            };
+            gauge(&mut m, &[("stream", name), ("origin", from)], v)?;
+        }
+        let pulled = || {
+            self.0.iter().filter_map(|(name, src)| match src {
+                Source::Local => None,
+                Source::Pulled {
+                    from,
+                    upstream,
+                    rtt_ms,
+                    failovers,
+                    ..
+                } => Some((
+                    [("stream", name.as_str()), ("origin", from.as_str())],
+                    upstream.as_str(),
+                    *rtt_ms,
+                    *failovers,
+                )),
+            })
+        };
+        let mut m = family(
+            &mut e,
             "relaycast_upstream_up",
             Kind::Gauge,
             "1 while the upstream subscription of a pulled stream receives.",
-            |up, _, _| f64::from(u8::from(up == "up")),
-        ),
-        (
+        )?;
+        for (labels, upstream, _, _) in pulled() {
+            gauge(&mut m, &labels, u64::from(upstream == "up"))?;
+        }
+        let mut m = family(
+            &mut e,
             "relaycast_upstream_rtt_seconds",
             Kind::Gauge,
             "QUIC round-trip time to the origin of a pulled stream.",
-            |_, rtt_ms, _| rtt_ms as f64 / 1000.0,
-        ),
-        (
+        )?;
+        for (labels, _, rtt_ms, _) in pulled() {
+            // Whole seconds (0 when unknown) as integers: the encoder would
+            // write a float 0 as `0.0`.
+            if rtt_ms % 1000 == 0 {
+                gauge(&mut m, &labels, rtt_ms / 1000)?;
+            } else {
+                gauge_f64(&mut m, &labels, rtt_ms as f64 / 1000.0)?;
+            }
+        }
+        let mut m = family(
+            &mut e,
             "relaycast_upstream_failovers_total",
             Kind::Counter,
             "Times a pulled stream moved to another origin.",
-            |_, _, f| f as f64,
-        ),
-    ];
-    for (metric, kind, help, value) in families {
-        e.family(metric, kind, help);
-        for (s, src) in &pulled {
-            if let Source::Pulled {
-                from,
-                upstream,
-                rtt_ms,
-                failovers,
-                ..
-            } = src
-            {
-                e.sample_f64(
-                    metric,
-                    &[("stream", s.name()), ("origin", from)],
-                    value(upstream, *rtt_ms, *failovers),
-                );
-            }
+        )?;
+        for (labels, _, _, failovers) in pulled() {
+            counter(&mut m, &labels, failovers)?;
         }
+        Ok(())
     }
 }
 

@@ -222,25 +222,48 @@ async fn metrics(State(app): State<AppState>, Peer(peer): Peer, headers: HeaderM
             "/metrics is for operators: send Authorization: Bearer <server.operator_token>".into(),
         ));
     }
-    let body = metrics_text(&app.registry, &app.limits.refused);
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        body,
-    )
-        .into_response()
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let format = crate::metrics::Format::negotiate(Some(&accept.join(",")));
+    match scrape(&app.registry, &app.limits.refused, format) {
+        Ok(body) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(format.content_type()),
+                ),
+                (header::VARY, HeaderValue::from_static("accept")),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => error_response(&e),
+    }
 }
 
-/// The whole `/metrics` text (Prometheus exposition, see [`crate::metrics`]):
-/// the core's figures, then the cascade's.
-pub fn metrics_text(registry: &Registry, refused: &crate::limits::Refused) -> String {
+/// The whole `/metrics` text (see [`crate::metrics`]) in `format`: the
+/// core's figures, then the cascade's. Fails only when a collector does.
+pub fn scrape(
+    registry: &Registry,
+    refused: &crate::limits::Refused,
+    format: crate::metrics::Format,
+) -> Result<String, Error> {
     crate::metrics::metrics_text(
         registry,
         refused,
-        &[&|r: &Registry, e: &mut _| crate::cascade::metrics(&r.list(), e)],
+        &[&|r: &Registry| Box::new(crate::cascade::Metrics::of(&r.list())) as _],
+        format,
     )
+}
+
+/// [`scrape`] in the Prometheus text format 0.0.4 (what `/metrics` answers
+/// by default); a collector's failure is written as a comment line.
+pub fn metrics_text(registry: &Registry, refused: &crate::limits::Refused) -> String {
+    scrape(registry, refused, crate::metrics::Format::Prometheus)
+        .unwrap_or_else(|e| format!("# {e}\n"))
 }
 
 async fn index(State(app): State<AppState>) -> Response {
