@@ -61,6 +61,45 @@ pub async fn admit(
     Ok(viewer)
 }
 
+/// Logs the end of one viewer session, once, when dropped: whichever way
+/// it ends (the stream ended, the viewer left or lagged, an error, the
+/// relay shutting down), with the session's span (stream, peer, transport)
+/// and how long it lasted. A transport keeps one for as long as its viewer
+/// is served.
+#[derive(Debug)]
+pub struct EndLog {
+    span: tracing::Span,
+    started: std::time::Instant,
+}
+
+impl EndLog {
+    /// For the viewer session of the current span.
+    pub fn new() -> EndLog {
+        EndLog::in_span(tracing::Span::current())
+    }
+
+    /// For a viewer session logged under `span`.
+    pub fn in_span(span: tracing::Span) -> EndLog {
+        EndLog {
+            span,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for EndLog {
+    fn default() -> Self {
+        EndLog::new()
+    }
+}
+
+impl Drop for EndLog {
+    fn drop(&mut self) {
+        let secs = self.started.elapsed().as_secs_f64();
+        tracing::info!(parent: &self.span, duration_s = format!("{secs:.1}"), "viewer ended");
+    }
+}
+
 /// Query parameters shared by every watch path.
 #[derive(Debug, Default, Deserialize)]
 pub struct WatchQuery {
