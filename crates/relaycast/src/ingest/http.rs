@@ -111,6 +111,40 @@ fn body_error(e: axum::Error) -> Error {
     }
 }
 
+/// A publisher's session while its handler runs. hyper drops the handler
+/// when the connection closes first — which is how an ordinary ffmpeg
+/// upload ends: it writes the last chunk and closes at once, and hyper,
+/// seeing the end of the connection, may drop the handler before it has
+/// read that last chunk. The end is then logged here, once: "finished"
+/// when the stream stopped on a box boundary, "ended" when inside a box.
+struct Session<'a> {
+    inner: super::IngestSession,
+    name: &'a str,
+    peer: Option<SocketAddr>,
+    /// The handler got to answer (and logs the end itself).
+    answered: bool,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let (name, peer) = (self.name, self.peer);
+        let fragments = self.inner.summary(None).fragments;
+        match self.inner.finish() {
+            Ok(()) => tracing::info!(
+                stream = %name, ?peer, fragments,
+                "HTTP publisher finished (it closed the connection without reading the answer)"
+            ),
+            Err(e) => tracing::info!(
+                stream = %name, ?peer, fragments, reason = %e,
+                "HTTP publisher ended: the connection closed"
+            ),
+        }
+    }
+}
+
 /// Serve one publisher.
 pub async fn serve(
     app: AppState,
@@ -121,7 +155,7 @@ pub async fn serve(
     body: Body,
 ) -> Response {
     let key = key_from(key.as_deref(), &headers);
-    let mut session = match admit(&app, &name, key.as_deref(), peer).await {
+    let session = match admit(&app, &name, key.as_deref(), peer).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(
@@ -140,12 +174,19 @@ pub async fn serve(
         }
     };
     tracing::info!(stream = %name, ?peer, "HTTP publisher connected");
+    let mut session = Session {
+        inner: session,
+        name: &name,
+        peer,
+        answered: false,
+    };
     let mut body = body.into_data_stream();
     let result = {
         let mut source = (&mut body).map(|r| r.map_err(body_error));
-        session.run(&mut source, &app).await
+        session.inner.run(&mut source, &app).await
     };
-    let summary = session.summary(result.as_ref().err());
+    session.answered = true;
+    let summary = session.inner.summary(result.as_ref().err());
     drop(session);
     let e = match result {
         Ok(()) => {
