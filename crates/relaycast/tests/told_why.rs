@@ -462,3 +462,176 @@ async fn relaycast_publish_exits_non_zero_with_the_reason_when_refused() {
     }
     relay.shutdown().await;
 }
+
+/// (track id, tfdt) of every `traf` of a fragment (`moof` first).
+fn tfdts(fragment: &[u8]) -> Vec<(u32, u64)> {
+    fn boxes(b: &[u8]) -> Vec<([u8; 4], &[u8])> {
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + 8 <= b.len() {
+            let size = u32::from_be_bytes(b[off..off + 4].try_into().expect("4")) as usize;
+            if size < 8 || off + size > b.len() {
+                break;
+            }
+            let kind: [u8; 4] = b[off + 4..off + 8].try_into().expect("4");
+            out.push((kind, &b[off + 8..off + size]));
+            off += size;
+        }
+        out
+    }
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().expect("4"));
+    let mut out = Vec::new();
+    for (kind, moof) in boxes(fragment) {
+        if &kind != b"moof" {
+            continue;
+        }
+        for (kind, traf) in boxes(moof) {
+            if &kind != b"traf" {
+                continue;
+            }
+            let (mut id, mut time) = (0, None);
+            for (kind, b) in boxes(traf) {
+                match &kind {
+                    b"tfhd" => id = be32(b, 4),
+                    b"tfdt" if b[0] == 1 => {
+                        time = Some(u64::from_be_bytes(b[4..12].try_into().expect("8")))
+                    }
+                    b"tfdt" => time = Some(u64::from(be32(b, 4))),
+                    _ => {}
+                }
+            }
+            out.push((id, time.expect("every traf has a tfdt")));
+        }
+    }
+    out
+}
+
+/// Item 20: `relaycast publish --loop` takes an ordinary ffmpeg A/V file
+/// whose tracks differ in length (here 1 s of video, 1.3 s of audio): over
+/// 3+ loops every track's timestamps keep increasing and the tracks do not
+/// drift apart (at each loop point both start one period — the longest
+/// track — after the previous loop).
+#[tokio::test]
+async fn publish_loop_takes_a_file_whose_tracks_differ_in_length() {
+    if !have("ffmpeg") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = dir.path().join("uneven.mp4");
+    let clip_s = clip.to_string_lossy().to_string();
+    let (ok, err) = ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-t",
+        "1",
+        "-i",
+        "testsrc2=size=160x120:rate=30",
+        "-f",
+        "lavfi",
+        "-t",
+        "1.3",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "15",
+        "-c:a",
+        "aac",
+        "-f",
+        "mp4",
+        "-movflags",
+        "frag_keyframe+empty_moov+default_base_moof",
+        "-frag_duration",
+        "100000",
+        &clip_s,
+    ]);
+    assert!(ok, "make the clip: {err}");
+    let bytes = std::fs::read(&clip).expect("clip");
+    let (init, frags) = common::split(&bytes);
+    let per_loop = frags.len() as u64;
+    let timescale = |id: u32| {
+        init.tracks
+            .iter()
+            .find(|t| t.id == id)
+            .map(|t| u64::from(t.timescale))
+            .expect("track in the init")
+    };
+
+    let relay = common::relay(common::config()).await;
+    let addr = relay.addr;
+    let mut viewer = common::ws_connect(&format!("ws://{addr}/live/uneven?wait=10")).await;
+    let mut publisher = tokio::process::Command::new(env!("CARGO_BIN_EXE_relaycast"))
+        .args([
+            "publish",
+            "--re",
+            "--loop",
+            "--to",
+            &format!("http://{addr}/publish/uneven"),
+            &clip_s,
+        ])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn relaycast publish");
+    // 3.5 loops of 1.3 s.
+    let want = (per_loop * 7 / 2) as usize;
+    let got = common::ws_read(&mut viewer, want, Duration::from_secs(20)).await;
+    if let Ok(Some(st)) = publisher.try_wait() {
+        let out = publisher.wait_with_output().await.expect("output");
+        panic!(
+            "publish --loop exited ({st}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = publisher.start_kill();
+    assert!(got.seqs.len() >= want, "{} of {want} fragments", got.seqs.len());
+    // The binaries after the init, each one fragment, with the publisher's
+    // mfhd sequence numbers (fragment n of the endless stream is n + 1).
+    let mut last: std::collections::HashMap<u32, u64> = Default::default();
+    let mut loop_starts: std::collections::BTreeMap<u64, Vec<(u32, u64)>> = Default::default();
+    let mut frames = 0;
+    for b in got.binaries.iter().skip(1) {
+        let mfhd = b.windows(4).position(|w| w == b"mfhd").expect("mfhd") + 8;
+        let n = u64::from(u32::from_be_bytes(b[mfhd..mfhd + 4].try_into().expect("4"))) - 1;
+        for (id, t) in tfdts(b) {
+            if let Some(prev) = last.insert(id, t) {
+                assert!(t > prev, "fragment {n}: track {id} went from {prev} back to {t}");
+            }
+            if n % per_loop == 0 {
+                loop_starts.entry(n / per_loop).or_default().push((id, t));
+            }
+        }
+        frames += 1;
+    }
+    assert!(frames >= want - 1);
+    // Loop points seen (the viewer joined at a keyframe of loop 0 or 1).
+    assert!(loop_starts.len() >= 3, "{loop_starts:?}");
+    // Per loop point, (video start − audio start) in µs: the same every loop.
+    let skew: Vec<i128> = loop_starts
+        .values()
+        .map(|starts| {
+            let at = |video: bool| {
+                let id = init
+                    .tracks
+                    .iter()
+                    .find(|t| matches!(t.kind, relaycast::media::TrackKind::Video) == video)
+                    .map(|t| t.id)
+                    .expect("track kind");
+                let t = starts.iter().find(|(i, _)| *i == id).expect("both tracks").1;
+                i128::from(t) * 1_000_000 / i128::from(timescale(id))
+            };
+            at(true) - at(false)
+        })
+        .collect();
+    let (lo, hi) = (
+        skew.iter().min().copied().unwrap_or(0),
+        skew.iter().max().copied().unwrap_or(0),
+    );
+    assert!(hi - lo <= 100, "the tracks drift apart: skew per loop (µs) {skew:?}");
+    eprintln!("{} loops seen; skew per loop (µs) {skew:?}", loop_starts.len());
+    relay.shutdown().await;
+}
