@@ -733,6 +733,21 @@ struct Heard {
     kind: String,
     seq: Option<u64>,
     epoch: Option<u64>,
+    /// `end`: the `relaycast/1` code of the reason.
+    code: Option<u32>,
+    /// `end`: the reason, for people.
+    reason: Option<String>,
+}
+
+impl Heard {
+    /// An `end` that says the stream is over (its publisher left), not
+    /// "come back" (the viewer lagged, the relay is shutting down).
+    fn stream_over(&self) -> bool {
+        self.kind == "end"
+            && self
+                .code
+                .is_none_or(|c| c == crate::quic::code::PUBLISHER_GONE)
+    }
 }
 
 impl Heard {
@@ -777,10 +792,8 @@ async fn watch_ws(
     while let Some(m) = ws.next().await {
         match m? {
             Message::Text(t) => {
+                // `end` is followed by the close frame, whose code decides.
                 let h = Heard::parse(t.as_bytes(), r);
-                if h.as_ref().is_some_and(|h| h.kind == "end") {
-                    return Ok(());
-                }
                 if h.as_ref().is_some_and(|h| h.kind == "init" || h.kind == "fragment") {
                     next = h;
                 }
@@ -875,8 +888,14 @@ async fn watch_http(
                 }
             }
             let h = Heard::parse(json, r);
-            if h.as_ref().is_some_and(|h| h.kind == "end") {
-                return Ok(());
+            if let Some(end) = h.as_ref().filter(|h| h.kind == "end") {
+                if end.stream_over() {
+                    return Ok(());
+                }
+                bail!(
+                    "the relay ended the session: {}",
+                    end.reason.as_deref().unwrap_or("")
+                );
             }
             item = h.filter(|h| h.kind == "init" || h.kind == "fragment");
         }

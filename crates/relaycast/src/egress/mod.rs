@@ -162,7 +162,15 @@ pub fn control(ev: &Event) -> Option<Control> {
     match ev {
         Event::Skip { from, to, total } => Some(Control::skip(*from, *to, *total)),
         Event::Publisher(live) => Some(Control::publisher(*live)),
-        Event::End(r) => Some(Control::end(r.message())),
+        // With the `relaycast/1` code of the reason, so that a client can
+        // tell "the stream is over" (9) from "come back" (8 lagging, 10
+        // shutting down) without reading the text.
+        Event::End(r) => Some(Control::End {
+            reason: r.message().into(),
+            status: None,
+            code: Some(quic::end_code(*r)),
+            groups: None,
+        }),
         Event::Init(_) | Event::Fragment(_) => None,
     }
 }
