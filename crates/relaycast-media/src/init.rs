@@ -273,7 +273,10 @@ fn without_skipped_boxes(stsd: &[u8]) -> std::borrow::Cow<'_, [u8]> {
             return Cow::Borrowed(stsd);
         };
         let header_len = entry.whole.len() - entry.body.len();
-        let visual = matches!(&entry.kind, b"avc1" | b"avc3" | b"hvc1" | b"hev1" | b"vp08" | b"vp09" | b"av01");
+        let visual = matches!(
+            &entry.kind,
+            b"avc1" | b"avc3" | b"hvc1" | b"hev1" | b"vp08" | b"vp09" | b"av01"
+        );
         let children = entry.body.get(VISUAL_ENTRY_FIELDS..);
         let (true, Some(children), 8) = (visual, children, header_len) else {
             out_entries.extend_from_slice(entry.whole);
@@ -367,7 +370,10 @@ mod skipped_boxes {
             assert!(s.starts_with(codec), "{file}: {s}");
             // Audio entries and entries without skipped boxes are untouched.
             for other in all.iter().filter(|s| !s.windows(4).any(|w| w == b"fiel")) {
-                assert!(matches!(without_skipped_boxes(other), std::borrow::Cow::Borrowed(_)));
+                assert!(matches!(
+                    without_skipped_boxes(other),
+                    std::borrow::Cow::Borrowed(_)
+                ));
             }
         }
     }

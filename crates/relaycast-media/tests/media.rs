@@ -1095,7 +1095,11 @@ fn a_file_whose_tracks_differ_in_length_loops_without_drift() {
     assert_eq!(first.len(), 2, "video and audio");
     let timescale = |id: u32| if id == 1 { 15_360u64 } else { 48_000 };
     let length_us = |id: u32| (first[&id].1 - first[&id].0) * 1_000_000 / timescale(id);
-    assert_ne!(length_us(1), length_us(2), "the fixture's tracks differ in length");
+    assert_ne!(
+        length_us(1),
+        length_us(2),
+        "the fixture's tracks differ in length"
+    );
     let period = length_us(1).max(length_us(2));
     assert!(demo.loop_duration_us().abs_diff(period) <= 1);
     let longest = if length_us(1) > length_us(2) { 1 } else { 2 };
@@ -1122,14 +1126,21 @@ fn a_file_whose_tracks_differ_in_length_loops_without_drift() {
                     }
                     end.insert(id, tfdt + dur);
                     if i == 0 {
-                        assert_eq!(tfdt, first[&id].0 + period_ticks(id, k), "loop {k}, track {id}");
+                        assert_eq!(
+                            tfdt,
+                            first[&id].0 + period_ticks(id, k),
+                            "loop {k}, track {id}"
+                        );
                     }
                 }
                 if i == 0 {
                     // Exactly k periods, to within one video tick (65 µs).
                     let long = (first[&longest].1 - first[&longest].0) as u128;
                     let exact = (k as u128 * long * 1_000_000 / timescale(longest) as u128) as u64;
-                    assert!(due.abs_diff(exact) <= 100, "loop {k} due at {due}, not {exact}");
+                    assert!(
+                        due.abs_diff(exact) <= 100,
+                        "loop {k} due at {due}, not {exact}"
+                    );
                 }
             }
         }

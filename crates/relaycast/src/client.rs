@@ -684,7 +684,8 @@ pub async fn watch_after(
             Err(e) => e,
         };
         failures = if r.written > before { 1 } else { failures + 1 };
-        let backoff = Duration::from_millis(250 * 2u64.pow(failures.min(5))).min(Duration::from_secs(5));
+        let backoff =
+            Duration::from_millis(250 * 2u64.pow(failures.min(5))).min(Duration::from_secs(5));
         tracing::warn!(error = %format!("{e:#}"), after = ?r.after, ?backoff, "watch: connection lost; reconnecting");
         tokio::time::sleep(backoff).await;
     }
@@ -719,7 +720,10 @@ fn leg_url(url: &url::Url, r: &Resume, extra: &[(&str, &str)]) -> url::Url {
 /// restarted relay whose publisher is not back yet).
 fn viewer_refused_close(code: u16) -> bool {
     use crate::proto::code::ws;
-    matches!(code, ws::PROTOCOL | ws::UNSUPPORTED | ws::INVALID_DATA | ws::POLICY)
+    matches!(
+        code,
+        ws::PROTOCOL | ws::UNSUPPORTED | ws::INVALID_DATA | ws::POLICY
+    )
 }
 
 fn viewer_refused_status(status: u16, joined: bool) -> bool {
@@ -774,12 +778,12 @@ async fn watch_ws(
     r: &mut Resume,
 ) -> anyhow::Result<()> {
     let url = leg_url(url, r, &[]);
-    let (mut ws, _) = match tokio_tungstenite::client_async(url.as_str(), dial(&url).await?).await
-    {
+    let (mut ws, _) = match tokio_tungstenite::client_async(url.as_str(), dial(&url).await?).await {
         Ok(ws) => ws,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let status = resp.status().as_u16();
-            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+            let body =
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
             if viewer_refused_status(status, r.joined) {
                 return Err(ViewerRefused(format!("HTTP {status}: {}", body.trim())).into());
             }
@@ -794,7 +798,9 @@ async fn watch_ws(
             Message::Text(t) => {
                 // `end` is followed by the close frame, whose code decides.
                 let h = Heard::parse(t.as_bytes(), r);
-                if h.as_ref().is_some_and(|h| h.kind == "init" || h.kind == "fragment") {
+                if h.as_ref()
+                    .is_some_and(|h| h.kind == "init" || h.kind == "fragment")
+                {
                     next = h;
                 }
             }
@@ -815,7 +821,9 @@ async fn watch_ws(
                 if code == 1000 {
                     return Ok(());
                 }
-                if viewer_refused_close(code) || (code == crate::proto::code::ws::NOT_FOUND && !r.joined) {
+                if viewer_refused_close(code)
+                    || (code == crate::proto::code::ws::NOT_FOUND && !r.joined)
+                {
                     return Err(ViewerRefused(format!("close {code}: {reason}")).into());
                 }
                 bail!("relay closed the stream: {code} {reason}");
@@ -924,7 +932,7 @@ fn whole_box(buf: &[u8]) -> anyhow::Result<Option<usize>> {
         0 => bail!("a box of unbounded size in a live stream"),
         s => s,
     };
-    if size < 8 || size > 1 << 30 {
+    if !(8..=1 << 30).contains(&size) {
         bail!("a box of {size} bytes in the stream");
     }
     let size = usize::try_from(size)?;

@@ -353,7 +353,9 @@ async fn shutdown_never_cuts_a_websocket_frame_in_half() {
         let url = format!("http://{addr}/publish/full");
         tokio::spawn(async move { common::put_stream(&url, rx).await })
     };
-    tx.send(demo.init().bytes.clone()).await.expect("publish init");
+    tx.send(demo.init().bytes.clone())
+        .await
+        .expect("publish init");
     tx.send(demo.fragment(0).0.bytes).await.expect("publish");
     // A viewer with a tiny receive buffer, which then stops reading.
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");

@@ -168,7 +168,8 @@ fn live(addr: &str, name: &str) -> bool {
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return false;
     };
-    let req = format!("GET /live/{name}/info HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("GET /live/{name}/info HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let mut answer = String::new();
     s.write_all(req.as_bytes()).is_ok()
         && s.read_to_string(&mut answer).is_ok()
@@ -203,7 +204,10 @@ fn ffmpeg_prints_why_its_publish_was_refused_and_the_relay_logs_it() {
         .expect("spawn relaycast publish");
     let start = Instant::now();
     while !live(&addr, "taken") {
-        assert!(start.elapsed() < Duration::from_secs(20), "taken never went live");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "taken never went live"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -370,7 +374,10 @@ fn ordinary_ends_are_not_warnings_and_every_session_logs_its_end() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn ffmpeg");
-    relay.wait_for(&["HTTP publisher connected", "killed"], Duration::from_secs(20));
+    relay.wait_for(
+        &["HTTP publisher connected", "killed"],
+        Duration::from_secs(20),
+    );
     std::thread::sleep(Duration::from_millis(700));
     let _ = killed.kill();
     let _ = killed.wait();
@@ -380,7 +387,10 @@ fn ordinary_ends_are_not_warnings_and_every_session_logs_its_end() {
         while v.try_wait().ok().flatten().is_none() {
             if start.elapsed() > Duration::from_secs(30) {
                 let _ = v.kill();
-                panic!("a viewer did not end with the stream; log:\n{}", relay.log());
+                panic!(
+                    "a viewer did not end with the stream; log:\n{}",
+                    relay.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -451,7 +461,9 @@ async fn relaycast_publish_exits_non_zero_with_the_reason_when_refused() {
             .output();
         let out = tokio::time::timeout(Duration::from_secs(20), run)
             .await
-            .unwrap_or_else(|_| panic!("{what}: publish still running after 20 s (retrying a refusal?)"))
+            .unwrap_or_else(|_| {
+                panic!("{what}: publish still running after 20 s (retrying a refusal?)")
+            })
             .expect("run relaycast publish");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{what}: exit status {}", out.status);
@@ -588,7 +600,11 @@ async fn publish_loop_takes_a_file_whose_tracks_differ_in_length() {
         );
     }
     let _ = publisher.start_kill();
-    assert!(got.seqs.len() >= want, "{} of {want} fragments", got.seqs.len());
+    assert!(
+        got.seqs.len() >= want,
+        "{} of {want} fragments",
+        got.seqs.len()
+    );
     // The binaries after the init, each one fragment, with the publisher's
     // mfhd sequence numbers (fragment n of the endless stream is n + 1).
     let mut last: std::collections::HashMap<u32, u64> = Default::default();
@@ -599,7 +615,10 @@ async fn publish_loop_takes_a_file_whose_tracks_differ_in_length() {
         let n = u64::from(u32::from_be_bytes(b[mfhd..mfhd + 4].try_into().expect("4"))) - 1;
         for (id, t) in tfdts(b) {
             if let Some(prev) = last.insert(id, t) {
-                assert!(t > prev, "fragment {n}: track {id} went from {prev} back to {t}");
+                assert!(
+                    t > prev,
+                    "fragment {n}: track {id} went from {prev} back to {t}"
+                );
             }
             if n % per_loop == 0 {
                 loop_starts.entry(n / per_loop).or_default().push((id, t));
@@ -621,7 +640,11 @@ async fn publish_loop_takes_a_file_whose_tracks_differ_in_length() {
                     .find(|t| matches!(t.kind, relaycast::media::TrackKind::Video) == video)
                     .map(|t| t.id)
                     .expect("track kind");
-                let t = starts.iter().find(|(i, _)| *i == id).expect("both tracks").1;
+                let t = starts
+                    .iter()
+                    .find(|(i, _)| *i == id)
+                    .expect("both tracks")
+                    .1;
                 i128::from(t) * 1_000_000 / i128::from(timescale(id))
             };
             at(true) - at(false)
@@ -631,7 +654,13 @@ async fn publish_loop_takes_a_file_whose_tracks_differ_in_length() {
         skew.iter().min().copied().unwrap_or(0),
         skew.iter().max().copied().unwrap_or(0),
     );
-    assert!(hi - lo <= 100, "the tracks drift apart: skew per loop (µs) {skew:?}");
-    eprintln!("{} loops seen; skew per loop (µs) {skew:?}", loop_starts.len());
+    assert!(
+        hi - lo <= 100,
+        "the tracks drift apart: skew per loop (µs) {skew:?}"
+    );
+    eprintln!(
+        "{} loops seen; skew per loop (µs) {skew:?}",
+        loop_starts.len()
+    );
     relay.shutdown().await;
 }

@@ -1024,7 +1024,10 @@ async fn relaycast_publish_reconnects_with_backoff_after_the_relay_restarts() {
     for (what, out, _) in &watchers {
         let start = std::time::Instant::now();
         while size(out) < 20_000 {
-            assert!(start.elapsed() < Duration::from_secs(20), "watch {what} got nothing");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "watch {what} got nothing"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -1099,7 +1102,8 @@ async fn relaycast_publish_reconnects_with_backoff_after_the_relay_restarts() {
         let bytes = std::fs::read(&out).expect("watch output file");
         let (mut off, mut moovs, mut boxes) = (0usize, 0, 0);
         while off + 8 <= bytes.len() {
-            let size = u32::from_be_bytes(bytes[off..off + 4].try_into().expect("4 bytes")) as usize;
+            let size =
+                u32::from_be_bytes(bytes[off..off + 4].try_into().expect("4 bytes")) as usize;
             assert!(size >= 8, "watch {what}: box of size {size} at {off}");
             moovs += usize::from(&bytes[off + 4..off + 8] == b"moov");
             boxes += 1;

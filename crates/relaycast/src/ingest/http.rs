@@ -76,7 +76,13 @@ fn with_reason(mut r: Response, e: &Error) -> Response {
     let canonical = r.status().canonical_reason().unwrap_or("Error");
     let mut phrase: String = format!("{canonical}: {e}")
         .chars()
-        .map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' })
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect();
     phrase.truncate(MAX_REASON);
     if let Ok(p) = hyper::ext::ReasonPhrase::try_from(phrase) {
