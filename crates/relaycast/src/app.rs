@@ -59,6 +59,29 @@ impl AppState {
     }
 }
 
+/// May this request read the operator endpoints (`/metrics`, the full
+/// `/api/streams`)? With the operator token (`Authorization: Bearer`,
+/// compared in constant time), or from loopback when that is allowed.
+pub fn is_operator(
+    app: &AppState,
+    peer: Option<SocketAddr>,
+    headers: &axum::http::HeaderMap,
+) -> bool {
+    let server = &app.config.server;
+    if let Some(token) = &server.operator_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if given.is_some_and(|g| crate::auth::keys_equal(g, token)) {
+            return true;
+        }
+    }
+    // No peer: the router was called without a socket (in-process tests).
+    server.operator_from_loopback && peer.is_none_or(|p| p.ip().is_loopback())
+}
+
 /// An error as an HTTP response: its status and a one-line JSON body.
 pub fn error_response(e: &Error) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -72,4 +95,42 @@ pub fn error_response(e: &Error) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     r
+}
+
+/// What an accept loop does when `accept` fails (out of file descriptors,
+/// EMFILE/ENFILE, or a connection reset before it was accepted): back off
+/// so the loop never spins, keep accepting afterwards, and log at most once
+/// per [`AcceptErrors::LOG_EVERY`] with how many failures were not logged.
+#[derive(Debug, Default)]
+pub struct AcceptErrors {
+    last_log: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    /// Least time between two log lines.
+    pub const LOG_EVERY: Duration = Duration::from_secs(10);
+    /// Pause after a failed accept.
+    pub const BACKOFF: Duration = Duration::from_millis(100);
+
+    /// Note a failed accept on `listener` (a name for the log), then pause.
+    pub async fn failed(&mut self, listener: &str, e: &std::io::Error) {
+        let now = std::time::Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= Self::LOG_EVERY)
+        {
+            tracing::warn!(
+                listener,
+                error = %e,
+                also_failed = self.unlogged,
+                "accept failed (out of file descriptors?): backing off, still accepting"
+            );
+            self.last_log = Some(now);
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        tokio::time::sleep(Self::BACKOFF).await;
+    }
 }

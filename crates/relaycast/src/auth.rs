@@ -26,7 +26,7 @@ use crate::limits::{Reason, Refused};
 use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -80,6 +80,16 @@ impl AuthConfig {
     pub fn view_secret_for(&self, name: &str) -> Option<&str> {
         lookup(&self.view_secrets, name).or(self.view_secret.as_deref())
     }
+}
+
+/// A key of `ingest.keys` / `auth.view_secrets`: a stream name, or a glob
+/// pattern over names (`*` any run, `?` one character), 1 to 64 of
+/// `[A-Za-z0-9_-*?]`.
+pub fn valid_pattern(pattern: &str) -> bool {
+    (1..=64).contains(&pattern.len())
+        && pattern
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-*?".contains(&b))
 }
 
 /// Does `name` match the glob `pattern` (`*` any run, `?` one character)?
@@ -149,7 +159,7 @@ pub fn check_key(
                 "publishing {name:?} needs a key (?key= or Authorization: Bearer)"
             )))
         }
-        Some(k) if bool::from(k.as_bytes().ct_eq(want.as_bytes())) => Ok(()),
+        Some(k) if keys_equal(k, want) => Ok(()),
         Some(_) => {
             refused.count(Reason::WrongKey);
             Err(Error::Forbidden(format!("wrong publish key for {name:?}")))
@@ -157,11 +167,36 @@ pub fn check_key(
     }
 }
 
-/// The MAC over the signed message `/live/{name}{exp}`. (HMAC takes keys of
-/// any length, so `None` does not happen in practice.)
+/// Two keys compared in constant time: their SHA-256 digests are (equal
+/// length whatever the keys' lengths, so neither the comparison nor an early
+/// length check tells how long the configured key is).
+pub fn keys_equal(given: &str, want: &str) -> bool {
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(want.as_bytes());
+    bool::from(a.as_slice().ct_eq(b.as_slice()))
+}
+
+/// The message a viewer URL's signature covers (version 2): a fixed tag,
+/// then the name length-prefixed, then `exp` as 8 bytes. Unambiguous: no two
+/// (name, exp) pairs give the same bytes (version 1 signed
+/// `/live/{name}{exp}`, where `cam1` + `60` and `cam` + `160` collided).
+pub fn signed_message(name: &str, exp: u64) -> Vec<u8> {
+    const TAG: &[u8] = b"relaycast view url v2\0";
+    let mut m = Vec::with_capacity(TAG.len() + 2 + name.len() + 8);
+    m.extend_from_slice(TAG);
+    // Stream names are at most 64 bytes; a longer one cannot be valid, but
+    // the length is written in full either way.
+    m.extend_from_slice(&(name.len() as u64).to_be_bytes());
+    m.extend_from_slice(name.as_bytes());
+    m.extend_from_slice(&exp.to_be_bytes());
+    m
+}
+
+/// The MAC over [`signed_message`]. (HMAC takes keys of any length, so
+/// `None` does not happen in practice.)
 fn mac(secret: &str, name: &str, exp: u64) -> Option<Hmac<Sha256>> {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).ok()?;
-    m.update(format!("/live/{name}{exp}").as_bytes());
+    m.update(&signed_message(name, exp));
     Some(m)
 }
 
@@ -570,6 +605,45 @@ mod tests {
         );
         assert_eq!(r.get(Reason::MissingKey), 1);
         assert_eq!(r.get(Reason::WrongKey), 2);
+    }
+
+    #[test]
+    fn signed_messages_never_collide() {
+        // The version-1 forgery: `cam1` until 60 signed the same bytes as
+        // `cam` until 160.
+        assert_ne!(signed_message("cam1", 60), signed_message("cam", 160));
+        assert_ne!(
+            sign("a-long-secret", "cam1", 60),
+            sign("a-long-secret", "cam", 160)
+        );
+        // Injective: the message decodes back to exactly its (name, exp).
+        let decode = |m: &[u8]| -> (String, u64) {
+            let rest = &m[b"relaycast view url v2\0".len()..];
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&rest[..8]);
+            let len = u64::from_be_bytes(n) as usize;
+            let name = String::from_utf8(rest[8..8 + len].to_vec()).expect("utf8");
+            let mut e = [0u8; 8];
+            e.copy_from_slice(&rest[8 + len..]);
+            assert_eq!(rest.len(), 8 + len + 8);
+            (name, u64::from_be_bytes(e))
+        };
+        let mut seen = std::collections::HashMap::new();
+        for name in ["c", "ca", "cam", "cam1", "cam12", "1", "12", "a-b", "a_b"] {
+            for exp in [0, 1, 2, 12, 60, 160, 1601, u64::MAX] {
+                let m = signed_message(name, exp);
+                assert_eq!(decode(&m), (name.to_string(), exp));
+                assert!(seen.insert(m, (name, exp)).is_none(), "{name} {exp}");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_compare_by_digest() {
+        assert!(keys_equal("secret-key", "secret-key"));
+        assert!(!keys_equal("secret-key", "secret-kez"));
+        assert!(!keys_equal("", "secret-key"));
+        assert!(!keys_equal("secret", "secret-key"), "a prefix is not equal");
     }
 
     #[test]

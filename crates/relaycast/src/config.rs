@@ -55,6 +55,16 @@ pub struct ServerConfig {
     pub http_redirect: Option<SocketAddr>,
     /// Serve the player from this directory instead of the embedded copy (development).
     pub player_dir: Option<PathBuf>,
+    /// The operator endpoints (`/metrics`, and `/api/streams` in full) need
+    /// `Authorization: Bearer <operator_token>` from clients other than
+    /// loopback (see `operator_from_loopback`). Unset: only loopback
+    /// clients read them; others get 403 (`/metrics`) or only the streams
+    /// anyone may watch (`/api/streams`).
+    pub operator_token: Option<String>,
+    /// Loopback clients (a local Prometheus, an operator's curl) read the
+    /// operator endpoints without the token. Turn off behind a reverse proxy
+    /// on the same host, where every client is loopback.
+    pub operator_from_loopback: bool,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +78,8 @@ impl Default for ServerConfig {
             tls_key: None,
             http_redirect: None,
             player_dir: None,
+            operator_token: None,
+            operator_from_loopback: true,
         }
     }
 }
@@ -327,10 +339,10 @@ impl Config {
                 errs.push("server.tls_cert and server.tls_key go together".to_string())
             }
             (Some(c), Some(k)) => {
-                for p in [c, k] {
-                    if let Err(e) = std::fs::metadata(p) {
-                        errs.push(format!("{}: {e}", p.display()));
-                    }
+                // What `serve` does with them: read and parse both (PEM) and
+                // build the TLS configuration.
+                if let Err(e) = crate::tls::Tls::load(c, k) {
+                    errs.push(format!("server.tls_cert/tls_key: {e:#}"));
                 }
             }
             (None, None) => {}
@@ -358,10 +370,39 @@ impl Config {
                 errs.push(format!("ingest.tcp: port {} is the HTTP port", t.port));
             }
         }
-        for name in self.ingest.keys.keys() {
-            if !crate::fanout::valid_name(name) {
-                errs.push(format!("ingest.keys: bad stream name {name:?}"));
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            errs.push(format!("log.filter {:?}: {e}", self.log.filter));
+        }
+        for (what, map) in [
+            ("ingest.keys", &self.ingest.keys),
+            ("auth.view_secrets", &self.auth.view_secrets),
+        ] {
+            for (pattern, secret) in map {
+                if !crate::auth::valid_pattern(pattern) {
+                    errs.push(format!(
+                        "{what}: {pattern:?} is neither a stream name nor a pattern of [A-Za-z0-9_-*?]"
+                    ));
+                }
+                check_secret(&mut errs, &format!("{what}.{pattern}"), secret);
             }
+        }
+        if let Some(k) = &self.ingest.publish_key {
+            check_secret(
+                &mut errs,
+                "ingest.publish_key (--publish-key, RELAYCAST_PUBLISH_KEY)",
+                k,
+            );
+        }
+        for t in &self.ingest.tcp {
+            if let Some(k) = &t.key {
+                check_secret(&mut errs, &format!("ingest.tcp port {} key", t.port), k);
+            }
+        }
+        if let Some(k) = &self.auth.view_secret {
+            check_secret(&mut errs, "auth.view_secret", k);
+        }
+        if let Some(k) = &self.server.operator_token {
+            check_secret(&mut errs, "server.operator_token", k);
         }
         if self.ingest.max_box_size < 1024 {
             errs.push("ingest.max_box_size must be at least 1024".into());
@@ -402,6 +443,22 @@ impl Config {
             }
         }
         errs
+    }
+}
+
+/// Shortest secret accepted (publish keys, view secrets).
+pub const MIN_SECRET: usize = 8;
+
+/// A configured secret must not be empty (which would accept `?key=`) nor
+/// guessable by length alone.
+fn check_secret(errs: &mut Vec<String>, what: &str, secret: &str) {
+    if secret.is_empty() {
+        errs.push(format!("{what} is empty: an empty key would accept anyone"));
+    } else if secret.len() < MIN_SECRET {
+        errs.push(format!(
+            "{what} is {} bytes: use at least {MIN_SECRET} (e.g. `openssl rand -hex 16`)",
+            secret.len()
+        ));
     }
 }
 

@@ -164,11 +164,15 @@ pub enum Reason {
     BadSignature,
     /// An `on_publish` / `on_play` callback said no (or failed, with deny as default).
     CallbackDenied,
+    /// A connection's writes made no progress for `write_stall_timeout`.
+    WriteStalled,
+    /// The streams together hold `memory_budget` bytes.
+    MemoryBudget,
 }
 
 impl Reason {
     /// Number of reasons.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 15;
     /// Every reason.
     pub const ALL: [Reason; Self::COUNT] = [
         Reason::Streams,
@@ -184,6 +188,8 @@ impl Reason {
         Reason::WrongKey,
         Reason::BadSignature,
         Reason::CallbackDenied,
+        Reason::WriteStalled,
+        Reason::MemoryBudget,
     ];
 
     /// Label for metrics (`reason="…"`).
@@ -202,6 +208,8 @@ impl Reason {
             Reason::WrongKey => "wrong_key",
             Reason::BadSignature => "bad_signature",
             Reason::CallbackDenied => "callback_denied",
+            Reason::WriteStalled => "write_stalled",
+            Reason::MemoryBudget => "memory_budget",
         }
     }
 

@@ -22,6 +22,7 @@ use crate::Error;
 use crate::fanout::{Registry, Stream, serde_secs};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
+use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -55,6 +56,28 @@ pub struct LimitsConfig {
     /// handshake must finish within it (slowloris).
     #[serde(with = "serde_secs")]
     pub header_read_timeout: Duration,
+    /// A connection whose peer reads nothing for this long while the relay
+    /// has bytes to write is closed (a viewer whose socket stays full: the
+    /// lag policy's last resort, counted as `write_stalled`). 0 = never.
+    #[serde(with = "serde_secs")]
+    pub write_stall_timeout: Duration,
+    /// Most bytes all streams may hold together (rings, init segments):
+    /// past it new publishers and viewers are refused (503,
+    /// `memory_budget`) instead of the process growing. Default: half of
+    /// the machine's memory (`/proc/meminfo`), 4 GiB where unknown. 0 = off.
+    pub memory_budget: u64,
+}
+
+/// Half of the machine's physical memory (Linux), else 4 GiB.
+pub fn default_memory_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024 / 2)
+        })
+        .unwrap_or(4 << 30)
 }
 
 impl Default for LimitsConfig {
@@ -67,6 +90,8 @@ impl Default for LimitsConfig {
             max_ingest_bitrate: 50_000_000,
             ingest_burst: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            write_stall_timeout: Duration::from_secs(20),
+            memory_budget: default_memory_budget(),
         }
     }
 }
@@ -165,9 +190,27 @@ impl Limits {
         self.per_ip.get(&ip).map(|n| *n).unwrap_or(0)
     }
 
+    /// Is the relay under its memory budget? (What every stream holds,
+    /// added up at admission: a publisher or viewer more is refused past it.)
+    pub fn check_memory(&self, registry: &Registry) -> Result<(), Error> {
+        let budget = self.config.memory_budget;
+        if budget == 0 {
+            return Ok(());
+        }
+        let held = registry.held_bytes() as u64;
+        if held >= budget {
+            return Err(self.refused.refuse(
+                Reason::MemoryBudget,
+                format!("streams hold {held} bytes, the relay's budget is {budget}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// May a publisher start `name`? Refused when it would be a new stream
     /// beyond `max_streams`.
     pub fn check_stream(&self, registry: &Registry, name: &str) -> Result<(), Error> {
+        self.check_memory(registry)?;
         let max = self.config.max_streams;
         if max != 0 && registry.get(name).is_none() && registry.len() >= max {
             return Err(self
@@ -181,6 +224,7 @@ impl Limits {
     /// subscription is already counted, so the check is exact under races:
     /// never more than the limit.)
     pub fn check_viewer(&self, registry: &Registry, stream: &Stream) -> Result<(), Error> {
+        self.check_memory(registry)?;
         let per = self.config.max_viewers_per_stream;
         if per != 0 && stream.viewer_count() > per {
             return Err(self.refused.refuse(
@@ -237,17 +281,79 @@ impl Drop for ConnGuard {
 }
 
 /// A connection's I/O with its [`ConnGuard`]: the connection counts for its
-/// IP for as long as the socket lives, also after a WebSocket upgrade.
+/// IP for as long as the socket lives, also after a WebSocket upgrade. It
+/// also holds the write deadline: when the peer stops reading and a write
+/// makes no progress for `write_stall` (the socket buffer stays full), the
+/// write fails with `TimedOut`, counted as [`Reason::WriteStalled`]: the lag
+/// policy reaches a viewer whose socket is full (its session ends: end of
+/// body for HTTP, the connection closed for WebSocket) instead of holding it
+/// forever. Any progress re-arms the deadline.
 #[derive(Debug)]
 pub struct Counted<IO> {
     io: IO,
     _guard: ConnGuard,
+    stall: Option<Stall>,
+}
+
+#[derive(Debug)]
+struct Stall {
+    limit: Duration,
+    refused: Arc<Refused>,
+    /// Armed while a write waits (pending), cleared on progress.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stall {
+    /// The inner write returned `r`: re-arm on progress, and when it is
+    /// pending, fail once the deadline passed.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Pending => {
+                let limit = self.limit;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.timer = None;
+                    self.refused.count(Reason::WriteStalled);
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the peer read nothing for {limit:?}: write deadline"),
+                    )));
+                }
+                Poll::Pending
+            }
+            r => {
+                self.timer = None;
+                r
+            }
+        }
+    }
 }
 
 impl<IO> Counted<IO> {
     /// Wrap `io`.
     pub fn new(io: IO, guard: ConnGuard) -> Self {
-        Counted { io, _guard: guard }
+        Counted {
+            io,
+            _guard: guard,
+            stall: None,
+        }
+    }
+
+    /// Give writes a deadline: `limit` without progress fails them
+    /// (counted in `refused`). A zero `limit` leaves writes without one.
+    pub fn with_write_deadline(mut self, limit: Duration, refused: Arc<Refused>) -> Self {
+        self.stall = (!limit.is_zero()).then(|| Stall {
+            limit,
+            refused,
+            timer: None,
+        });
+        self
     }
 }
 
@@ -267,11 +373,21 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        match &mut this.stall {
+            Some(s) => s.check(cx, r),
+            None => r,
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let this = &mut *self;
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        match &mut this.stall {
+            Some(s) => s.check(cx, r),
+            None => r,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -283,7 +399,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        match &mut this.stall {
+            Some(s) => s.check(cx, r),
+            None => r,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -291,9 +291,21 @@ fn main() -> anyhow::Result<()> {
         _ => None,
     };
     let config = serve_args.map(ServeArgs::config).transpose()?;
+    let checking = matches!(cli.command, Some(Command::Config(_)));
+    if let (Some(c), false) = (&config, checking) {
+        // `serve` applies the very validation `config check` reports, before
+        // anything else (logging included) uses the configuration.
+        let problems = c.validate();
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("relaycast: config error: {p}");
+            }
+            anyhow::bail!("invalid configuration: {}", problems.join("; "));
+        }
+    }
     match &config {
-        Some(c) => relaycast::logging::init(&c.log)?,
-        None => relaycast::logging::init(&LogConfig::default())?,
+        Some(c) if !checking => relaycast::logging::init(&c.log)?,
+        _ => relaycast::logging::init(&LogConfig::default())?,
     }
     let rt = tokio::runtime::Runtime::new()?;
     match (cli.command, config) {
@@ -390,10 +402,6 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let problems = config.validate();
-    if !problems.is_empty() {
-        anyhow::bail!("invalid configuration: {}", problems.join("; "));
-    }
     heap_metrics();
     let running = relaycast::server::start(config, None).await?;
     let scheme = if running.tls.is_some() {

@@ -36,7 +36,6 @@ use crate::fanout::stats::*;
 use crate::fanout::{Registry, Transport};
 use parking_lot::Mutex;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering::Relaxed;
 
 /// Writes extra families into a scrape; see [`add_collector`].
 pub type Collector = Box<dyn Fn(&Registry, &mut Exposition) + Send + Sync>;
@@ -319,7 +318,7 @@ fn write_streams(registry: &Registry, e: &mut Exposition) {
             e.sample(
                 "relaycast_stream_viewers",
                 &[("stream", s.name()), ("transport", t.name())],
-                s.stats().viewers[t as usize].load(Relaxed),
+                s.stats().viewers_of(t),
             );
         }
     }

@@ -205,3 +205,42 @@ pub fn payload(ev: &Event) -> Option<&Bytes> {
         _ => None,
     }
 }
+
+/// A response body that is the concatenation of stored chunks, sent as they
+/// are (shared `Bytes`, no copy), with its exact length known up front (so
+/// it goes out with `Content-Length`, not chunked).
+pub fn chunks_body(chunks: Vec<Bytes>) -> axum::body::Body {
+    axum::body::Body::new(ChunksBody {
+        left: chunks.iter().map(|c| c.len() as u64).sum(),
+        chunks: chunks.into(),
+    })
+}
+
+struct ChunksBody {
+    chunks: std::collections::VecDeque<Bytes>,
+    left: u64,
+}
+
+impl http_body::Body for ChunksBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let next = self.chunks.pop_front();
+        if let Some(c) = &next {
+            self.left -= c.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|c| Ok(http_body::Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}

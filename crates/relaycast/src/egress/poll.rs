@@ -11,12 +11,14 @@ use crate::app::{AppState, error_response};
 use crate::fanout::{Event, ViewerStart};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::fmt::Write;
 use std::time::Duration;
 
-/// Most body bytes in one answer (more stays for the next poll).
-const MAX_BODY: usize = 8 << 20;
+/// Most body bytes in one answer (more stays for the next poll): an answer
+/// is a list of the stored fragments (shared `Bytes`, never copied), so what
+/// a client that never reads holds is at most this much of the ring.
+const MAX_BODY: usize = 4 << 20;
 
 /// Serve one poll.
 pub async fn serve(
@@ -38,19 +40,27 @@ pub async fn serve(
         .unwrap_or(cfg.long_poll_timeout)
         .min(cfg.long_poll_max);
     let after = q.resume_after(&app.registry, &name);
-    let start = ViewerStart {
-        after,
-        transport: if plain {
-            Transport::Poll
-        } else {
-            Transport::LongPoll
-        },
+    let transport = if plain {
+        Transport::Poll
+    } else {
+        Transport::LongPoll
     };
+    let start = ViewerStart { after, transport };
     let mut viewer = match super::admit(&app, &name, &q, start, wait_stream, peer).await {
         Ok(v) => v,
         Err(e) => return error_response(&e),
     };
     let stream = viewer.stream().clone();
+    if let Some(peer) = peer {
+        // A polling client counts as a viewer between its polls too (by its
+        // connection: browsers keep one alive across polls).
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        peer.hash(&mut h);
+        stream.stats().note_poller(h.finish(), transport);
+    }
+    let asked = std::time::Instant::now();
+    let resumed = viewer.resumed();
     let mut batch = Batch::default();
     // A fresh cursor hands out the init segment first, and maybe publisher
     // news: neither is an answer to a long poll, which waits for a fragment
@@ -96,6 +106,12 @@ pub async fn serve(
         put("x-relaycast-next", n.to_string());
     }
     put("x-relaycast-skipped", batch.skipped.to_string());
+    if after.is_some() {
+        // 0: the `after` asked for is not in this stream (beyond its newest
+        // fragment, or of another life of it): the answer starts afresh at
+        // the newest keyframe, not where the client left off.
+        put("x-relaycast-resumed", u8::from(resumed).to_string());
+    }
     put("x-relaycast-init-version", init_version.to_string());
     put("x-relaycast-epoch", stream.epoch().to_string());
     put(
@@ -105,16 +121,22 @@ pub async fn serve(
     if batch.ended {
         put("x-relaycast-end", "1".to_string());
     }
+    // Delivery latency is what a live fragment waited for its viewer: a
+    // fragment that was already stored when the poll came (catching up
+    // from an old `after`) is not measured.
     let now = std::time::Instant::now();
-    for &arrived in &batch.arrived {
+    for &arrived in batch.arrived.iter().filter(|&&a| a >= asked) {
         viewer.wrote(arrived, now);
     }
-    (StatusCode::OK, h, batch.body.freeze()).into_response()
+    (StatusCode::OK, h, super::chunks_body(batch.body)).into_response()
 }
 
 #[derive(Default)]
 struct Batch {
-    body: BytesMut,
+    /// The stored fragments, in order (the body is their concatenation).
+    body: Vec<Bytes>,
+    /// Their total size.
+    len: usize,
     seqs: String,
     sizes: String,
     keyframes: String,
@@ -152,10 +174,11 @@ impl Batch {
                     let sep = if self.keyframes.is_empty() { "" } else { "," };
                     let _ = write!(self.keyframes, "{sep}{}", c.seq);
                 }
-                self.body.extend_from_slice(&c.bytes);
+                self.len += c.bytes.len();
+                self.body.push(c.bytes.clone());
                 self.arrived.push(c.arrived);
                 self.last_seq = Some(c.seq);
-                self.full = self.body.len() >= MAX_BODY;
+                self.full = self.len >= MAX_BODY;
             }
             Event::Skip { from, to, .. } => {
                 if self.last_seq.is_some() {

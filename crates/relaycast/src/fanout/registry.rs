@@ -84,6 +84,11 @@ impl Registry {
         &self.0.config
     }
 
+    /// Bytes every stream holds together ([`Stream::held_bytes`]).
+    pub fn held_bytes(&self) -> usize {
+        self.0.streams.iter().map(|s| s.value().held_bytes()).sum()
+    }
+
     /// Relay-wide counters (for `/metrics`).
     pub fn totals(&self) -> &super::stats::Totals {
         &self.0.totals

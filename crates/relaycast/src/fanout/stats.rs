@@ -340,8 +340,8 @@ impl Totals {
         let mut upstream = [0; 4];
         for s in &t.live {
             c.add(&Counts::of(s));
-            for (v, a) in viewers.iter_mut().zip(s.viewers.iter()) {
-                *v += a.load(Relaxed);
+            for (v, t) in viewers.iter_mut().zip(Transport::ALL) {
+                *v += s.viewers_of(t);
             }
             upstream[s.upstream.get() as usize] += 1;
         }
@@ -395,6 +395,41 @@ impl ViewerMetrics {
         if !self.local.is_empty() {
             self.local.flush(&stats.delivery);
         }
+    }
+}
+
+/// Polling clients seen lately, per stream: a polling viewer counts as a
+/// viewer for [`Pollers::WINDOW`] after its last request. Bounded: at most
+/// [`Pollers::MAX`] clients are remembered (more are not counted).
+#[derive(Debug, Default)]
+pub struct Pollers {
+    seen: Mutex<std::collections::HashMap<u64, (Instant, Transport)>>,
+}
+
+impl Pollers {
+    /// How long a poll keeps its client counted (longer than a long poll's
+    /// longest wait plus the pause between two polls).
+    pub const WINDOW: Duration = Duration::from_secs(40);
+    /// Most clients remembered per stream.
+    pub const MAX: usize = 100_000;
+
+    /// Client `key` polled at `now` over `t`.
+    pub fn note(&self, key: u64, t: Transport, now: Instant) {
+        let mut seen = self.seen.lock();
+        if seen.len() >= Self::MAX {
+            seen.retain(|_, (at, _)| now.saturating_duration_since(*at) < Self::WINDOW);
+            if seen.len() >= Self::MAX {
+                return;
+            }
+        }
+        seen.insert(key, (now, t));
+    }
+
+    /// Clients that polled over `t` within the window before `now`.
+    pub fn recent(&self, t: Transport, now: Instant) -> u64 {
+        let mut seen = self.seen.lock();
+        seen.retain(|_, (at, _)| now.saturating_duration_since(*at) < Self::WINDOW);
+        seen.values().filter(|(_, tt)| *tt == t).count() as u64
     }
 }
 

@@ -48,6 +48,10 @@ pub struct Chunk {
     pub init: Arc<InitEntry>,
     /// The JSON control message announcing it (`{"type":"fragment",…}`), built once.
     pub meta: Bytes,
+    /// Bytes this chunk holds in the ring's budget: its own, plus its init
+    /// segment's when it is the first chunk of the ring on that init (an
+    /// init is held as long as a chunk refers to it).
+    pub held: usize,
 }
 
 /// Why a viewer's session ends.
@@ -165,9 +169,30 @@ pub struct StreamStats {
     pub delivery: super::stats::Histogram,
     /// Upstream (cascade) state, for `/metrics`.
     pub upstream: super::stats::UpstreamCell,
+    /// Polling clients seen lately (see [`StreamStats::note_poller`]).
+    pub pollers: super::stats::Pollers,
 }
 
 impl StreamStats {
+    /// Viewers now on transport `t`. A polling viewer holds a cursor only
+    /// while one request lasts, so for the two polling transports this is
+    /// the larger of the open cursors and the clients that polled lately.
+    pub fn viewers_of(&self, t: super::Transport) -> u64 {
+        let open = self.viewers[t as usize].load(Relaxed);
+        match t {
+            super::Transport::Poll | super::Transport::LongPoll => {
+                open.max(self.pollers.recent(t, Instant::now()))
+            }
+            _ => open,
+        }
+    }
+
+    /// A polling client (identified by `key`, e.g. its connection) polled
+    /// now over `t`: it counts as a viewer for a while after.
+    pub fn note_poller(&self, key: u64, t: super::Transport) {
+        self.pollers.note(key, t, Instant::now());
+    }
+
     /// Record the stream's upstream (cascade) state.
     pub fn set_upstream(&self, state: super::stats::UpstreamState) {
         self.upstream.set(state);
@@ -323,7 +348,10 @@ impl Stream {
 
     /// Viewers attached now (all transports).
     pub fn viewer_count(&self) -> u64 {
-        self.0.stats.viewers.iter().map(|v| v.load(Relaxed)).sum()
+        super::Transport::ALL
+            .iter()
+            .map(|&t| self.0.stats.viewers_of(t))
+            .sum()
     }
 
     /// The current init segment.
@@ -501,7 +529,10 @@ impl Stream {
                 dts: Some(dts_us as f64 / 1e6),
             }
             .to_bytes();
+            let new_init = st.ring.back().is_none_or(|b| !Arc::ptr_eq(&b.init, &init));
+            let held = len + if new_init { init.init.bytes.len() } else { 0 };
             let chunk = Arc::new(Chunk {
+                held,
                 seq,
                 keyframe: frag.keyframe,
                 t_ms,
@@ -515,7 +546,7 @@ impl Stream {
             if chunk.keyframe {
                 st.keyframes.push_back(seq);
             }
-            st.ring_bytes += len;
+            st.ring_bytes += held;
             st.ring.push_back(chunk);
             self.evict(&mut st);
             seq
@@ -541,13 +572,26 @@ impl Stream {
             if !(hard || over && front.seq < protect_from) {
                 break;
             }
-            st.ring_bytes -= front.bytes.len();
+            st.ring_bytes -= front.held;
             st.ring.pop_front();
         }
         let front_seq = st.ring.front().map_or(st.next_seq, |c| c.seq);
         while st.keyframes.front().is_some_and(|&k| k < front_seq) {
             st.keyframes.pop_front();
         }
+    }
+
+    /// Bytes this stream holds: its ring (fragments and the init segments
+    /// they refer to) and its current init segment when no fragment refers
+    /// to it yet. What the relay-wide memory budget adds up.
+    pub fn held_bytes(&self) -> usize {
+        let st = self.0.state.read();
+        let init = match (&st.init, st.ring.back()) {
+            (Some(i), Some(b)) if Arc::ptr_eq(i, &b.init) => 0,
+            (Some(i), _) => i.init.bytes.len(),
+            (None, _) => 0,
+        };
+        st.ring_bytes + init
     }
 
     /// Info for `/live/{name}/info`.
@@ -569,7 +613,7 @@ impl Stream {
         };
         let mut by_transport = std::collections::BTreeMap::new();
         for t in super::Transport::ALL {
-            let n = self.0.stats.viewers[t as usize].load(Relaxed);
+            let n = self.0.stats.viewers_of(t);
             if n > 0 {
                 by_transport.insert(t.name(), n);
             }

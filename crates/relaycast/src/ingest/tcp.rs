@@ -43,6 +43,7 @@ pub async fn bind(
 /// Accept publishers on `listener` for the port's stream until shutdown.
 pub async fn run(listener: TcpListener, port: TcpIngest, app: AppState) {
     let name = port.name.clone();
+    let mut accept_errors = crate::app::AcceptErrors::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -65,10 +66,7 @@ pub async fn run(listener: TcpListener, port: TcpIngest, app: AppState) {
                     }
                 }.instrument(span));
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "tcp ingest accept");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
+            Err(e) => accept_errors.failed("tcp ingest", &e).await,
         }
     }
 }

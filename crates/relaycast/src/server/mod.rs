@@ -148,8 +148,17 @@ async fn info(
     }
 }
 
-async fn streams(State(app): State<AppState>) -> Response {
-    let list: Vec<_> = app.registry.list().iter().map(|s| s.info()).collect();
+/// Every stream for operators; for anyone else only the streams anyone may
+/// watch (no signed URL needed): the player's stream list.
+async fn streams(State(app): State<AppState>, Peer(peer): Peer, headers: HeaderMap) -> Response {
+    let operator = crate::app::is_operator(&app, peer, &headers);
+    let list: Vec<_> = app
+        .registry
+        .list()
+        .iter()
+        .filter(|s| operator || app.config.auth.view_secret_for(s.name()).is_none())
+        .map(|s| s.info())
+        .collect();
     axum::Json(serde_json::json!({ "streams": list })).into_response()
 }
 
@@ -160,7 +169,12 @@ async fn healthz(State(app): State<AppState>) -> Response {
     (StatusCode::OK, "ok\n").into_response()
 }
 
-async fn metrics(State(app): State<AppState>) -> Response {
+async fn metrics(State(app): State<AppState>, Peer(peer): Peer, headers: HeaderMap) -> Response {
+    if !crate::app::is_operator(&app, peer, &headers) {
+        return error_response(&Error::Forbidden(
+            "/metrics is for operators: send Authorization: Bearer <server.operator_token>".into(),
+        ));
+    }
     let body = metrics_text(&app.registry, &app.limits.refused);
     (
         [(
@@ -417,6 +431,7 @@ async fn accept_loop(
 ) -> std::io::Result<()> {
     // Every connection task holds a sender; all dropped = all done.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut accept_errors = crate::app::AcceptErrors::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -425,9 +440,7 @@ async fn accept_loop(
         let (tcp, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // Out of file descriptors and the like: back off a little.
-                tracing::warn!(error = %e, "accept");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                accept_errors.failed("http", &e).await;
                 continue;
             }
         };
@@ -457,19 +470,27 @@ async fn connection(
 ) {
     let limits = state.limits.clone();
     let timeout = limits.config().header_read_timeout;
-    let (guard, refusal) = match limits.connection(peer.ip()) {
-        Ok(g) => (Some(g), None),
-        Err(e) => (None, Some(e)),
+    let guard = match limits.connection(peer.ip()) {
+        Ok(g) => g,
+        Err(e) => {
+            // Over the per-IP limit: refused at once, never held until a
+            // timeout (a flood of them must not pin descriptors or memory).
+            tracing::debug!(%peer, error = %e, "connection refused");
+            if tls.is_none() {
+                refuse_raw(tcp, &e).await;
+            }
+            return;
+        }
     };
     let Some(tls) = tls else {
-        return serve_io(tcp, guard, refusal, peer, app, state).await;
+        return serve_io(tcp, guard, peer, app, state).await;
     };
     let handshake = tokio::select! {
         h = tokio::time::timeout(timeout, tls.acceptor().accept(tcp)) => h,
         _ = state.shutdown.cancelled() => return,
     };
     match handshake {
-        Ok(Ok(io)) => serve_io(io, guard, refusal, peer, app, state).await,
+        Ok(Ok(io)) => serve_io(io, guard, peer, app, state).await,
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => {
             limits.refused.count(crate::limits::Reason::HeaderTimeout);
@@ -478,10 +499,44 @@ async fn connection(
     }
 }
 
+/// Most of a refused connection's request read (and dropped) after the
+/// answer, and for how long: enough for the client to read the 429 instead
+/// of a reset, bounded so a refusal holds nothing.
+const REFUSE_DRAIN: (usize, Duration) = (16 << 10, Duration::from_millis(500));
+
+/// Answer a refused plain-HTTP connection with the error (429 + JSON +
+/// `Retry-After` + `Connection: close`) without reading its request, then
+/// close it gracefully.
+async fn refuse_raw(mut tcp: tokio::net::TcpStream, e: &Error) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = serde_json::json!({ "error": e.to_string() }).to_string();
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 5\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let bye = async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(body.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = REFUSE_DRAIN.0;
+        while left > 0 {
+            match tcp.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSE_DRAIN.1, bye).await;
+}
+
 async fn serve_io<IO>(
     io: IO,
-    guard: Option<crate::limits::ConnGuard>,
-    refusal: Option<Error>,
+    guard: crate::limits::ConnGuard,
     peer: SocketAddr,
     app: Router,
     state: AppState,
@@ -491,49 +546,19 @@ async fn serve_io<IO>(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
     let limits = state.limits.clone();
-    let refused = refusal.is_some();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
-        let app = app.clone();
-        let refusal = refusal.as_ref().map(error_response);
-        async move {
-            match refusal {
-                Some(mut r) => {
-                    r.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    Ok(r)
-                }
-                None => app.oneshot(req).await,
-            }
-        }
+        app.clone().oneshot(req)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.config().header_read_timeout)
-        .keep_alive(!refused);
-    let io = match guard {
-        Some(g) => TokioIo::new(crate::limits::Counted::new(io, g)),
-        None => {
-            // Refused: not counted, answered with the refusal and closed.
-            let conn = builder.serve_connection(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = state.shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result
-                && e.is_timeout()
-            {
-                limits.refused.count(crate::limits::Reason::HeaderTimeout);
-            }
-            return;
-        }
-    };
+        .header_read_timeout(limits.config().header_read_timeout);
+    let io = TokioIo::new(
+        crate::limits::Counted::new(io, guard)
+            .with_write_deadline(limits.config().write_stall_timeout, limits.refused.clone()),
+    );
     let conn = builder.serve_connection(io, svc).with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
