@@ -737,6 +737,8 @@ struct Heard {
     kind: String,
     seq: Option<u64>,
     epoch: Option<u64>,
+    /// `init`, `fragment`: the length of the binary item that follows.
+    size: Option<u64>,
     /// `end`: the `relaycast/1` code of the reason.
     code: Option<u32>,
     /// `end`: the reason, for people.
@@ -882,12 +884,18 @@ async fn watch_http(
         acc.extend_from_slice(&data);
         while let Some(len) = whole_box(&acc)? {
             let b = acc.split_to(len);
-            let Some(json) = meta_payload(&b) else {
+            let json = meta_payload(&b);
+            if json.is_none() && item.is_some() {
                 pending.extend_from_slice(&b);
-                continue;
+            }
+            // An item ends when its `size` bytes are in (the control message
+            // says), or at the next control message.
+            let complete = match (&item, json) {
+                (Some(_), Some(_)) => true,
+                (Some(h), None) => h.size.is_some_and(|n| pending.len() as u64 >= n),
+                (None, _) => false,
             };
-            // A control message ends the item before it.
-            if let Some(h) = item.take() {
+            if complete && let Some(h) = item.take() {
                 let seq = if h.kind == "fragment" { h.seq } else { None };
                 r.write(out, &pending, seq).await?;
                 pending.clear();
@@ -895,6 +903,7 @@ async fn watch_http(
                     return Ok(());
                 }
             }
+            let Some(json) = json else { continue };
             let h = Heard::parse(json, r);
             if let Some(end) = h.as_ref().filter(|h| h.kind == "end") {
                 if end.stream_over() {
