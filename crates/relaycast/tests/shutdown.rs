@@ -395,6 +395,7 @@ async fn shutdown_never_cuts_a_websocket_frame_in_half() {
             Err(_) => panic!("no close within 20 s"),
         }
     };
+    eprintln!("{binaries} binary messages after the shutdown; end: {end}; close {code:?}");
     assert!(binaries > 0);
     assert!(end, "told end");
     assert_eq!(code, Some(1001));
