@@ -197,12 +197,7 @@ async fn sigterm_with_1000_viewers_drains_within_the_deadline() {
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
     stdout.read_line(&mut line).expect("first line");
-    let addr = line
-        .trim()
-        .strip_prefix("relaycast: listening on http://")
-        .and_then(|a| a.strip_suffix('/'))
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let addr = common::listening_addr(&line);
     let stderr = child.stderr.take().expect("stderr");
     let log = std::thread::spawn(move || {
         let mut s = String::new();

@@ -39,12 +39,7 @@ impl Relay {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("first line");
-        let addr = line
-            .trim()
-            .strip_prefix("relaycast: listening on http://")
-            .and_then(|a| a.strip_suffix('/'))
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+        let addr = common::listening_addr(&line);
         let log = Arc::new(Mutex::new(String::new()));
         let mut stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
@@ -142,6 +137,29 @@ fn ffmpeg(args: &[&str]) -> (bool, String) {
         std::thread::sleep(Duration::from_millis(20));
     };
     (ok, reader.join().unwrap_or_default())
+}
+
+/// Start ffmpeg (quiet, no stdin) with `input` options, then fragmented MP4
+/// over HTTP PUT to `url`; the caller stops it.
+fn ffmpeg_spawn(input: &[&str], url: &str) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-loglevel", "error"])
+        .args(input)
+        .args([
+            "-f",
+            "mp4",
+            "-movflags",
+            "frag_keyframe+empty_moov+default_base_moof",
+            "-frag_duration",
+            "100000",
+            "-method",
+            "PUT",
+            url,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ffmpeg")
 }
 
 /// ffmpeg copying a fixture as fragmented MP4 to `url` over HTTP PUT, asking
@@ -306,12 +324,8 @@ fn ordinary_ends_are_not_warnings_and_every_session_logs_its_end() {
     })
     .collect();
     // A live ffmpeg publisher stopped the ordinary way: SIGINT (Ctrl-C).
-    let mut live_pub = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
+    let mut live_pub = ffmpeg_spawn(
+        &[
             "-re",
             "-f",
             "lavfi",
@@ -323,20 +337,9 @@ fn ordinary_ends_are_not_warnings_and_every_session_logs_its_end() {
             "ultrafast",
             "-g",
             "30",
-            "-f",
-            "mp4",
-            "-movflags",
-            "frag_keyframe+empty_moov+default_base_moof",
-            "-frag_duration",
-            "100000",
-            "-method",
-            "PUT",
-            &format!("http://{addr}/publish/live"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ffmpeg");
+        ],
+        &format!("http://{addr}/publish/live"),
+    );
     let start = Instant::now();
     while !live(&addr, "live") {
         assert!(start.elapsed() < Duration::from_secs(20), "never went live");
@@ -352,29 +355,11 @@ fn ordinary_ends_are_not_warnings_and_every_session_logs_its_end() {
         let (ok, err) = ffmpeg_put(file, &format!("http://{addr}/publish/{name}"), &[]);
         assert!(ok, "{file}: {err}");
     }
-    let mut killed = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-re",
-            "-i",
-            &repo("tests/fixtures/h264_aac_keyframe.mp4"),
-            "-c",
-            "copy",
-            "-f",
-            "mp4",
-            "-movflags",
-            "frag_keyframe+empty_moov+default_base_moof",
-            "-method",
-            "PUT",
-            &format!("http://{addr}/publish/killed"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ffmpeg");
+    let h264 = repo("tests/fixtures/h264_aac_keyframe.mp4");
+    let mut killed = ffmpeg_spawn(
+        &["-re", "-i", &h264, "-c", "copy"],
+        &format!("http://{addr}/publish/killed"),
+    );
     relay.wait_for(
         &["HTTP publisher connected", "killed"],
         Duration::from_secs(20),

@@ -289,3 +289,13 @@ pub fn ffmpeg_live(seconds: u32, out: &str, extra: &[&str]) -> tokio::process::C
         .stderr(std::process::Stdio::piped());
     c
 }
+
+/// The address in `relaycast serve`'s first stdout line
+/// ("relaycast: listening on http://ADDR/").
+pub fn listening_addr(line: &str) -> String {
+    line.trim()
+        .strip_prefix("relaycast: listening on http://")
+        .and_then(|a| a.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string()
+}
