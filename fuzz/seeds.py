@@ -39,3 +39,18 @@ for name in sorted(os.listdir(fixtures)):
         open(os.path.join(d, "seed-" + name), "wb").write(seed)
     n += 1
 print(f"{n} seeds of up to 16 KiB in fuzz/corpus/*", file=sys.stderr)
+
+# The remux targets: a short FLV and MPEG-TS from ffmpeg, when it is here
+# (160x90, 10 frames: a few KiB each).
+import shutil, subprocess
+for target, fmt in (("flv_remux", "flv"), ("ts_remux", "mpegts")):
+    d = os.path.join(root, "fuzz", "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    if shutil.which("ffmpeg") is None:
+        continue
+    out = os.path.join(d, "seed-h264-aac." + fmt)
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=160x90:rate=10", "-f", "lavfi", "-i", "sine=sample_rate=8000",
+                    "-t", "1", "-c:v", "libx264", "-g", "5", "-c:a", "aac", "-b:a", "16k",
+                    "-f", fmt, out], check=False)
+os.makedirs(os.path.join(root, "fuzz", "corpus", "rtmp_session"), exist_ok=True)

@@ -6,6 +6,7 @@
 
 import { Player } from './player.js';
 import { MseAppender } from './mse.js';
+import { NativeHls } from './native-hls.js';
 import { livePath } from './ws.js';
 
 const $ = (id) => document.getElementById(id);
@@ -39,8 +40,24 @@ const logEl = $('log');
 if (params.get('debug')) logEl.classList.remove('hidden');
 
 let player = null;
-if (!MseAppender.isSupported()) {
-  showNotice('This browser has no Media Source Extensions, so it cannot play this stream here. Try VLC or ffplay on /live/' + name + '.mp4', false);
+if (NativeHls.isSupported(video)) {
+  // No MSE, but the browser plays HLS itself (iPhone, some TVs): LL-HLS rung.
+  const q = new URLSearchParams();
+  for (const k of ['exp', 'sig']) if (params.has(k)) q.set(k, params.get(k));
+  player = new NativeHls(video, {
+    name,
+    query: q.toString(),
+    onLog: (line) => {
+      if (params.get('debug')) {
+        logEl.textContent += `${line}\n`;
+        console.log(`[relaycast] ${line}`);
+      }
+    },
+  });
+  window.relaycastPlayer = { player, stats: () => player.stats(), log: () => player.log.slice() };
+  player.start();
+} else if (!MseAppender.isSupported()) {
+  showNotice('This browser has neither Media Source Extensions nor native HLS, so it cannot play this stream here. Try VLC or mpv on /live/' + name + '/index.m3u8 or /live/' + name + '.mp4', false);
 } else {
   const num = (k) => (params.has(k) && params.get(k) !== '' && isFinite(Number(params.get(k))) ? Number(params.get(k)) : undefined);
   const chooser = {};
@@ -83,7 +100,7 @@ $('stats').onclick = () => hud.classList.toggle('hidden');
 $('fs').onclick = () => (document.fullscreenElement ? document.exitFullscreen() : $('player').requestFullscreen());
 $('golive').onclick = () => {
   const b = video.buffered;
-  if (b.length && player) video.currentTime = Math.max(b.start(b.length - 1), b.end(b.length - 1) - player.latency.target());
+  if (b.length && player?.latency) video.currentTime = Math.max(b.start(b.length - 1), b.end(b.length - 1) - player.latency.target());
 };
 document.addEventListener('keydown', (e) => {
   if (e.target && e.target.tagName === 'INPUT') return;
@@ -136,7 +153,7 @@ function drawHud() {
     badge.textContent = st.startsWith('connecting') ? 'connecting' : st.length > 26 ? `${st.slice(0, 24)}…` : st;
   }
   if (st === 'playing' && s.appended > 0 && (video.readyState >= 2 || s.currentTime > 0)) {
-    showNotice(video.paused && player.latency.blocked ? 'Click to play' : '', false);
+    showNotice(video.paused && player.latency?.blocked ? 'Click to play' : '', false);
   } else if (st !== 'playing') {
     showNotice(st.charAt(0).toUpperCase() + st.slice(1) + (st.startsWith('connecting') ? '…' : ''), !/not|cannot|ended/.test(st));
   }

@@ -5,14 +5,19 @@
 //! sequence of [`Fragment`]s (optional `styp`/`prft`/`emsg`/`sidx`, then one
 //! `moof` and its `mdat`). Payloads are `bytes::Bytes` slices of the buffer the
 //! input was gathered in: an `mdat` is never copied after it arrived.
+//!
+//! [`hls`] is the packaging side: the LL-HLS/DASH segment index and the
+//! playlists and MPD rendered from it (sans-IO too: the caller passes time).
 
 use bytes::Bytes;
 
 mod boxes;
 mod codec;
 pub mod demo;
+pub mod hls;
 mod init;
 mod moof;
+pub mod remux;
 mod splitter;
 
 pub use splitter::{Splitter, SplitterConfig};
@@ -171,6 +176,16 @@ pub enum MediaError {
     /// The stream does not look like MP4 at all, or a box could not be parsed.
     #[error("not a fragmented MP4 stream: {0}")]
     Invalid(String),
+    /// An FLV (RTMP) or MPEG-TS (SRT) input the remuxer refused: an unknown
+    /// codec, a truncated tag, a bad sequence header, a TS without a program.
+    #[error("{0}")]
+    Remux(String),
+}
+
+impl From<remux::flv::FlvError> for MediaError {
+    fn from(e: remux::flv::FlvError) -> Self {
+        MediaError::Remux(e.to_string())
+    }
 }
 
 impl MediaError {

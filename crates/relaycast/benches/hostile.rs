@@ -33,7 +33,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use relaycast::media::demo::Demo;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -293,16 +292,9 @@ async fn run() -> bool {
         .spawn()
         .expect("spawn relaycast");
     let pid = child.id();
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    let _ = out.read_line(&mut line);
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("relaycast: listening on http://")
-        .and_then(|a| a.strip_suffix('/'))
-        .and_then(|a| a.parse().ok())
-        .expect("listening line");
+    let addr: SocketAddr = opsutil::listening(&mut child)
+        .parse()
+        .expect("listening address");
     const STREAM: &str = "soak";
 
     // The publisher: the demo clip at real time, its fragments remembered by

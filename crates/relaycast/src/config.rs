@@ -167,6 +167,67 @@ pub struct IngestConfig {
     /// A publisher that sends nothing for this long is disconnected.
     #[serde(with = "serde_secs")]
     pub idle_timeout: Duration,
+    /// RTMP and RTMPS ingest (`[ingest.rtmp]`).
+    pub rtmp: RtmpConfig,
+    /// SRT ingest (`[ingest.srt]`).
+    pub srt: SrtConfig,
+}
+
+/// RTMP/RTMPS ingest: encoders (OBS, ffmpeg, GStreamer) publish FLV, which
+/// the relay remuxes to CMAF (see `docs/protocol.md`, "RTMP").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpConfig {
+    /// TCP address for plain RTMP, e.g. `0.0.0.0:1935` (off when unset).
+    pub listen: Option<SocketAddr>,
+    /// TCP address for RTMPS (RTMP in TLS with `server.tls_cert`/`tls_key`),
+    /// e.g. `0.0.0.0:1936` (off when unset).
+    pub tls_listen: Option<SocketAddr>,
+    /// The RTMP application publishers connect to (`rtmp://HOST:PORT/live`);
+    /// a connect to any other application is rejected.
+    pub app: String,
+    /// Largest chunk size a client may announce (bytes); a larger one ends
+    /// the connection with an error.
+    pub max_chunk_size: u32,
+    /// Longest fragment the remux cuts, in milliseconds (fragments are also
+    /// cut before every video keyframe).
+    pub fragment_ms: u64,
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            tls_listen: None,
+            app: "live".into(),
+            max_chunk_size: 65536,
+            fragment_ms: 100,
+        }
+    }
+}
+
+/// SRT ingest: encoders publish MPEG-TS in SRT (listener mode), which the
+/// relay remuxes to CMAF (see `docs/protocol.md`, "SRT").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SrtConfig {
+    /// UDP address, e.g. `0.0.0.0:9710` (off when unset).
+    pub listen: Option<SocketAddr>,
+    /// SRT receive latency in milliseconds (the larger of this and the
+    /// caller's is used).
+    pub latency_ms: u64,
+    /// Longest fragment the remux cuts, in milliseconds.
+    pub fragment_ms: u64,
+}
+
+impl Default for SrtConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            latency_ms: 120,
+            fragment_ms: 100,
+        }
+    }
 }
 
 impl Default for IngestConfig {
@@ -178,6 +239,8 @@ impl Default for IngestConfig {
             publish_key: None,
             keys: BTreeMap::new(),
             idle_timeout: Duration::from_secs(30),
+            rtmp: RtmpConfig::default(),
+            srt: SrtConfig::default(),
         }
     }
 }
@@ -409,6 +472,42 @@ impl Config {
         }
         if self.ingest.idle_timeout.is_zero() {
             errs.push("ingest.idle_timeout must be > 0".into());
+        }
+        let rtmp = &self.ingest.rtmp;
+        if rtmp.tls_listen.is_some() && self.server.tls_cert.is_none() {
+            errs.push("ingest.rtmp.tls_listen (--rtmps) needs server.tls_cert and server.tls_key (--tls-cert/--tls-key)".into());
+        }
+        if rtmp.app.is_empty() || rtmp.app.contains(['/', '?']) {
+            errs.push(format!(
+                "ingest.rtmp.app {:?} must be one non-empty path segment (e.g. \"live\")",
+                rtmp.app
+            ));
+        }
+        if !(128..=0xff_ffff).contains(&rtmp.max_chunk_size) {
+            errs.push("ingest.rtmp.max_chunk_size must be 128 to 16777215".into());
+        }
+        for (key, ms) in [
+            ("ingest.rtmp.fragment_ms", rtmp.fragment_ms),
+            ("ingest.srt.fragment_ms", self.ingest.srt.fragment_ms),
+        ] {
+            if !(10..=10_000).contains(&ms) {
+                errs.push(format!("{key} must be 10 to 10000"));
+            }
+        }
+        if self.ingest.srt.latency_ms > 10_000 {
+            errs.push("ingest.srt.latency_ms must be at most 10000".into());
+        }
+        let tcp_addrs = [rtmp.listen, rtmp.tls_listen];
+        if let [Some(a), Some(b)] = tcp_addrs
+            && a == b
+            && a.port() != 0
+        {
+            errs.push(format!("ingest.rtmp: listen and tls_listen are both {a}"));
+        }
+        for a in tcp_addrs.into_iter().flatten() {
+            if a.port() != 0 && a == self.server.listen {
+                errs.push(format!("ingest.rtmp: {a} is the HTTP address"));
+            }
         }
         if self.fanout.ring.max_fragments == 0 || self.fanout.ring.max_bytes == 0 {
             errs.push("fanout.ring: max_fragments and max_bytes must be > 0".into());

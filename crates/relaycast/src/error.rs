@@ -4,7 +4,7 @@
 //! client ([`Reason`]).
 
 use crate::media::MediaError;
-use crate::proto::code::{quic, ws};
+use crate::proto::code::{quic, rtmp, ws};
 
 /// Everything that can go wrong, each variant mapped once to an HTTP status
 /// and a WebSocket close code.
@@ -57,6 +57,10 @@ pub enum Error {
         /// What was over it.
         detail: String,
     },
+    /// What was asked for does not exist yet and did not come in time (a
+    /// blocking playlist reload, a preload-hinted part): try again (load).
+    #[error("not available yet: {0}")]
+    Unavailable(String),
     /// The relay is shutting down.
     #[error("relay shutting down")]
     Shutdown,
@@ -79,7 +83,7 @@ impl Error {
             Error::MessageTooBig { .. } => 413,
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
-            Error::Limit(_) => 503,
+            Error::Limit(_) | Error::Unavailable(_) => 503,
             Error::Refused { reason, .. } => reason.http_status(),
             Error::Shutdown => 503,
             Error::Io(_) => 400,
@@ -98,7 +102,7 @@ impl Error {
             Error::Media(_) => ws::INVALID_DATA,
             Error::MessageTooBig { .. } => ws::TOO_BIG,
             Error::Unauthorized(_) | Error::Forbidden(_) => ws::POLICY,
-            Error::Limit(_) => ws::TRY_AGAIN,
+            Error::Limit(_) | Error::Unavailable(_) => ws::TRY_AGAIN,
             Error::Refused { reason, .. } => reason.ws_close_code(),
             Error::Shutdown => ws::GOING_AWAY,
             Error::Io(_) => ws::PROTOCOL,
@@ -121,10 +125,42 @@ impl Error {
             Error::Media(_) => quic::BAD_MEDIA,
             Error::Unauthorized(_) => quic::UNAUTHORIZED,
             Error::Forbidden(_) => quic::FORBIDDEN,
-            Error::Limit(_) | Error::Refused { .. } => quic::LIMIT,
+            Error::Limit(_) | Error::Refused { .. } | Error::Unavailable(_) => quic::LIMIT,
             Error::Shutdown => quic::SHUTDOWN,
             Error::Internal(_) => quic::INTERNAL,
         }
+    }
+
+    /// The RTMP status code an encoder is refused or cut off with:
+    /// `NetStream.Publish.BadName` for a name that is invalid or already
+    /// live, `NetStream.Publish.Denied` for keys, limits, callbacks and
+    /// shutdown, `NetStream.Failed` for what went wrong after publishing started.
+    pub fn rtmp_code(&self) -> &'static str {
+        match self {
+            Error::BadName(_) | Error::AlreadyLive(_) | Error::NotFound(_) => {
+                rtmp::PUBLISH_BAD_NAME
+            }
+            Error::Unauthorized(_)
+            | Error::Forbidden(_)
+            | Error::Limit(_)
+            | Error::Unavailable(_)
+            | Error::Refused { .. }
+            | Error::Shutdown => rtmp::PUBLISH_DENIED,
+            Error::BadRequest(_)
+            | Error::WrongMessageType(_)
+            | Error::TakenOver(_)
+            | Error::Media(_)
+            | Error::MessageTooBig { .. }
+            | Error::Io(_)
+            | Error::Internal(_) => rtmp::PUBLISH_FAILED,
+        }
+    }
+
+    /// The SRT rejection code for a refused caller: 2000 + the HTTP status
+    /// on the wire (libsrt's `SRT_REJX_*`: 2401 unauthorized, 2403
+    /// forbidden, 2409 conflict, …).
+    pub fn srt_reject_code(&self) -> i32 {
+        crate::proto::code::srt::PREDEFINED + i32::from(self.http_status())
     }
 
     /// The line a raw TCP publisher reads before the relay closes:

@@ -8,7 +8,8 @@
 //! The parts, in the order data flows through them:
 //!
 //! 1. [`ingest`]: one adapter per ingest transport (HTTP PUT/POST chunked,
-//!    WebSocket, raw TCP, QUIC), each ending in the one loop
+//!    WebSocket, raw TCP, QUIC, RTMP/RTMPS and SRT — the last two remuxed to
+//!    CMAF by [`media::remux`]), each ending in the one loop
 //!    [`ingest::IngestSession::run`] that pushes bytes into a splitter and
 //!    the splitter's output into a [`fanout::Publisher`].
 //! 2. [`media`] (the `relaycast-media` crate): the sans-IO fMP4 splitter:
@@ -21,7 +22,9 @@
 //!    ([`fanout::stats`]).
 //! 4. [`egress`]: one adapter per viewer transport (WebSocket, HTTP
 //!    streaming, long poll / poll, Socket.IO, QUIC), each starting from "a
-//!    cursor on a stream".
+//!    cursor on a stream"; and LL-HLS/DASH, a request per part or segment
+//!    answered from the ring and the stream's segment index
+//!    ([`media::hls`]).
 //! 5. [`cascade`]: relays in a tree. An edge is a viewer of its origin over
 //!    QUIC and a publisher into its own registry.
 //!

@@ -236,6 +236,15 @@ struct ServeArgs {
     /// QUIC (relaycast/1) UDP address, e.g. 0.0.0.0:4433.
     #[arg(long, env = "RELAYCAST_QUIC")]
     quic: Option<SocketAddr>,
+    /// RTMP ingest TCP address, e.g. 0.0.0.0:1935 (ingest.rtmp.listen).
+    #[arg(long, env = "RELAYCAST_RTMP")]
+    rtmp: Option<SocketAddr>,
+    /// RTMPS ingest TCP address, with --tls-cert/--tls-key (ingest.rtmp.tls_listen).
+    #[arg(long, env = "RELAYCAST_RTMPS")]
+    rtmps: Option<SocketAddr>,
+    /// SRT ingest UDP address, e.g. 0.0.0.0:9710 (ingest.srt.listen).
+    #[arg(long, env = "RELAYCAST_SRT")]
+    srt: Option<SocketAddr>,
     /// Pull streams on demand from this origin: quic://HOST:PORT[?fingerprint=HEX] (repeatable).
     #[arg(long = "origin", value_name = "URL")]
     origins: Vec<String>,
@@ -277,6 +286,15 @@ impl ServeArgs {
         }
         if let Some(q) = self.quic {
             c.quic.listen = Some(q);
+        }
+        if let Some(a) = self.rtmp {
+            c.ingest.rtmp.listen = Some(a);
+        }
+        if let Some(a) = self.rtmps {
+            c.ingest.rtmp.tls_listen = Some(a);
+        }
+        if let Some(a) = self.srt {
+            c.ingest.srt.listen = Some(a);
         }
         c.cascade.origins.extend(self.origins.iter().cloned());
         Ok(c)
@@ -415,6 +433,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     for (name, addr) in &running.tcp_ingest {
         println!("relaycast: tcp ingest {name} on {addr}");
+    }
+    if let Some(a) = running.rtmp {
+        println!("relaycast: RTMP ingest on rtmp://{a}/live");
+    }
+    if let Some(a) = running.rtmps {
+        println!("relaycast: RTMPS ingest on rtmps://{a}/live");
+    }
+    if let Some(a) = running.srt {
+        println!("relaycast: SRT ingest on srt://{a}");
     }
     if let Some(q) = &running.quic {
         println!(

@@ -259,6 +259,19 @@ fn write_totals(registry: &Registry, refused: &crate::limits::Refused, e: &mut E
         e.single(name, Kind::Counter, help, v);
     }
     e.family(
+        "relaycast_ingest_publishers_total",
+        Kind::Counter,
+        "Publishers admitted, by ingest transport (http, ws, tcp, quic, rtmp, srt).",
+    );
+    let admitted = registry.totals().ingest_snapshot();
+    for (t, n) in crate::fanout::Ingest::ALL.iter().zip(admitted) {
+        e.sample(
+            "relaycast_ingest_publishers_total",
+            &[("transport", t.name())],
+            n,
+        );
+    }
+    e.family(
         "relaycast_refused_total",
         Kind::Counter,
         "Clients refused, by reason.",

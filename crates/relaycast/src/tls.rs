@@ -66,7 +66,10 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<ServerConfig> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| anyhow::anyhow!("certificate and key: {e}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first (iOS's LL-HLS expects it; browsers multiplex long polls
+    // and HLS requests over one connection), HTTP/1.1 for the rest and for
+    // WebSocket upgrades.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

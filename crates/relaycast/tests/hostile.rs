@@ -4,6 +4,7 @@
 //! empty secrets refused). Each test fails on the code before the fix.
 
 mod common;
+mod opsutil;
 
 use bytes::{Bytes, BytesMut};
 use common::*;
@@ -254,24 +255,10 @@ fn binary(args: &[&str], env: &[(&str, &str)]) -> Child {
     c.spawn().expect("run relaycast")
 }
 
-/// The address a spawned `relaycast serve` prints.
-fn listening(child: &mut Child) -> String {
-    use std::io::BufRead;
-    let out = child.stdout.take().expect("stdout");
-    let mut r = std::io::BufReader::new(out);
-    let mut line = String::new();
-    let _ = r.read_line(&mut line);
-    std::thread::spawn(move || std::io::copy(&mut r, &mut std::io::sink()));
-    line.trim()
-        .strip_prefix("relaycast: listening on http://")
-        .map(|a| a.trim_end_matches('/').to_string())
-        .unwrap_or_else(|| panic!("relay did not start: {line:?}"))
-}
-
 #[tokio::test]
 async fn sighup_without_tls_keeps_the_relay_serving() {
     let mut child = binary(&["serve", "--listen", "127.0.0.1:0", "--no-demo"], &[]);
-    let addr = listening(&mut child);
+    let addr = opsutil::listening(&mut child);
     let pid = child.id().to_string();
     let hup = Command::new("kill")
         .args(["-HUP", &pid])
@@ -353,7 +340,7 @@ async fn stalled_long_polls_hold_no_copies_of_the_ring() {
         &["serve", "--listen", "127.0.0.1:0", "--no-demo"],
         &[("RELAYCAST_LIMITS__MAX_CONNECTIONS_PER_IP", "0")],
     );
-    let addr: std::net::SocketAddr = listening(&mut child).parse().expect("addr");
+    let addr: std::net::SocketAddr = opsutil::listening(&mut child).parse().expect("addr");
     let _p = publish_open(addr, "p", demo_body(600)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let heap = || async {

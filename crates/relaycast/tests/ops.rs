@@ -321,8 +321,12 @@ fn the_documented_example_config_parses_and_names_every_key() {
         "server.tls_cert",
         "server.tls_key",
         "server.player_dir",
+        "server.operator_token",
         "ingest.publish_key",
         "quic.listen",
+        "ingest.rtmp.listen",
+        "ingest.rtmp.tls_listen",
+        "ingest.srt.listen",
     ] {
         let leaf = optional.rsplit('.').next().unwrap_or(optional);
         assert!(

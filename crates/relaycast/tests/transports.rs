@@ -587,40 +587,8 @@ async fn polls_report_skips_and_a_missing_after_starts_at_the_newest_keyframe() 
 
 /// Decode `url` with ffprobe for 2 s of media: (codec names, video frames read).
 async fn ffprobe_frames(url: &str) -> (Vec<String>, u64) {
-    let probe = tokio::process::Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-read_intervals", "%+2"])
-        .args([
-            "-show_entries",
-            "stream=codec_type,codec_name,nb_read_frames",
-            "-of",
-            "json",
-        ])
-        .arg(url)
-        .kill_on_drop(true)
-        .output();
-    let probe = tokio::time::timeout(Duration::from_secs(30), probe)
-        .await
-        .expect("ffprobe finished within 30 s")
-        .expect("run ffprobe");
-    let stderr = String::from_utf8_lossy(&probe.stderr);
-    assert!(probe.status.success(), "ffprobe {url}: {stderr}");
-    assert!(
-        stderr.trim().is_empty(),
-        "ffprobe {url} reported errors: {stderr}"
-    );
-    let v: serde_json::Value = serde_json::from_slice(&probe.stdout).expect("ffprobe JSON");
-    let streams = v["streams"].as_array().expect("streams");
-    let codecs = streams
-        .iter()
-        .map(|s| s["codec_name"].as_str().unwrap_or("?").to_string())
-        .collect();
-    let frames = streams
-        .iter()
-        .find(|s| s["codec_type"] == "video")
-        .and_then(|s| s["nb_read_frames"].as_str())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    (codecs, frames)
+    let (codecs, video, _) = ffprobe_live(url).await;
+    (codecs, video)
 }
 
 #[tokio::test]

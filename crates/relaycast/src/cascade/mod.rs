@@ -490,9 +490,11 @@ impl Puller {
         tracing::info!(stream = %self.name, "stopped pulling");
     }
 
-    /// True once the stream has had no viewer for the linger time.
+    /// True once the stream has had no viewer for the linger time (HLS and
+    /// DASH players hold no connection: a request within the linger time
+    /// counts as a viewer).
     fn lingered(&self, idle_since: &mut Option<Instant>) -> bool {
-        if self.stream.viewer_count() > 0 {
+        if self.stream.viewer_count() > 0 || self.stream.hls_requested_within(self.edge.linger) {
             *idle_since = None;
             return false;
         }

@@ -6,8 +6,11 @@
 //! - [`http_stream`]: one never-ending `video/mp4` response;
 //! - [`poll`]: long polling and plain polling, one request per batch;
 //! - [`socketio`]: Socket.IO events for apps that speak it;
-//! - [`quic`]: `relaycast/1` over QUIC, one stream per group.
+//! - [`quic`]: `relaycast/1` over QUIC, one stream per group;
+//! - [`hls`]: LL-HLS, HLS and DASH manifests and the files they name,
+//!   answered from the ring (a request per part or segment, cacheable).
 
+pub mod hls;
 pub mod http_stream;
 pub mod poll;
 pub mod quic;
@@ -24,7 +27,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 
 /// Admission of a viewer, the one check every watch path (WebSocket, HTTP
-/// stream, poll, init, info, Socket.IO, QUIC) makes first: a valid name
+/// stream, poll, init, info, Socket.IO, QUIC, HLS/DASH) makes first: a valid name
 /// (400), the signed URL when the stream needs one (403), and the `on_play`
 /// callback (403). Refusals are counted by reason.
 pub async fn authorize(

@@ -66,6 +66,12 @@ pub struct RingConfig {
     pub max_fragments: usize,
     /// Most payload bytes kept (soft, as above; hard cap at 4×).
     pub max_bytes: usize,
+    /// Fragments younger than this (by arrival) are kept too (soft, as
+    /// above). Once a stream is watched over HLS or DASH its ring also keeps
+    /// whole segments worth three target durations (soft, as above), so that
+    /// `index.m3u8` always lists that much (RFC 8216 §6.2.2).
+    #[serde(with = "serde_secs")]
+    pub min_duration: Duration,
 }
 
 impl Default for RingConfig {
@@ -73,6 +79,7 @@ impl Default for RingConfig {
         Self {
             max_fragments: 600,
             max_bytes: 32 << 20,
+            min_duration: Duration::ZERO,
         }
     }
 }
@@ -240,6 +247,50 @@ impl Transport {
             Transport::SocketIo => "socketio",
             Transport::Quic => "quic",
             Transport::Edge => "edge",
+        }
+    }
+}
+
+/// The ingest (publisher) transports, for counters (`transport="…"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum Ingest {
+    /// HTTP `PUT`/`POST /publish/{name}`.
+    Http = 0,
+    /// WebSocket `/publish/{name}`.
+    WebSocket = 1,
+    /// Raw TCP (`--tcp-ingest`).
+    Tcp = 2,
+    /// QUIC (`relaycast/1`).
+    Quic = 3,
+    /// RTMP or RTMPS (FLV remuxed to CMAF).
+    Rtmp = 4,
+    /// SRT (MPEG-TS remuxed to CMAF).
+    Srt = 5,
+}
+
+impl Ingest {
+    /// Number of ingest transports.
+    pub const COUNT: usize = 6;
+    /// Every ingest transport.
+    pub const ALL: [Ingest; Self::COUNT] = [
+        Ingest::Http,
+        Ingest::WebSocket,
+        Ingest::Tcp,
+        Ingest::Quic,
+        Ingest::Rtmp,
+        Ingest::Srt,
+    ];
+
+    /// Label used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ingest::Http => "http",
+            Ingest::WebSocket => "ws",
+            Ingest::Tcp => "tcp",
+            Ingest::Quic => "quic",
+            Ingest::Rtmp => "rtmp",
+            Ingest::Srt => "srt",
         }
     }
 }

@@ -5,7 +5,7 @@
 //! the upstream (cascade) state of a stream. The core owns them; the
 //! operator endpoint (`crate::metrics`) only reads them at scrape time.
 
-use super::{StreamStats, Transport};
+use super::{Ingest, StreamStats, Transport};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
@@ -301,6 +301,8 @@ impl Counts {
 #[derive(Debug, Default)]
 pub struct Totals {
     inner: Mutex<TotalsInner>,
+    /// Publishers admitted, by ingest transport.
+    ingest: [AtomicU64; Ingest::COUNT],
 }
 
 #[derive(Debug, Default)]
@@ -324,6 +326,16 @@ impl TotalsInner {
 }
 
 impl Totals {
+    /// Count a publisher admitted over `transport`.
+    pub fn publisher_admitted(&self, transport: Ingest) {
+        self.ingest[transport as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Publishers admitted so far, by ingest transport (in [`Ingest::ALL`] order).
+    pub fn ingest_snapshot(&self) -> [u64; Ingest::COUNT] {
+        std::array::from_fn(|i| self.ingest[i].load(Relaxed))
+    }
+
     /// Track a new stream's stats.
     pub fn track(&self, stats: Arc<StreamStats>) {
         let mut t = self.inner.lock();

@@ -4,6 +4,7 @@
 use super::registry::RegistryInner;
 use super::{FanoutConfig, unix_ms};
 use crate::Error;
+use crate::media::hls::{PartInfo, SegmentIndex};
 use crate::media::{Fragment, Init};
 use crate::proto::control::Control;
 use bytes::Bytes;
@@ -142,6 +143,11 @@ struct State {
     publisher_changed_at: u64,
     closed: Option<EndReason>,
     source: Source,
+    /// The HLS/DASH view of the ring (segments = groups, parts = fragments),
+    /// updated where the ring changes: never polled, never rebuilt.
+    hls: SegmentIndex,
+    /// An HLS/DASH manifest was asked for: the ring keeps three target durations.
+    hls_watched: bool,
 }
 
 /// Counters of one stream (monotonic).
@@ -209,6 +215,8 @@ pub(super) struct Inner {
     stats: Arc<StreamStats>,
     registry: Weak<RegistryInner>,
     next_publisher_id: AtomicU64,
+    /// Wall clock (Unix ms) of the last HLS/DASH request (0: none).
+    hls_request_ms: AtomicU64,
 }
 
 /// A handle on one stream (cheap to clone).
@@ -313,11 +321,14 @@ impl Stream {
                 publisher_changed_at: 0,
                 closed: None,
                 source,
+                hls: SegmentIndex::default(),
+                hls_watched: false,
             }),
             tx: watch::channel(0).0,
             stats,
             registry,
             next_publisher_id: AtomicU64::new(1),
+            hls_request_ms: AtomicU64::new(0),
         }))
     }
 
@@ -374,6 +385,67 @@ impl Stream {
         self.0.state.read().ring.back().map(|c| c.seq)
     }
 
+    /// Read the stream's HLS/DASH segment index (under the stream's lock:
+    /// keep `f` short).
+    pub fn hls<R>(&self, f: impl FnOnce(&SegmentIndex) -> R) -> R {
+        f(&self.0.state.read().hls)
+    }
+
+    /// Someone watches this stream over HLS/DASH: from now on the ring keeps
+    /// at least three target durations of whole segments (more than its
+    /// count and byte bounds when those are smaller; see [`RingConfig`](super::RingConfig)).
+    pub fn watched_over_hls(&self) {
+        self.0.hls_request_ms.store(unix_ms(), Relaxed);
+        if !self.0.state.read().hls_watched {
+            self.0.state.write().hls_watched = true;
+        }
+    }
+
+    /// Whether an HLS/DASH request came within `within` (such players hold
+    /// no connection, so they are not in [`viewer_count`](Self::viewer_count)).
+    pub fn hls_requested_within(&self, within: std::time::Duration) -> bool {
+        let at = self.0.hls_request_ms.load(Relaxed);
+        at > 0 && unix_ms().saturating_sub(at) <= within.as_millis() as u64
+    }
+
+    /// A receiver that changes whenever the stream does (a fragment, an
+    /// init, publisher news, the end): what viewers wait on. Request handlers
+    /// that wait for a part or segment (blocking playlist reloads) use it.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.0.tx.subscribe()
+    }
+
+    /// The fragments `from..to` (consecutive seqs), when all are still in the
+    /// ring; `None` when any has left it (or never arrived).
+    pub fn fragments(&self, from: u64, to: u64) -> Option<Vec<Arc<Chunk>>> {
+        let st = self.0.state.read();
+        let mut out = Vec::with_capacity(to.saturating_sub(from) as usize);
+        for seq in from..to {
+            let c = find(&st.ring, seq).filter(|c| c.seq == seq)?;
+            out.push(c.clone());
+        }
+        Some(out)
+    }
+
+    /// The init segment of version `version`, when it is the current one or
+    /// a fragment in the ring still uses it.
+    pub fn init_version(&self, version: u64) -> Option<Arc<InitEntry>> {
+        let st = self.0.state.read();
+        if let Some(i) = st.init.as_ref().filter(|i| i.version == version) {
+            return Some(i.clone());
+        }
+        st.ring
+            .iter()
+            .rev()
+            .find(|c| c.init.version == version)
+            .map(|c| c.init.clone())
+    }
+
+    /// Seq of the next fragment to arrive.
+    pub fn next_seq(&self) -> u64 {
+        self.0.state.read().next_seq
+    }
+
     fn notify(&self) {
         self.0.tx.send_modify(|v| *v = v.wrapping_add(1));
     }
@@ -399,6 +471,7 @@ impl Stream {
                     st.publisher = PublisherState::Live(id);
                     st.publisher_changes += 1;
                     st.publisher_changed_at = st.next_seq;
+                    st.hls.set_live(true);
                 }
             }
         }
@@ -419,6 +492,7 @@ impl Stream {
                     st.publisher = PublisherState::Gone;
                     st.publisher_changes += 1;
                     st.publisher_changed_at = st.next_seq;
+                    st.hls.set_live(false);
                     st.publisher_changes
                 }
                 _ => return,
@@ -458,6 +532,7 @@ impl Stream {
                 return;
             }
             st.closed = Some(reason);
+            st.hls.end();
         }
         self.notify();
         if let Some(reg) = self.0.registry.upgrade() {
@@ -546,6 +621,15 @@ impl Stream {
             if chunk.keyframe {
                 st.keyframes.push_back(seq);
             }
+            st.hls.push(PartInfo {
+                seq,
+                keyframe: chunk.keyframe,
+                dts_us: chunk.dts_us,
+                dur_us: chunk.dur_us,
+                t_ms,
+                init_gen: chunk.init.version,
+                bytes_len: len,
+            });
             st.ring_bytes += held;
             st.ring.push_back(chunk);
             self.evict(&mut st);
@@ -559,12 +643,30 @@ impl Stream {
 
     fn evict(&self, st: &mut State) {
         let ring = &self.0.config.ring;
-        // Never drop a fragment of the two newest groups (soft bounds).
-        let protect_from = match st.keyframes.len() {
+        // Never drop a fragment of the two newest groups (soft bounds)...
+        let groups_from = match st.keyframes.len() {
             0 => 0,
             1 => st.keyframes[0],
             n => st.keyframes[n - 2],
         };
+        // ... nor one younger than `min_duration` (by arrival) ...
+        let window_ms = ring.min_duration.as_millis() as u64;
+        let time_from = if window_ms == 0 {
+            st.next_seq
+        } else {
+            let newest_ms = st.ring.back().map_or(0, |c| c.t_ms);
+            let keep_after_ms = newest_ms.saturating_sub(window_ms);
+            let i = st.ring.partition_point(|c| c.t_ms < keep_after_ms);
+            st.ring.get(i).map_or(st.next_seq, |c| c.seq)
+        };
+        // ... nor, once the stream is watched over HLS/DASH, one of the
+        // segments that make three target durations (RFC 8216 §6.2.2: a
+        // live playlist lists at least that much).
+        let hls_from = match st.hls_watched {
+            true => st.hls.keep_from_seq().unwrap_or(st.next_seq),
+            false => st.next_seq,
+        };
+        let protect_from = groups_from.min(time_from).min(hls_from);
         let hard_bytes = ring.max_bytes.saturating_mul(4);
         while let Some(front) = st.ring.front() {
             let over = st.ring.len() > ring.max_fragments.max(1) || st.ring_bytes > ring.max_bytes;
@@ -579,6 +681,7 @@ impl Stream {
         while st.keyframes.front().is_some_and(|&k| k < front_seq) {
             st.keyframes.pop_front();
         }
+        st.hls.evict_before(front_seq);
     }
 
     /// Bytes this stream holds: its ring (fragments and the init segments

@@ -42,6 +42,7 @@ fn config(max_fragments: usize) -> FanoutConfig {
         ring: RingConfig {
             max_fragments,
             max_bytes: 1 << 30,
+            ..RingConfig::default()
         },
         lag: LagPolicy {
             max_skips: 2,

@@ -161,7 +161,15 @@ pub async fn serve(
     body: Body,
 ) -> Response {
     let key = key_from(key.as_deref(), &headers);
-    let session = match admit(&app, &name, key.as_deref(), peer).await {
+    let session = match admit(
+        &app,
+        crate::fanout::Ingest::Http,
+        &name,
+        key.as_deref(),
+        peer,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(

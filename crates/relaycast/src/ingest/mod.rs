@@ -6,18 +6,22 @@
 //! - [`websocket`]: `GET /publish/{name}` upgraded, binary messages;
 //! - [`tcp`]: `--tcp-ingest PORT=NAME`, raw bytes;
 //! - [`quic`]: `relaycast/1` publish sessions over QUIC;
+//! - [`rtmp`]: RTMP/RTMPS (`--rtmp`, `--rtmps`), FLV remuxed to CMAF;
+//! - [`srt`]: SRT (`--srt`), MPEG-TS remuxed to CMAF;
 //! - [`demo`]: the built-in looping `demo` stream.
 
 pub mod demo;
 pub mod http;
 pub mod quic;
+pub mod rtmp;
+pub mod srt;
 pub mod tcp;
 pub mod websocket;
 
 use crate::Error;
 use crate::app::AppState;
 use crate::config::IngestConfig;
-use crate::fanout::{Publisher, StreamName};
+use crate::fanout::{Ingest, Publisher, StreamName};
 use crate::limits::{Bucket, Reason, Refused};
 use crate::media::{Item, Splitter, SplitterConfig};
 use bytes::Bytes;
@@ -180,17 +184,29 @@ pub async fn authorize(
         .await
 }
 
-/// [`authorize`], then attach a publisher to `name` and start an
+/// [`authorize`], then attach a publisher to `name` (counted under
+/// `transport`) and start an
 /// [`IngestSession`] for it with the relay's ingest limits (box size,
 /// bitrate).
 pub async fn admit(
     app: &AppState,
+    transport: Ingest,
     name: &str,
     key: Option<&str>,
     peer: Option<SocketAddr>,
 ) -> Result<IngestSession, Error> {
     authorize(app, name, key, peer).await?;
+    attach(app, transport, name)
+}
+
+/// Attach a publisher to `name` (already [`authorize`]d) and start an
+/// [`IngestSession`] for it with the relay's ingest limits; counted under
+/// `transport`. SRT authorizes, then completes its handshake (which proves
+/// the passphrase), then attaches: a caller with a wrong passphrase never
+/// touches the stream.
+pub fn attach(app: &AppState, transport: Ingest, name: &str) -> Result<IngestSession, Error> {
     let publisher = app.registry.publish(name)?;
+    app.registry.totals().publisher_admitted(transport);
     let mut session = IngestSession::new(publisher, &app.config.ingest);
     session.bucket = app.limits.ingest_bucket();
     session.refused = Some(app.limits.refused.clone());

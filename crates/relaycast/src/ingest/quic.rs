@@ -24,7 +24,14 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let name = req.name.as_str();
     let peer = conn.remote_address();
-    let mut session = admit(app, name, req.key.as_deref(), Some(peer)).await?;
+    let mut session = admit(
+        app,
+        crate::fanout::Ingest::Quic,
+        name,
+        req.key.as_deref(),
+        Some(peer),
+    )
+    .await?;
     let stream = session.publisher.stream().clone();
     tracing::info!(stream = %name, %peer, "QUIC publisher connected");
     let ok = Response {

@@ -84,7 +84,7 @@ async fn session(
         let _guard = app.limits.connection(peer.ip())?;
         let line = read_key_line(&mut sock, &mut buf, app).await?;
         let key = line.as_deref().or(port_key);
-        let session = super::admit(app, name, key, Some(peer)).await?;
+        let session = super::admit(app, crate::fanout::Ingest::Tcp, name, key, Some(peer)).await?;
         Ok::<_, Error>((session, _guard))
     };
     let (mut session, _guard) = match admitted.await {

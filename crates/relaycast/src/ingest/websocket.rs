@@ -33,7 +33,14 @@ pub async fn serve(
     // answered; a refusal is told as a close code (1008, 1013) on the
     // upgraded socket, which every WebSocket client can read.
     let key = key_from(key.as_deref(), &headers);
-    let admitted = admit(&app, &name, key.as_deref(), peer).await;
+    let admitted = admit(
+        &app,
+        crate::fanout::Ingest::WebSocket,
+        &name,
+        key.as_deref(),
+        peer,
+    )
+    .await;
     // The upgraded connection runs in a task of its own: carry the session span.
     let span = tracing::Span::current();
     ws.max_message_size(max)

@@ -1,6 +1,6 @@
 //! Every code a client reads, in one table per wire: WebSocket close codes
 //! (RFC 6455 §7.4 and relaycast's 4xxx) and QUIC application error codes
-//! (`relaycast/1`). Which error gets which code is decided once, in
+//! (`relaycast/1`), RTMP `onStatus` codes and SRT rejection codes. Which error gets which code is decided once, in
 //! [`crate::Error`] and [`crate::fanout::EndReason`]; clients use these
 //! names to read them.
 
@@ -62,4 +62,29 @@ pub mod quic {
     pub const INTERNAL: u32 = 12;
     /// Stream reset code: the server abandoned this group (the viewer skipped).
     pub const SKIPPED: u32 = 13;
+}
+
+/// RTMP status codes (the `code` of an `onStatus` / `_error` info object)
+/// that an encoder shows its user.
+pub mod rtmp {
+    /// Publishing started.
+    pub const PUBLISH_START: &str = "NetStream.Publish.Start";
+    /// The stream name is not acceptable, or is already being published.
+    pub const PUBLISH_BAD_NAME: &str = "NetStream.Publish.BadName";
+    /// Publishing refused: key, limits, callback, shutdown.
+    pub const PUBLISH_DENIED: &str = "NetStream.Publish.Denied";
+    /// The publish failed after it started (bad media, idle, I/O).
+    pub const PUBLISH_FAILED: &str = "NetStream.Failed";
+    /// A connect to an application this relay does not serve.
+    pub const CONNECT_REJECTED: &str = "NetConnection.Connect.Rejected";
+    /// A play request: this relay takes publishers only over RTMP.
+    pub const PLAY_FAILED: &str = "NetStream.Play.Failed";
+}
+
+/// SRT rejection codes a listener answers a caller with: libsrt's
+/// `SRT_REJX_*` codes, an HTTP status in its predefined range (2000 + the
+/// status on the wire, e.g. 2403 = `SRT_REJX_FORBIDDEN`).
+pub mod srt {
+    /// Base of the predefined range on the wire: the code is 2000 + an HTTP status.
+    pub const PREDEFINED: i32 = 2000;
 }

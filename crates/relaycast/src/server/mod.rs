@@ -6,12 +6,13 @@
 pub mod quic;
 
 use crate::config::Config;
+use crate::egress::hls::Manifest;
 use crate::egress::{self, WatchQuery};
 use crate::fanout::{EndReason, Registry};
 use crate::{Error, ingest};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -43,6 +44,14 @@ pub fn router(app: AppState) -> Router {
         .route("/live/{name}/poll", get(poll))
         .route("/live/{name}/init.mp4", get(init))
         .route("/live/{name}/info", get(info))
+        .route("/live/{name}/index.m3u8", hls_manifest(Manifest::Media))
+        .route(
+            "/live/{name}/master.m3u8",
+            hls_manifest(Manifest::Multivariant),
+        )
+        .route("/live/{name}/manifest.mpd", hls_manifest(Manifest::Mpd))
+        .route("/live/{name}/{epoch}/{kind}/{file}", get(hls_file))
+        .route(egress::hls::TIME_PATH, get(clock))
         .route("/api/streams", get(streams))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -148,6 +157,34 @@ async fn info(
     }
 }
 
+/// `index.m3u8`, `master.m3u8` or `manifest.mpd` (one handler, told which).
+fn hls_manifest(which: egress::hls::Manifest) -> axum::routing::MethodRouter<AppState> {
+    get(
+        move |State(app): State<AppState>,
+              Path(name): Path<String>,
+              Query(q): Query<WatchQuery>,
+              RawQuery(raw): RawQuery,
+              Peer(peer): Peer,
+              headers: HeaderMap| async move {
+            egress::hls::manifest(app, name, which, q, raw, headers, peer).await
+        },
+    )
+}
+
+async fn hls_file(
+    State(app): State<AppState>,
+    Path((name, epoch, kind, file)): Path<(String, String, String, String)>,
+    Query(q): Query<WatchQuery>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+) -> Response {
+    egress::hls::file(app, name, epoch, kind, file, q, headers, peer).await
+}
+
+async fn clock() -> Response {
+    egress::hls::clock()
+}
+
 /// Every stream for operators; for anyone else only the streams anyone may
 /// watch (no signed URL needed): the player's stream list.
 async fn streams(State(app): State<AppState>, Peer(peer): Peer, headers: HeaderMap) -> Response {
@@ -218,6 +255,12 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Raw TCP ingest ports: (stream name, address).
     pub tcp_ingest: Vec<(String, SocketAddr)>,
+    /// The RTMP ingest address, when enabled (`--rtmp`; the bound port when 0 was asked).
+    pub rtmp: Option<SocketAddr>,
+    /// The RTMPS ingest address, when enabled (`--rtmps`).
+    pub rtmps: Option<SocketAddr>,
+    /// The SRT ingest (UDP) address, when enabled (`--srt`).
+    pub srt: Option<SocketAddr>,
     /// The QUIC endpoint's address and certificate fingerprint at start,
     /// when enabled ([`Running::quic_now`] follows certificate reloads).
     pub quic: Option<quic::Info>,
@@ -320,6 +363,33 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         tcp_ingest.push((port.name.clone(), l.local_addr()?));
         tasks.push(tokio::spawn(ingest::tcp::run(l, port, state.clone())));
     }
+    let rtmp_cfg = &state.config.ingest.rtmp;
+    let mut rtmp = None;
+    let mut rtmps = None;
+    for (addr, secure, slot) in [
+        (rtmp_cfg.listen, false, &mut rtmp),
+        (rtmp_cfg.tls_listen, true, &mut rtmps),
+    ] {
+        let Some(a) = addr else { continue };
+        let tls = match (secure, &tls) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t.clone()),
+            (true, None) => anyhow::bail!("--rtmps needs --tls-cert and --tls-key"),
+        };
+        let l = TcpListener::bind(a)
+            .await
+            .map_err(|e| anyhow::anyhow!("listening on {a} (RTMP ingest): {e}"))?;
+        *slot = Some(l.local_addr()?);
+        tasks.push(tokio::spawn(ingest::rtmp::run(l, tls, state.clone())));
+    }
+    let srt = match state.config.ingest.srt.listen {
+        Some(a) => {
+            let (bound, task) = ingest::srt::start(a, state.clone()).await?;
+            tasks.push(task);
+            Some(bound)
+        }
+        None => None,
+    };
     if state.config.server.demo {
         tasks.push(tokio::spawn(ingest::demo::run(
             registry.clone(),
@@ -380,6 +450,9 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     Ok(Running {
         addr,
         tcp_ingest,
+        rtmp,
+        rtmps,
+        srt,
         quic,
         quic_live,
         state,
@@ -417,8 +490,9 @@ async fn on_sighup(
     }
 }
 
-/// Accept connections until shutdown, each served by hyper's HTTP/1 server
-/// (with upgrades for WebSocket) over plain TCP or TLS. Per connection: the
+/// Accept connections until shutdown, each served by hyper over plain TCP
+/// or TLS: HTTP/1.1 (with upgrades for WebSocket), or HTTP/2 when the client
+/// asks for it (ALPN `h2` over TLS, the h2c preface over TCP). Per connection: the
 /// client IP's connection limit, the header read timeout (slowloris; the TLS
 /// handshake has the same bound), and on shutdown a graceful close. Returns
 /// when every connection task ended (upgraded WebSockets run on their own
@@ -483,14 +557,31 @@ async fn connection(
         }
     };
     let Some(tls) = tls else {
-        return serve_io(tcp, guard, peer, app, state).await;
+        // h2c with prior knowledge: the client's first bytes are the HTTP/2
+        // preface. Waiting for them is under the header timeout too.
+        let h2 = tokio::select! {
+            h = tokio::time::timeout(timeout, h2_preface(&tcp)) => match h {
+                Ok(h2) => h2,
+                Err(_) => {
+                    limits.refused.count(crate::limits::Reason::HeaderTimeout);
+                    tracing::debug!(%peer, "closed: nothing sent within the header timeout");
+                    return;
+                }
+            },
+            _ = state.shutdown.cancelled() => return,
+        };
+        return serve_io(tcp, h2, guard, peer, app, state).await;
     };
     let handshake = tokio::select! {
         h = tokio::time::timeout(timeout, tls.acceptor().accept(tcp)) => h,
         _ = state.shutdown.cancelled() => return,
     };
     match handshake {
-        Ok(Ok(io)) => serve_io(io, guard, peer, app, state).await,
+        Ok(Ok(io)) => {
+            // h2 over TLS is chosen by ALPN (RFC 9113 §3.2).
+            let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_io(io, h2, guard, peer, app, state).await
+        }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => {
             limits.refused.count(crate::limits::Reason::HeaderTimeout);
@@ -534,8 +625,34 @@ async fn refuse_raw(mut tcp: tokio::net::TcpStream, e: &Error) {
     let _ = tokio::time::timeout(REFUSE_DRAIN.1, bye).await;
 }
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client opens with the HTTP/2 preface (h2c with prior
+/// knowledge), looking at its first bytes without taking them. Returns as
+/// soon as they differ from the preface (an HTTP/1 request line).
+async fn h2_preface(tcp: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match tcp.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        if buf[..n] != H2_PREFACE[..n] {
+            return false;
+        }
+        if n == H2_PREFACE.len() {
+            return true;
+        }
+        // A preface split across packets: look again shortly (rare; the
+        // caller's header timeout bounds it).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn serve_io<IO>(
     io: IO,
+    h2: bool,
     guard: crate::limits::ConnGuard,
     peer: SocketAddr,
     app: Router,
@@ -543,7 +660,7 @@ async fn serve_io<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
     let limits = state.limits.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -551,15 +668,24 @@ async fn serve_io<IO>(
             .insert(axum::extract::ConnectInfo(peer));
         app.clone().oneshot(req)
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
+    // One builder for both protocols (hyper-util's `auto`), told which one
+    // the connection speaks: ALPN or the h2c preface decided it above.
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.config().header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
     let io = TokioIo::new(
         crate::limits::Counted::new(io, guard)
             .with_write_deadline(limits.config().write_stall_timeout, limits.refused.clone()),
     );
-    let conn = builder.serve_connection(io, svc).with_upgrades();
+    let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
@@ -569,11 +695,17 @@ async fn serve_io<IO>(
         }
     };
     if let Err(e) = result {
-        if e.is_timeout() {
+        if is_timeout(&*e) {
             limits.refused.count(crate::limits::Reason::HeaderTimeout);
             tracing::debug!(%peer, "closed: request headers not in within the timeout");
         } else {
             tracing::debug!(%peer, error = %e, "connection error");
         }
     }
+}
+
+/// A connection error that is hyper's header read timeout.
+fn is_timeout(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    e.downcast_ref::<hyper::Error>()
+        .is_some_and(|e| e.is_timeout())
 }

@@ -229,13 +229,22 @@ where
 
 /// GET a URL, returning (status, headers, body).
 pub async fn get(url: &str) -> (u16, hyper::HeaderMap, Bytes) {
+    get_with(url, &[]).await
+}
+
+/// GET a URL with extra request headers, returning (status, headers, body).
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> (u16, hyper::HeaderMap, Bytes) {
     use http_body_util::BodyExt;
     let u = url::Url::parse(url).expect("url");
     let host = u.host_str().expect("host").to_string();
     let port = u.port().expect("port");
     let mut sender = http1((host.as_str(), port)).await;
-    let req = hyper::Request::get(&u[url::Position::BeforePath..])
-        .header("host", format!("{host}:{port}"))
+    let mut req = hyper::Request::get(&u[url::Position::BeforePath..])
+        .header("host", format!("{host}:{port}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
         .body(http_body_util::Empty::<Bytes>::new())
         .expect("request");
     let r = sender.send_request(req).await.expect("send");
@@ -247,16 +256,29 @@ pub async fn get(url: &str) -> (u16, hyper::HeaderMap, Bytes) {
 
 /// ffmpeg's live test source (320x180 H.264 + AAC, real time) muxed as fMP4 to `out`.
 pub fn ffmpeg_live(seconds: u32, out: &str, extra: &[&str]) -> tokio::process::Command {
+    let mp4 = [
+        "-f",
+        "mp4",
+        "-movflags",
+        "frag_keyframe+empty_moov+default_base_moof",
+    ];
+    ffmpeg_encoder(Some(seconds), &[&mp4[..], extra].concat(), out)
+}
+
+/// ffmpeg's live test source (320x180 H.264 at 30 fps, 1 s GOPs, + AAC;
+/// real time), for `seconds` (None: until killed), with `output_args`
+/// (the muxer: `-f flv`, `-f mpegts`, …) and `out`. stderr is piped (for
+/// the refusals an encoder prints).
+pub fn ffmpeg_encoder(
+    seconds: Option<u32>,
+    output_args: &[&str],
+    out: &str,
+) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("ffmpeg");
     c.args(["-hide_banner", "-loglevel", "error", "-nostdin"])
         .args(["-re", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
-        .args([
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-        ])
+        .args(["-re", "-f", "lavfi"])
+        .args(["-i", "sine=frequency=440:sample_rate=48000"])
         .args([
             "-c:v",
             "libx264",
@@ -265,24 +287,12 @@ pub fn ffmpeg_live(seconds: u32, out: &str, extra: &[&str]) -> tokio::process::C
             "-tune",
             "zerolatency",
         ])
-        .args([
-            "-pix_fmt",
-            "yuv420p",
-            "-g",
-            "30",
-            "-keyint_min",
-            "30",
-            "-sc_threshold",
-            "0",
-        ])
-        .args(["-c:a", "aac", "-b:a", "64k", "-t", &seconds.to_string()])
-        .args([
-            "-f",
-            "mp4",
-            "-movflags",
-            "frag_keyframe+empty_moov+default_base_moof",
-        ])
-        .args(extra)
+        .args(["-pix_fmt", "yuv420p", "-g", "30", "-keyint_min", "30"])
+        .args(["-sc_threshold", "0", "-c:a", "aac", "-b:a", "64k"]);
+    if let Some(s) = seconds {
+        c.args(["-t", &s.to_string()]);
+    }
+    c.args(output_args)
         .arg(out)
         .kill_on_drop(true)
         .stdout(std::process::Stdio::null())
@@ -298,4 +308,133 @@ pub fn listening_addr(line: &str) -> String {
         .and_then(|a| a.strip_suffix('/'))
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string()
+}
+
+/// Decode `url` with ffprobe for 2 s of media: (codec names in stream
+/// order, video frames read, audio frames read). Fails the test on any
+/// ffprobe error.
+pub async fn ffprobe_live(url: &str) -> (Vec<String>, u64, u64) {
+    let out = tokio::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-read_intervals", "%+2"])
+        .args([
+            "-show_entries",
+            "stream=codec_type,codec_name,nb_read_frames",
+        ])
+        .args(["-of", "json"])
+        .arg(url)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("ffprobe finished within 30 s")
+        .expect("run ffprobe");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ffprobe {url}: {stderr}");
+    assert!(
+        stderr.trim().is_empty(),
+        "ffprobe {url} reported errors: {stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe JSON");
+    let streams = v["streams"].as_array().cloned().unwrap_or_default();
+    let frames = |kind: &str| {
+        streams
+            .iter()
+            .find(|s| s["codec_type"] == kind)
+            .and_then(|s| s["nb_read_frames"].as_str())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let codecs = streams
+        .iter()
+        .map(|s| s["codec_name"].as_str().unwrap_or("?").to_string())
+        .collect();
+    (codecs, frames("video"), frames("audio"))
+}
+
+/// Two WebSocket viewers of `name` on the relay at `http` that join before
+/// the publisher `start`s (so both begin at its first fragment); reads 20
+/// fragments from both and checks they received identical bytes. Returns
+/// viewer a, what it read, and what `start` returned.
+pub async fn identical_viewers<T>(
+    http: std::net::SocketAddr,
+    name: &str,
+    start: impl FnOnce() -> T,
+) -> (Ws, Received, T) {
+    let mut a = ws_connect(&format!("ws://{http}/live/{name}?wait=15")).await;
+    let mut b = ws_connect(&format!("ws://{http}/live/{name}?wait=15")).await;
+    let started = start();
+    let (ra, rb) = tokio::join!(
+        ws_read(&mut a, 20, Duration::from_secs(20)),
+        ws_read(&mut b, 20, Duration::from_secs(20))
+    );
+    assert!(
+        ra.seqs.len() >= 20,
+        "viewer a got {} fragments",
+        ra.seqs.len()
+    );
+    let n = ra.binaries.len().min(rb.binaries.len());
+    assert!(n > 20, "{n} binary messages in common");
+    assert_eq!(
+        ra.binaries[..n],
+        rb.binaries[..n],
+        "two viewers, identical bytes"
+    );
+    (a, ra, started)
+}
+
+/// Kill `encoder` and start a new one with `spawn`, as an encoder that
+/// reconnects does: a new one that exits within 1.5 s was refused (the
+/// relay may still hold the vanished one) and is retried for up to 12 s.
+pub async fn restart_encoder(
+    mut encoder: tokio::process::Child,
+    spawn: impl Fn() -> tokio::process::Child,
+) -> tokio::process::Child {
+    encoder.start_kill().expect("kill the encoder");
+    let _ = encoder.wait().await;
+    let retry_until = tokio::time::Instant::now() + Duration::from_secs(12);
+    loop {
+        let mut e = spawn();
+        match tokio::time::timeout(Duration::from_millis(1500), e.wait()).await {
+            Err(_) => return e, // still running: publishing
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < retry_until,
+                    "the restarted encoder was never admitted"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Read `viewer` on until `n` fragments came after its "publisher gone"
+/// message (the publisher left and a new one came back within the grace
+/// period); fails if the viewer is closed. Returns those fragments' seqs.
+pub async fn fragments_after_publisher_gone(viewer: &mut Ws, n: usize) -> Vec<u64> {
+    let mut texts: Vec<serde_json::Value> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let later = |texts: &[serde_json::Value]| -> Vec<u64> {
+        texts
+            .iter()
+            .skip_while(|t| !(t["type"] == "publisher" && t["state"] == "gone"))
+            .filter(|t| t["type"] == "fragment")
+            .filter_map(|t| t["seq"].as_u64())
+            .collect()
+    };
+    while tokio::time::Instant::now() < deadline && later(&texts).len() < n {
+        let r = ws_read(viewer, 1, Duration::from_secs(2)).await;
+        texts.extend(r.texts);
+        assert!(r.close.is_none(), "viewer closed: {:?}", r.close);
+    }
+    let seqs = later(&texts);
+    assert!(
+        seqs.len() >= n,
+        "fragments after the restart: {}",
+        seqs.len()
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[1] > w[0]),
+        "seqs increase: {seqs:?}"
+    );
+    seqs
 }
