@@ -77,7 +77,9 @@ export class MseAppender {
       return 'same';
     }
     if (mime && !MseAppender.isSupported(mime)) {
-      throw new Error(`this browser cannot play ${mime}`);
+      const e = new Error(`this browser cannot play ${mime}`);
+      e.unsupported = true;
+      throw e;
     }
     let how;
     if (!this.ms || !this.sb) {

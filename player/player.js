@@ -174,8 +174,16 @@ export class Player {
       this.mime = mime;
       this.initVersion = ev.version;
     } catch (e) {
-      this._setState(String(e.message || e));
       this._log(`init failed: ${e.message || e}`);
+      if (e.unsupported) {
+        // Nothing of this stream can play here: stop downloading it (a
+        // transport left open would keep fetching every fragment for
+        // nothing) and say so. A reload tries again.
+        this.unsupported = mime;
+        this.stop();
+        this._log('transport stopped: the browser cannot decode this stream');
+      }
+      this._setState(String(e.message || e));
     }
   }
 

@@ -161,14 +161,32 @@ function drawHud() {
 setInterval(drawHud, 250);
 
 // ---- facts below the player (from /live/{name}/info) ----
+// Once the stream has been live on this page, a relay that does not answer
+// (restarting) or does not know the stream yet (restarted, the publisher not
+// back yet) means "reconnecting…", not "not live yet".
+let wasLive = false;
+const factLine = (v) => { $('facts').innerHTML = `<div class="fact"><div class="k">stream</div><div class="v">${esc(v)}</div></div>`; };
+function whyNoInfo(status) {
+  const st = player ? player.state : '';
+  if (st.startsWith('stream ended')) return 'ended';
+  if (wasLive && (status === 404 || status === 0 || status >= 500)) return 'reconnecting…';
+  return status === 404 ? 'not live yet' : status === 0 ? 'relay unreachable' : `HTTP ${status}`;
+}
 async function drawFacts() {
   try {
-    const res = await fetch(livePath(name, '/info'), { cache: 'no-store' });
+    let res;
+    try {
+      res = await fetch(livePath(name, '/info'), { cache: 'no-store' });
+    } catch {
+      factLine(whyNoInfo(0));
+      return;
+    }
     if (!res.ok) {
-      $('facts').innerHTML = `<div class="fact"><div class="k">stream</div><div class="v">${res.status === 404 ? 'not live yet' : `HTTP ${res.status}`}</div></div>`;
+      factLine(whyNoInfo(res.status));
       return;
     }
     const i = await res.json();
+    if (i.live) wasLive = true;
     const fact = (k, v, mono) => `<div class="fact"><div class="k">${esc(k)}</div><div class="v${mono ? ' mono' : ''}">${esc(v)}</div></div>`;
     $('facts').innerHTML = [
       fact('viewers', i.viewers ?? '–'),
@@ -180,7 +198,7 @@ async function drawFacts() {
       fact('watch elsewhere', `ffplay ${location.origin}/live/${name}.mp4`, true),
     ].join('');
   } catch {
-    /* relay restarting: keep the last facts */
+    /* a body cut short: keep the last facts */
   }
 }
 drawFacts();

@@ -391,3 +391,99 @@ describe('relay restart', () => {
     });
   }
 });
+
+// #12 item 24: what the page says and does when it cannot play, and while
+// the relay restarts.
+describe('player: told why', () => {
+  let browser;
+  before(async () => {
+    browser = await launchBrowser();
+  });
+  after(async () => {
+    await browser?.close();
+  });
+
+  /** `relaycast publish --re --loop FILE` to `name` on `base` (it reconnects by itself). */
+  function publishLoop(base, name, file) {
+    const p = spawn(relayBin, ['publish', '--re', '--loop', '--to', `${base}/publish/${name}`, file], {
+      env: { ...process.env, RUST_LOG: 'warn' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    p.errText = '';
+    p.stderr.on('data', (d) => { p.errText += d.toString(); });
+    return p;
+  }
+  const info = async (base, name) => {
+    const r = await fetch(`${base}/live/${name}/info`, { cache: 'no-store' });
+    return r.ok ? r.json() : null;
+  };
+
+  test('a stream the browser cannot decode (HEVC in Chromium): says so and stops downloading', { timeout: 60000 }, async () => {
+    const relay = await startRelay({ args: ['--no-demo'] });
+    const pub = publishLoop(relay.base, 'hevc', path.join(repoRoot, 'tests/fixtures/hevc_aac.mp4'));
+    try {
+      await waitFor(async () => (await info(relay.base, 'hevc'))?.live, { timeout: 20000, what: 'the HEVC stream' });
+      await withPage(browser, async (page) => {
+        await page.goto(`${relay.base}/watch/hevc?debug=1`);
+        const s = await waitFor(async () => {
+          const x = await stats(page);
+          return x && /cannot play/.test(x.state) && x;
+        }, { timeout: 20000, what: 'the "cannot play" message' });
+        assert.match(s.state, /hvc1|hev1/);
+        const notice = await page.textContent('#notice-text');
+        assert.match(notice, /cannot play/i);
+        // The transport is closed: the relay has no viewer left, and the
+        // page receives nothing more.
+        await waitFor(async () => (await info(relay.base, 'hevc'))?.viewers === 0, { timeout: 10000, what: 'the relay to see the viewer leave' });
+        const a = await stats(page);
+        await sleep(2500);
+        const b = await stats(page);
+        assert.equal(b.bytes, a.bytes, 'bytes received stopped growing');
+        assert.equal((await info(relay.base, 'hevc')).viewers, 0);
+        console.log(`# HEVC: "${s.state}", ${b.bytes} bytes received before the transport stopped`);
+      });
+    } finally {
+      pub.kill('SIGKILL');
+      await relay.stop();
+    }
+  });
+
+  test('while the relay restarts the footer says "reconnecting…", never "not live yet"', { timeout: 90000 }, async () => {
+    let relay = await startRelay({ args: ['--no-demo'] });
+    const pub = publishLoop(relay.base, 'cam', path.join(repoRoot, 'crates/relaycast-media/src/demo/demo.mp4'));
+    try {
+      await withPage(browser, async (page) => {
+        await page.goto(`${relay.base}/watch/cam?debug=1`);
+        await waitPlaying(page, 30000);
+        await waitFor(async () => /live/.test(await page.textContent('#facts')), { timeout: 10000, what: 'the facts of the live stream' });
+        const port = relay.port;
+        // Sample the footer every 100 ms from the kill until the stream is back.
+        const seen = new Set();
+        let sampling = true;
+        const sampler = (async () => {
+          while (sampling) {
+            seen.add((await page.textContent('#facts').catch(() => '')).trim());
+            await sleep(100);
+          }
+        })();
+        await relay.stop('SIGKILL');
+        await waitFor(async () => /reconnecting…/.test(await page.textContent('#facts')), { timeout: 10000, what: '"reconnecting…" while the relay is down' });
+        await sleep(1000);
+        relay = await restartRelayOnPort(port, { args: ['--no-demo'] });
+        // The publisher comes back by itself (after its backoff); until then
+        // the new relay answers 404 for the stream: still "reconnecting…".
+        await waitFor(async () => (await info(relay.base, 'cam'))?.live, { timeout: 30000, what: 'the publisher to come back' });
+        await waitFor(async () => /viewers/.test(await page.textContent('#facts')), { timeout: 10000, what: 'the facts again' });
+        sampling = false;
+        await sampler;
+        const texts = [...seen];
+        assert.ok(texts.some((t) => /reconnecting…/.test(t)), JSON.stringify(texts));
+        assert.ok(!texts.some((t) => /not live yet/.test(t)), `the footer said "not live yet": ${JSON.stringify(texts)}`);
+        console.log(`# footer during the restart: ${JSON.stringify(texts.map((t) => t.slice(0, 40)))}`);
+      });
+    } finally {
+      pub.kill('SIGKILL');
+      await relay.stop();
+    }
+  });
+});

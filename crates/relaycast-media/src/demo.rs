@@ -26,6 +26,13 @@
 //! whole file and stretch the first video sample, so `setts` moves audio to
 //! start at 0 instead; `-frames:a 375` keeps exactly 8 s of audio.
 //!
+//! A clip whose tracks differ in length (an ordinary ffmpeg file often has a
+//! few AAC frames more than video) loops with the longest track's length as
+//! its period: each track's pass `k` starts `k` periods after its pass 0
+//! (exactly, in the track's own ticks, rounded down), so the tracks stay
+//! aligned at every loop point and never drift, and a shorter track has a
+//! gap of (period − its length) at the loop point rather than an overlap.
+//!
 //! Each looped fragment is a copy of the clip's fragment (a few KB) with its
 //! `mfhd` sequence number and every `tfdt` rewritten. The clip's `tfdt`s are
 //! 64-bit (ffmpeg always writes version 1); a clip with 32-bit `tfdt`s is
@@ -49,10 +56,11 @@ pub struct Demo {
     init: Init,
     /// The clip's fragments, in order; never empty, the first is a keyframe.
     clip: Vec<ClipFragment>,
-    /// Per track (init order): the loop length in the track's timescale
-    /// (end of its last sample minus its first decode time); 0 for a track
-    /// without samples. All non-zero ones last the same real time.
-    loop_ticks: Vec<u64>,
+    /// The loop period as (ticks, timescale): the length of the longest
+    /// track (end of its last sample minus its first decode time). Pass `k`
+    /// of every track starts `k` periods after pass 0, rounded down to the
+    /// track's own ticks, so no track drifts and none overlaps itself.
+    period: (u64, u32),
     /// Per track: its first decode time in the clip.
     start_ticks: Vec<u64>,
     /// Per track: its timescale.
@@ -77,17 +85,20 @@ struct ClipFragment {
 impl Demo {
     /// Parses the embedded clip.
     pub fn load() -> Result<Demo, MediaError> {
-        Demo::from_shared(Bytes::from_static(CLIP))
+        Demo::from_shared(Bytes::from_static(CLIP), "demo clip")
     }
 
-    /// Parses a clip: one init segment, then fragments whose tracks are each
-    /// continuous and all last the same time, the first one a keyframe.
+    /// Parses a clip to loop (a user's file): one init segment, then
+    /// fragments whose tracks are each continuous, the first one a keyframe.
+    /// Tracks may differ in length: the loop lasts as long as the longest.
+    /// Errors say what is wrong with the file, not naming it (the caller
+    /// knows its name).
     pub fn from_bytes(bytes: &[u8]) -> Result<Demo, MediaError> {
-        Demo::from_shared(Bytes::copy_from_slice(bytes))
+        Demo::from_shared(Bytes::copy_from_slice(bytes), "cannot loop it")
     }
 
-    fn from_shared(bytes: Bytes) -> Result<Demo, MediaError> {
-        let bad = |m: String| MediaError::Invalid(format!("demo clip: {m}"));
+    fn from_shared(bytes: Bytes, what: &str) -> Result<Demo, MediaError> {
+        let bad = |m: String| MediaError::Invalid(format!("{what}: {m}"));
         let mut splitter = Splitter::new(SplitterConfig::default());
         splitter.push_bytes(bytes);
         let mut init = None;
@@ -145,37 +156,32 @@ impl Demo {
             })
             .collect();
         let timed: Vec<usize> = (0..tracks).filter(|&t| loop_ticks[t] > 0).collect();
-        let Some(&first) = timed.first() else {
+        if timed.is_empty() {
             return Err(bad("no track has a duration".into()));
-        };
-        let reference = if table.has_video {
-            timed
-                .iter()
-                .copied()
-                .find(|&t| table.tracks[t].kind == super::TrackKind::Video)
-                .unwrap_or(first)
-        } else {
-            first
-        };
-        for &t in &timed {
-            let a = u128::from(loop_ticks[t]) * u128::from(timescales[reference]);
-            let b = u128::from(loop_ticks[reference]) * u128::from(timescales[t]);
-            if a != b {
-                return Err(bad(format!(
-                    "track {} lasts {}/{} s but track {} lasts {}/{} s: the loop would drift",
-                    table.tracks[t].id,
-                    loop_ticks[t],
-                    timescales[t],
-                    table.tracks[reference].id,
-                    loop_ticks[reference],
-                    timescales[reference]
-                )));
-            }
         }
-        let loop_us = scale_us(loop_ticks[reference], timescales[reference]);
+        // The loop period is the longest track (compared exactly, as
+        // rationals). Every track's next pass starts one period later, so
+        // the tracks stay aligned at each loop point; a shorter track has a
+        // small gap there instead of drifting a little more every loop.
+        let longest = timed
+            .iter()
+            .copied()
+            .max_by(|&a, &b| {
+                let x = u128::from(loop_ticks[a]) * u128::from(timescales[b]);
+                let y = u128::from(loop_ticks[b]) * u128::from(timescales[a]);
+                x.cmp(&y)
+            })
+            .unwrap_or(timed[0]);
+        let period = (loop_ticks[longest], timescales[longest]);
+        let loop_us = scale_us(period.0, period.1);
         if loop_us == 0 {
             return Err(bad("it lasts less than a microsecond".into()));
         }
+        // Per track, the worst gap a loop point can leave (its period in its
+        // own ticks minus its length), for the check below.
+        let period_ticks: Vec<u64> = (0..tracks)
+            .map(|t| advance_ticks(1, period, timescales[t]))
+            .collect();
         let loops_per_year = YEAR_US.div_ceil(loop_us);
         for c in &clip {
             for &Tfdt {
@@ -185,7 +191,7 @@ impl Demo {
                 ..
             } in &c.tfdts
             {
-                let per_loop = loop_ticks.get(t).copied().unwrap_or(0);
+                let per_loop = period_ticks.get(t).copied().unwrap_or(0);
                 let last = u128::from(time) + u128::from(loops_per_year) * u128::from(per_loop);
                 if version == 0 && last > u128::from(u32::MAX) {
                     return Err(bad(format!(
@@ -199,7 +205,7 @@ impl Demo {
         Ok(Demo {
             init,
             clip,
-            loop_ticks,
+            period,
             start_ticks,
             timescales,
             loop_us,
@@ -238,7 +244,13 @@ impl Demo {
         let Some(c) = self.clip.get((n % len) as usize) else {
             return (empty_fragment(n), 0);
         };
-        let advance = |t: usize| loops.saturating_mul(self.loop_ticks.get(t).copied().unwrap_or(0));
+        let advance = |t: usize| {
+            advance_ticks(
+                loops,
+                self.period,
+                self.timescales.get(t).copied().unwrap_or(0),
+            )
+        };
         let mut bytes = BytesMut::from(&c.fragment.bytes[..]);
         let seq = (n.wrapping_add(1)) as u32;
         put(&mut bytes, c.seq_at, &seq.to_be_bytes());
@@ -269,6 +281,19 @@ impl Demo {
         };
         (fragment, due_us)
     }
+}
+
+/// `loops` loop periods in ticks of `timescale`: ⌊loops × ticks × timescale /
+/// period_timescale⌋, computed exactly (so the error never grows with the
+/// number of loops, and each pass of a track starts at least its own length
+/// after the previous one: timestamps never go backwards).
+fn advance_ticks(loops: u64, period: (u64, u32), timescale: u32) -> u64 {
+    let (ticks, of) = period;
+    if of == 0 {
+        return 0;
+    }
+    let v = u128::from(loops) * u128::from(ticks) * u128::from(timescale) / u128::from(of);
+    u64::try_from(v).unwrap_or(u64::MAX)
 }
 
 fn put(bytes: &mut BytesMut, at: usize, value: &[u8]) {

@@ -9,7 +9,7 @@
 //! `stsd` alone; a track whose `stsd` it cannot read gets an empty codec
 //! string.
 
-use super::boxes::{Children, Reader};
+use super::boxes::{Children, FourCC, Reader};
 use super::codec::codec_string;
 use super::{Init, MediaError, Track, TrackKind};
 use bytes::Bytes;
@@ -236,11 +236,85 @@ fn track_codecs(_moov: &[u8], traks: &[RawTrak<'_>]) -> Vec<String> {
         .iter()
         .map(|t| {
             find_stsd(t.bytes)
+                .map(without_skipped_boxes)
                 .and_then(|stsd| mp4_atom::Stsd::decode(&mut &stsd[..]).ok())
                 .and_then(|stsd| stsd.codecs.first().map(codec_string))
                 .unwrap_or_default()
         })
         .collect()
+}
+
+/// Boxes inside a video sample entry that carry nothing the codec string
+/// needs and that `mp4-atom` 0.17 does not know inside every sample entry
+/// (`fiel`, field order, which ffmpeg writes in `vp09` and `av01` entries:
+/// `mp4-atom` logs each one as a WARN "unexpected box"). They are removed
+/// before decoding, knowingly.
+const SKIPPED_IN_VIDEO_ENTRIES: &[FourCC] = &[*b"fiel"];
+
+/// Bytes of a visual sample entry before its child boxes (ISO/IEC 14496-12
+/// 12.1.3: 6 reserved + 2 data reference index + 16 pre-defined/reserved +
+/// width, height, resolutions, reserved, frame count, compressor name,
+/// depth, pre-defined = 70).
+const VISUAL_ENTRY_FIELDS: usize = 78;
+
+/// The `stsd` box without the [`SKIPPED_IN_VIDEO_ENTRIES`] children of its
+/// video sample entries (sizes rewritten). Anything it cannot walk cleanly
+/// is returned as it was: `mp4-atom` then decides.
+fn without_skipped_boxes(stsd: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    // stsd: header (8), version/flags (4), entry count (4), entries.
+    let Some(entries) = stsd.get(16..) else {
+        return Cow::Borrowed(stsd);
+    };
+    let mut out_entries = Vec::with_capacity(entries.len());
+    let mut changed = false;
+    for entry in Children::new(entries, 16, "stsd") {
+        let Ok(entry) = entry else {
+            return Cow::Borrowed(stsd);
+        };
+        let header_len = entry.whole.len() - entry.body.len();
+        let visual = matches!(
+            &entry.kind,
+            b"avc1" | b"avc3" | b"hvc1" | b"hev1" | b"vp08" | b"vp09" | b"av01"
+        );
+        let children = entry.body.get(VISUAL_ENTRY_FIELDS..);
+        let (true, Some(children), 8) = (visual, children, header_len) else {
+            out_entries.extend_from_slice(entry.whole);
+            continue;
+        };
+        let mut kept = Vec::with_capacity(entry.whole.len());
+        kept.extend_from_slice(&entry.whole[..header_len + VISUAL_ENTRY_FIELDS]);
+        let mut walked = true;
+        for child in Children::new(children, 0, "sample entry") {
+            match child {
+                Ok(c) if SKIPPED_IN_VIDEO_ENTRIES.contains(&c.kind) => changed = true,
+                Ok(c) => kept.extend_from_slice(c.whole),
+                Err(_) => {
+                    walked = false;
+                    break;
+                }
+            }
+        }
+        if !walked {
+            return Cow::Borrowed(stsd);
+        }
+        let Ok(size) = u32::try_from(kept.len()) else {
+            return Cow::Borrowed(stsd);
+        };
+        kept[..4].copy_from_slice(&size.to_be_bytes());
+        out_entries.extend_from_slice(&kept);
+    }
+    if !changed {
+        return Cow::Borrowed(stsd);
+    }
+    let mut out = Vec::with_capacity(16 + out_entries.len());
+    out.extend_from_slice(&stsd[..16]);
+    out.extend_from_slice(&out_entries);
+    let Ok(size) = u32::try_from(out.len()) else {
+        return Cow::Borrowed(stsd);
+    };
+    out[..4].copy_from_slice(&size.to_be_bytes());
+    Cow::Owned(out)
 }
 
 /// The whole `stsd` box of a whole `trak` box.
@@ -257,4 +331,50 @@ fn find_stsd(trak: &[u8]) -> Option<&[u8]> {
         .map_while(Result::ok)
         .find(|c| &c.kind == b"stsd")
         .map(|c| c.whole)
+}
+
+#[cfg(test)]
+mod skipped_boxes {
+    use super::*;
+
+    fn stsds(file: &str) -> Vec<Vec<u8>> {
+        let path = format!("{}/../../tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let moov = Children::new(&bytes, 0, "file")
+            .map_while(Result::ok)
+            .find(|c| &c.kind == b"moov")
+            .expect("moov");
+        Children::new(moov.body, 0, "moov")
+            .map_while(Result::ok)
+            .filter(|c| &c.kind == b"trak")
+            .filter_map(|t| find_stsd(t.whole).map(<[u8]>::to_vec))
+            .collect()
+    }
+
+    /// ffmpeg writes `fiel` in VP9 and AV1 sample entries, which `mp4-atom`
+    /// logs as a WARN "unexpected box": it is removed first, and the codec
+    /// string comes out the same.
+    #[test]
+    fn fiel_is_removed_from_vp9_and_av1_entries() {
+        for (file, codec) in [("vp9_opus.mp4", "vp09."), ("av1_opus.mp4", "av01.")] {
+            let all = stsds(file);
+            let video = all
+                .iter()
+                .find(|s| s.windows(4).any(|w| w == b"fiel"))
+                .unwrap_or_else(|| panic!("{file}: the fixture has a fiel box"));
+            let stripped = without_skipped_boxes(video);
+            assert!(!stripped.windows(4).any(|w| w == b"fiel"), "{file}");
+            assert_eq!(stripped.len() + 10, video.len(), "{file}: fiel is 10 bytes");
+            let decoded = mp4_atom::Stsd::decode(&mut &stripped[..]).expect("decodes");
+            let s = decoded.codecs.first().map(codec_string).unwrap_or_default();
+            assert!(s.starts_with(codec), "{file}: {s}");
+            // Audio entries and entries without skipped boxes are untouched.
+            for other in all.iter().filter(|s| !s.windows(4).any(|w| w == b"fiel")) {
+                assert!(matches!(
+                    without_skipped_boxes(other),
+                    std::borrow::Cow::Borrowed(_)
+                ));
+            }
+        }
+    }
 }

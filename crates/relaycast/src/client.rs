@@ -186,6 +186,59 @@ fn refused_close(code: u16) -> bool {
     matches!(code, 1003 | 1007 | 1008 | 1009)
 }
 
+/// QUIC application codes that retrying cannot fix (CONFLICT, LIMIT and
+/// SHUTDOWN can).
+fn refused_quic(code: u32) -> bool {
+    use crate::quic::code as c;
+    matches!(
+        code,
+        c::BAD_REQUEST | c::UNAUTHORIZED | c::FORBIDDEN | c::BAD_MEDIA | c::TOO_BIG
+    )
+}
+
+/// A QUIC publish error as [`Refused`] when its code says retrying cannot fix it.
+fn quic_error(e: crate::quic::QuicError) -> anyhow::Error {
+    match &e {
+        crate::quic::QuicError::Closed { code, reason } if refused_quic(*code) => {
+            Refused(format!("QUIC code {code}: {reason}")).into()
+        }
+        _ => e.into(),
+    }
+}
+
+/// What the relay said on a raw TCP publish connection: its `ERROR <status>
+/// <reason>` line (see `ingest::tcp`) as an error, [`Refused`] when retrying
+/// cannot fix it; `None` when it said nothing.
+fn tcp_said(line: &str) -> Option<anyhow::Error> {
+    let rest = line.trim().strip_prefix("ERROR ")?;
+    let (status, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+    let status: u16 = status.parse().unwrap_or(0);
+    Some(if refused_status(status) {
+        Refused(format!("TCP ERROR {status}: {reason}")).into()
+    } else {
+        anyhow::anyhow!("relay answered ERROR {status}: {reason}")
+    })
+}
+
+/// Read what the relay says on a raw TCP publish connection (at most a
+/// line; nothing unless it refuses or cuts the publisher off) until it
+/// closes.
+fn tcp_listen(mut r: tokio::net::tcp::OwnedReadHalf) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut said = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            if said.len() < 4096 {
+                said.extend_from_slice(&buf[..n]);
+            }
+        }
+        String::from_utf8_lossy(&said).into_owned()
+    })
+}
+
 type WsSink =
     futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStream<Box<dyn Io>>, Message>;
 
@@ -208,7 +261,11 @@ enum Conn {
         /// Reads the relay's side of the socket; ends with what it heard.
         reader: tokio::task::JoinHandle<WsHeard>,
     },
-    Tcp(TcpStream),
+    Tcp {
+        w: tokio::net::tcp::OwnedWriteHalf,
+        /// Reads the relay's side: ends with what it said (an `ERROR` line).
+        reader: tokio::task::JoinHandle<String>,
+    },
     Quic(crate::quic::client::PublishSession),
 }
 
@@ -286,12 +343,18 @@ impl Conn {
                     use tokio::io::AsyncWriteExt;
                     tcp.write_all(format!("KEY {k}\n").as_bytes()).await?;
                 }
-                Ok(Conn::Tcp(tcp))
+                let (r, w) = tcp.into_split();
+                Ok(Conn::Tcp {
+                    w,
+                    reader: tcp_listen(r),
+                })
             }
             "quic" => {
                 let url = crate::quic::QuicUrl::parse(to.as_str())?;
                 let client = crate::quic::client::Client::new()?;
-                Ok(Conn::Quic(client.publish(&url, key).await?))
+                Ok(Conn::Quic(
+                    client.publish(&url, key).await.map_err(quic_error)?,
+                ))
             }
             s => bail!("unsupported scheme {s:?}: use http(s)://, ws(s)://, tcp:// or quic://"),
         }
@@ -340,8 +403,20 @@ impl Conn {
                     _ => Err(e),
                 }
             }
-            Conn::Tcp(t) => Ok(t.write_all(&bytes).await?),
-            Conn::Quic(q) => Ok(q.send(bytes).await?),
+            Conn::Tcp { w, reader } => {
+                let sent = if reader.is_finished() {
+                    Err(anyhow::anyhow!("the relay closed the connection"))
+                } else {
+                    w.write_all(&bytes).await.map_err(Into::into)
+                };
+                let Err(e) = sent else { return Ok(()) };
+                // Why: the relay's ERROR line, if it sent one.
+                match tokio::time::timeout(Duration::from_secs(1), reader).await {
+                    Ok(Ok(line)) => Err(tcp_said(&line).unwrap_or(e)),
+                    _ => Err(e),
+                }
+            }
+            Conn::Quic(q) => q.send(bytes).await.map_err(quic_error),
         }
     }
 
@@ -375,11 +450,19 @@ impl Conn {
                     _ => Ok(heard.summary),
                 }
             }
-            Conn::Tcp(mut t) => {
-                t.shutdown().await.ok();
-                Ok(String::new())
+            Conn::Tcp { mut w, reader } => {
+                w.shutdown().await.ok();
+                // The relay closes when it has taken the end of the stream;
+                // an ERROR line before that says why it did not.
+                match tokio::time::timeout(Duration::from_secs(5), reader).await {
+                    Ok(Ok(line)) => match tcp_said(&line) {
+                        Some(e) => Err(e),
+                        None => Ok(String::new()),
+                    },
+                    _ => Ok(String::new()),
+                }
             }
-            Conn::Quic(q) => Ok(q.finish().await?),
+            Conn::Quic(q) => q.finish().await.map_err(quic_error),
         }
     }
 }
@@ -434,6 +517,9 @@ pub async fn publish(to: &str, input: Input, opts: PublishOptions) -> anyhow::Re
                         conn = Some(c);
                     }
                 }
+                Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                    return Err(e.context(format!("publishing to {to}")));
+                }
                 Err(e) => tracing::warn!(error = %e, "publish: cannot connect"),
             }
             if conn.is_none() {
@@ -471,7 +557,10 @@ pub async fn publish(to: &str, input: Input, opts: PublishOptions) -> anyhow::Re
         }
     }
     match conn {
-        Some(c) => c.finish().await,
+        Some(c) => c
+            .finish()
+            .await
+            .map_err(|e| e.context(format!("publishing to {to}"))),
         None => Ok(String::new()),
     }
 }
@@ -512,86 +601,359 @@ pub async fn watch(
     watch_after(from, out, max_bytes, None).await
 }
 
+/// The relay refused the viewer for a reason that reconnecting cannot fix
+/// (bad name or signature, no such stream at the first try): `watch` stops
+/// instead of reconnecting.
+#[derive(Debug, thiserror::Error)]
+#[error("the relay refused the viewer: {0}")]
+pub struct ViewerRefused(pub String);
+
+/// Where a watch is, across reconnections: the last whole fragment written
+/// (to resume `after`), the stream life it belongs to, the init segment
+/// written last (a reconnection writes it again only when it changed).
+#[derive(Debug, Default)]
+struct Resume {
+    after: Option<u64>,
+    epoch: Option<u64>,
+    init: Option<Bytes>,
+    written: u64,
+    /// A session was joined at least once: a failure to connect is then a
+    /// relay restarting (reconnect), not a wrong URL (exit).
+    joined: bool,
+}
+
+impl Resume {
+    /// Write one whole item: an init segment (skipped when it is the one
+    /// written last) or fragment `seq`.
+    async fn write(
+        &mut self,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+        bytes: &[u8],
+        fragment: Option<u64>,
+    ) -> anyhow::Result<()> {
+        match fragment {
+            None if self.init.as_deref() == Some(bytes) => return Ok(()),
+            None => self.init = Some(Bytes::copy_from_slice(bytes)),
+            Some(seq) => self.after = Some(seq),
+        }
+        out.write_all(bytes).await?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn full(&self, max_bytes: Option<u64>) -> bool {
+        max_bytes.is_some_and(|m| self.written >= m)
+    }
+}
+
 /// Like [`watch`], resuming after seq `after` when given; also takes
 /// `quic://HOST:PORT/NAME[?fingerprint=HEX]`.
+///
+/// It ends when the stream ends (its publisher left for good), after
+/// `max_bytes`, or with an error when the relay refuses the viewer
+/// ([`ViewerRefused`]: a wrong name or signature, a stream that does not
+/// exist at the first try) or the first connection fails. Anything else —
+/// the relay restarting or shutting down, a connection cut, a lagging
+/// viewer disconnected — reconnects with backoff and resumes after the last
+/// whole fragment written (`after` and `epoch`, like the player), writing
+/// the init segment again only when it changed.
 pub async fn watch_after(
     from: &str,
     out: &mut (dyn AsyncWrite + Unpin + Send),
     max_bytes: Option<u64>,
     after: Option<u64>,
 ) -> anyhow::Result<u64> {
-    let mut url = url::Url::parse(from).with_context(|| format!("bad URL {from:?}"))?;
-    if url.scheme() == "quic" {
-        return watch_quic(from, out, max_bytes, after).await;
-    }
-    if let Some(a) = after {
-        url.query_pairs_mut().append_pair("after", &a.to_string());
-    }
-    let mut written = 0u64;
-    match url.scheme() {
-        "ws" | "wss" => {
-            let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), dial(&url).await?)
-                .await
-                .with_context(|| format!("connecting to {url}"))?;
-            while let Some(m) = ws.next().await {
-                match m? {
-                    Message::Binary(b) => {
-                        out.write_all(&b).await?;
-                        written += b.len() as u64;
-                    }
-                    Message::Close(f) => {
-                        if let Some(f) = f
-                            && u16::from(f.code) != 1000
-                        {
-                            bail!(
-                                "relay closed the stream: {} {}",
-                                u16::from(f.code),
-                                f.reason
-                            );
-                        }
-                        break;
-                    }
-                    _ => {}
-                }
-                if max_bytes.is_some_and(|m| written >= m) {
-                    break;
-                }
-            }
-        }
-        "http" | "https" => {
-            let host = url.host_str().context("URL without host")?;
-            let port = url.port_or_known_default().unwrap_or(80);
-            let tcp = dial(&url).await?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            let req = hyper::Request::get(&url[url::Position::BeforePath..])
-                .header(hyper::header::HOST, format!("{host}:{port}"))
-                .body(http_body_util::Empty::<Bytes>::new())?;
-            let resp = sender.send_request(req).await?;
-            if resp.status() != 200 {
-                let status = resp.status();
-                let body = resp.into_body().collect().await?.to_bytes();
-                bail!(
-                    "relay answered {status}: {}",
-                    String::from_utf8_lossy(&body)
-                );
-            }
-            let mut body = resp.into_body();
-            while let Some(frame) = body.frame().await {
-                if let Ok(data) = frame?.into_data() {
-                    out.write_all(&data).await?;
-                    written += data.len() as u64;
-                }
-                if max_bytes.is_some_and(|m| written >= m) {
-                    break;
-                }
-            }
-        }
-        s => bail!("unsupported scheme {s:?}: use http(s)://, ws(s):// or quic://"),
+    let url = url::Url::parse(from).with_context(|| format!("bad URL {from:?}"))?;
+    let mut r = Resume {
+        after,
+        ..Resume::default()
+    };
+    let mut failures = 0u32;
+    loop {
+        let before = r.written;
+        let leg = match url.scheme() {
+            "quic" => watch_quic(from, out, max_bytes, &mut r).await,
+            "ws" | "wss" => watch_ws(&url, out, max_bytes, &mut r).await,
+            "http" | "https" => watch_http(&url, out, max_bytes, &mut r).await,
+            s => bail!("unsupported scheme {s:?}: use http(s)://, ws(s):// or quic://"),
+        };
+        let e = match leg {
+            Ok(()) => break,
+            Err(e) if e.downcast_ref::<ViewerRefused>().is_some() => return Err(e),
+            Err(e) if !r.joined => return Err(e),
+            Err(e) => e,
+        };
+        failures = if r.written > before { 1 } else { failures + 1 };
+        let backoff =
+            Duration::from_millis(250 * 2u64.pow(failures.min(5))).min(Duration::from_secs(5));
+        tracing::warn!(error = %format!("{e:#}"), after = ?r.after, ?backoff, "watch: connection lost; reconnecting");
+        tokio::time::sleep(backoff).await;
     }
     out.flush().await?;
-    Ok(written)
+    Ok(r.written)
+}
+
+/// The URL of one leg of a watch: `after` and `epoch` to resume, and on a
+/// reconnection a `wait` for a restarted relay whose publisher is not back yet.
+fn leg_url(url: &url::Url, r: &Resume, extra: &[(&str, &str)]) -> url::Url {
+    let mut url = url.clone();
+    {
+        let mut q = url.query_pairs_mut();
+        if let Some(a) = r.after {
+            q.append_pair("after", &a.to_string());
+            if let Some(e) = r.epoch {
+                q.append_pair("epoch", &e.to_string());
+            }
+        }
+        if r.joined {
+            q.append_pair("wait", "10");
+        }
+        for (k, v) in extra {
+            q.append_pair(k, v);
+        }
+    }
+    url
+}
+
+/// WebSocket close codes and HTTP statuses a viewer cannot fix by
+/// reconnecting (404 only before it ever joined: afterwards it is a
+/// restarted relay whose publisher is not back yet).
+fn viewer_refused_close(code: u16) -> bool {
+    use crate::proto::code::ws;
+    matches!(
+        code,
+        ws::PROTOCOL | ws::UNSUPPORTED | ws::INVALID_DATA | ws::POLICY
+    )
+}
+
+fn viewer_refused_status(status: u16, joined: bool) -> bool {
+    matches!(status, 400 | 401 | 403 | 410) || (status == 404 && !joined)
+}
+
+/// One control message's type and seq/epoch, as the relay sends them.
+#[derive(Debug, serde::Deserialize)]
+struct Heard {
+    #[serde(rename = "type")]
+    kind: String,
+    seq: Option<u64>,
+    epoch: Option<u64>,
+    /// `init`, `fragment`: the length of the binary item that follows.
+    size: Option<u64>,
+    /// `end`: the `relaycast/1` code of the reason.
+    code: Option<u32>,
+    /// `end`: the reason, for people.
+    reason: Option<String>,
+}
+
+impl Heard {
+    /// An `end` that says the stream is over (its publisher left), not
+    /// "come back" (the viewer lagged, the relay is shutting down).
+    fn stream_over(&self) -> bool {
+        self.kind == "end"
+            && self
+                .code
+                .is_none_or(|c| c == crate::quic::code::PUBLISHER_GONE)
+    }
+}
+
+impl Heard {
+    /// Parse a control message, taking in what a hello says (the epoch;
+    /// the session was joined).
+    fn parse(json: &[u8], r: &mut Resume) -> Option<Heard> {
+        let h: Heard = serde_json::from_slice(json).ok()?;
+        if h.kind == "hello" {
+            if h.epoch.is_some() && h.epoch != r.epoch && r.epoch.is_some() {
+                // A new life of the stream: its seqs mean nothing to the old one.
+                tracing::info!(epoch = ?h.epoch, "watch: the stream restarted");
+            }
+            r.epoch = h.epoch;
+            r.joined = true;
+        }
+        Some(h)
+    }
+}
+
+async fn watch_ws(
+    url: &url::Url,
+    out: &mut (dyn AsyncWrite + Unpin + Send),
+    max_bytes: Option<u64>,
+    r: &mut Resume,
+) -> anyhow::Result<()> {
+    let url = leg_url(url, r, &[]);
+    let (mut ws, _) = match tokio_tungstenite::client_async(url.as_str(), dial(&url).await?).await {
+        Ok(ws) => ws,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let status = resp.status().as_u16();
+            let body =
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+            if viewer_refused_status(status, r.joined) {
+                return Err(ViewerRefused(format!("HTTP {status}: {}", body.trim())).into());
+            }
+            bail!("relay answered {status}: {}", body.trim());
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("connecting to {url}"))),
+    };
+    // The kind of the binary message that comes next (after its control).
+    let mut next: Option<Heard> = None;
+    while let Some(m) = ws.next().await {
+        match m? {
+            Message::Text(t) => {
+                // `end` is followed by the close frame, whose code decides.
+                let h = Heard::parse(t.as_bytes(), r);
+                if h.as_ref()
+                    .is_some_and(|h| h.kind == "init" || h.kind == "fragment")
+                {
+                    next = h;
+                }
+            }
+            Message::Binary(b) => {
+                let fragment = match next.take() {
+                    Some(h) if h.kind == "fragment" => h.seq,
+                    _ => None,
+                };
+                r.write(out, &b, fragment).await?;
+                if r.full(max_bytes) {
+                    return Ok(());
+                }
+            }
+            Message::Close(f) => {
+                let (code, reason) = f.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                });
+                if code == 1000 {
+                    return Ok(());
+                }
+                if viewer_refused_close(code)
+                    || (code == crate::proto::code::ws::NOT_FOUND && !r.joined)
+                {
+                    return Err(ViewerRefused(format!("close {code}: {reason}")).into());
+                }
+                bail!("relay closed the stream: {code} {reason}");
+            }
+            _ => {}
+        }
+    }
+    bail!("the connection ended without a close frame")
+}
+
+/// Over HTTP the stream is asked for with `meta=1`: the relay's control
+/// messages arrive in top-level `free` boxes between the items, which tell
+/// where each item ends, its seq, and whether the stream ended (a body that
+/// ends without an `end` message is a relay shutting down or a cut
+/// connection: reconnect). The `free` boxes are not written out: the output
+/// is the same bytes as without `meta`.
+async fn watch_http(
+    url: &url::Url,
+    out: &mut (dyn AsyncWrite + Unpin + Send),
+    max_bytes: Option<u64>,
+    r: &mut Resume,
+) -> anyhow::Result<()> {
+    let url = leg_url(url, r, &[("meta", "1")]);
+    let host = url.host_str().context("URL without host")?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    let tcp = dial(&url).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(&url[url::Position::BeforePath..])
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .body(http_body_util::Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    if resp.status() != 200 {
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        if viewer_refused_status(status, r.joined) {
+            return Err(ViewerRefused(format!("HTTP {status}: {}", body.trim())).into());
+        }
+        bail!("relay answered {status}: {}", body.trim());
+    }
+    let mut body = resp.into_body();
+    let mut acc = bytes::BytesMut::new();
+    // The item being received (its control message) and its bytes so far.
+    let mut item: Option<Heard> = None;
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let data = match body.frame().await {
+            None => break,
+            Some(frame) => match frame?.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+        };
+        acc.extend_from_slice(&data);
+        while let Some(len) = whole_box(&acc)? {
+            let b = acc.split_to(len);
+            let json = meta_payload(&b);
+            if json.is_none() && item.is_some() {
+                pending.extend_from_slice(&b);
+            }
+            // An item ends when its `size` bytes are in (the control message
+            // says), or at the next control message.
+            let complete = match (&item, json) {
+                (Some(_), Some(_)) => true,
+                (Some(h), None) => h.size.is_some_and(|n| pending.len() as u64 >= n),
+                (None, _) => false,
+            };
+            if complete && let Some(h) = item.take() {
+                let seq = if h.kind == "fragment" { h.seq } else { None };
+                r.write(out, &pending, seq).await?;
+                pending.clear();
+                if r.full(max_bytes) {
+                    return Ok(());
+                }
+            }
+            let Some(json) = json else { continue };
+            let h = Heard::parse(json, r);
+            if let Some(end) = h.as_ref().filter(|h| h.kind == "end") {
+                if end.stream_over() {
+                    return Ok(());
+                }
+                bail!(
+                    "the relay ended the session: {}",
+                    end.reason.as_deref().unwrap_or("")
+                );
+            }
+            item = h.filter(|h| h.kind == "init" || h.kind == "fragment");
+        }
+    }
+    // A clean end of the body between items: the relay is shutting down.
+    if let Some(h) = item.take()
+        && acc.is_empty()
+    {
+        let seq = if h.kind == "fragment" { h.seq } else { None };
+        r.write(out, &pending, seq).await?;
+    }
+    bail!("the stream was cut off (no end message)")
+}
+
+/// The length of the whole box at the start of `buf`, when all of it is there.
+fn whole_box(buf: &[u8]) -> anyhow::Result<Option<usize>> {
+    let Some(h) = buf.get(..8) else {
+        return Ok(None);
+    };
+    let size = u64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
+    let size = match size {
+        1 => match buf.get(8..16) {
+            Some(l) => u64::from_be_bytes(l.try_into().unwrap_or_default()),
+            None => return Ok(None),
+        },
+        0 => bail!("a box of unbounded size in a live stream"),
+        s => s,
+    };
+    if !(8..=1 << 30).contains(&size) {
+        bail!("a box of {size} bytes in the stream");
+    }
+    let size = usize::try_from(size)?;
+    Ok((buf.len() >= size).then_some(size))
+}
+
+/// The JSON of a relay `free` box (`free` + `relaycast` + JSON), if `b` is one.
+fn meta_payload(b: &[u8]) -> Option<&[u8]> {
+    if b.get(4..8)? != b"free" {
+        return None;
+    }
+    b.get(8..)?.strip_prefix(b"relaycast")
 }
 
 /// `relaycast watch quic://…`: write init and fragment bytes in order; a skip
@@ -600,46 +962,52 @@ async fn watch_quic(
     from: &str,
     out: &mut (dyn AsyncWrite + Unpin + Send),
     max_bytes: Option<u64>,
-    after: Option<u64>,
-) -> anyhow::Result<u64> {
+    r: &mut Resume,
+) -> anyhow::Result<()> {
     use crate::quic::client::{Client, WatchEvent, WatchOptions};
+    use crate::quic::code;
     let url = crate::quic::QuicUrl::parse(from)?;
     let client = Client::new()?;
     let opts = WatchOptions {
-        after,
+        after: r.after,
+        wait: r.joined.then_some(10.0),
         ..WatchOptions::default()
     };
-    let mut session = client.watch(&url, opts).await?;
+    let mut session = match client.watch(&url, opts).await {
+        Ok(s) => s,
+        Err(crate::quic::QuicError::Closed { code: c, reason })
+            if matches!(c, code::BAD_REQUEST | code::UNAUTHORIZED | code::FORBIDDEN)
+                || (c == code::NOT_FOUND && !r.joined) =>
+        {
+            return Err(ViewerRefused(format!("QUIC code {c}: {reason}")).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    r.joined = true;
     tracing::info!(
         next_seq = session.hello().next_seq,
         resumed = session.hello().resumed,
         "watch: joined"
     );
-    let mut written = 0u64;
     loop {
         match session.next().await? {
-            WatchEvent::Init { bytes, .. } | WatchEvent::Fragment { bytes, .. } => {
-                out.write_all(&bytes).await?;
-                written += bytes.len() as u64;
-            }
+            WatchEvent::Init { bytes, .. } => r.write(out, &bytes, None).await?,
+            WatchEvent::Fragment { bytes, seq, .. } => r.write(out, &bytes, Some(seq)).await?,
             WatchEvent::Skip { from, to } => {
                 tracing::warn!(from, to, "watch: skipped forward (too slow)")
             }
             WatchEvent::Publisher(live) => tracing::info!(live, "watch: publisher"),
-            WatchEvent::End { code, reason } => {
-                use crate::quic::code::{DONE, PUBLISHER_GONE};
-                if code != DONE && code != PUBLISHER_GONE {
+            WatchEvent::End { code: c, reason } => {
+                if c != code::DONE && c != code::PUBLISHER_GONE {
                     out.flush().await?;
-                    bail!("relay ended the stream: {reason} (code {code})");
+                    bail!("relay ended the stream: {reason} (code {c})");
                 }
-                break;
+                return Ok(());
             }
         }
-        if max_bytes.is_some_and(|m| written >= m) {
-            session.close(crate::quic::code::DONE, "enough");
-            break;
+        if r.full(max_bytes) {
+            session.close(code::DONE, "enough");
+            return Ok(());
         }
     }
-    out.flush().await?;
-    Ok(written)
 }

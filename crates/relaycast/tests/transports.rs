@@ -970,6 +970,35 @@ async fn relaycast_publish_reconnects_with_backoff_after_the_relay_restarts() {
             .await,
         );
     }
+    // `relaycast watch` over WebSocket and HTTP streaming: they live through
+    // the restart too, resuming by themselves (#12 item 21).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut watchers = Vec::new();
+    for (what, from) in [
+        ("ws", format!("ws://{base}/live/again-ws")),
+        ("http", format!("http://{base}/live/again-http.mp4")),
+    ] {
+        let out = dir.path().join(format!("{what}.mp4"));
+        let child = relaycast_bin()
+            .env("RUST_LOG", "relaycast=info")
+            .args(["watch", &from, "-o"])
+            .arg(&out)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn relaycast watch");
+        watchers.push((what, out, child));
+    }
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    for (what, out, _) in &watchers {
+        let start = std::time::Instant::now();
+        while size(out) < 20_000 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "watch {what} got nothing"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 
     // Stop the relay; while it is down the publishers fail to connect and
     // back off; then a new relay starts on the same ports.
@@ -1010,6 +1039,46 @@ async fn relaycast_publish_reconnects_with_backoff_after_the_relay_restarts() {
             "{name}: the new relay got the same init"
         );
         assert!(got.seqs.len() >= 2, "{name}: {got:?}");
+    }
+    // The watchers are still there and write the new relay's fragments.
+    let mut watched = Vec::new();
+    for (what, out, mut child) in watchers {
+        let at_restart = size(&out);
+        let start = std::time::Instant::now();
+        while size(&out) < at_restart + 20_000 {
+            if let Ok(Some(st)) = child.try_wait() {
+                let out = child.wait_with_output().await.expect("watch output");
+                panic!(
+                    "watch {what} exited ({st}) at the restart:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "watch {what} got nothing from the new relay"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        child.start_kill().expect("kill watch");
+        let log = child.wait_with_output().await.expect("watch output");
+        watched.push((what, out, String::from_utf8_lossy(&log.stderr).into_owned()));
+    }
+    for (what, out, log) in watched {
+        assert!(log.contains("reconnecting"), "watch {what} log:\n{log}");
+        // One valid fMP4 stream: the same init is not written twice, and
+        // nothing but whole boxes (the last one may be cut by the kill).
+        let bytes = std::fs::read(&out).expect("watch output file");
+        let (mut off, mut moovs, mut boxes) = (0usize, 0, 0);
+        while off + 8 <= bytes.len() {
+            let size =
+                u32::from_be_bytes(bytes[off..off + 4].try_into().expect("4 bytes")) as usize;
+            assert!(size >= 8, "watch {what}: box of size {size} at {off}");
+            moovs += usize::from(&bytes[off + 4..off + 8] == b"moov");
+            boxes += 1;
+            off += size;
+        }
+        assert_eq!(moovs, 1, "watch {what}: one init segment");
+        assert!(boxes > 10, "watch {what}: {boxes} boxes");
     }
     second.shutdown().await;
     for (name, mut child) in publishers {

@@ -48,6 +48,7 @@ pub async fn serve(
         meta,
         queue,
         done: false,
+        _end: super::EndLog::new(),
     };
     // hyper polls the body outside the handler: carry the session span.
     let span = tracing::Span::current();
@@ -79,6 +80,9 @@ struct ViewerBody {
     /// Bytes to write, with the arrival time of the fragment they are.
     queue: VecDeque<(Bytes, Option<Instant>)>,
     done: bool,
+    /// Logs the end of the session when the body is dropped (ended, or the
+    /// viewer went away).
+    _end: super::EndLog,
 }
 
 impl ViewerBody {

@@ -64,6 +64,45 @@ pub async fn admit(
     Ok(viewer)
 }
 
+/// Logs the end of one viewer session, once, when dropped: whichever way
+/// it ends (the stream ended, the viewer left or lagged, an error, the
+/// relay shutting down), with the session's span (stream, peer, transport)
+/// and how long it lasted. A transport keeps one for as long as its viewer
+/// is served.
+#[derive(Debug)]
+pub struct EndLog {
+    span: tracing::Span,
+    started: std::time::Instant,
+}
+
+impl EndLog {
+    /// For the viewer session of the current span.
+    pub fn new() -> EndLog {
+        EndLog::in_span(tracing::Span::current())
+    }
+
+    /// For a viewer session logged under `span`.
+    pub fn in_span(span: tracing::Span) -> EndLog {
+        EndLog {
+            span,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for EndLog {
+    fn default() -> Self {
+        EndLog::new()
+    }
+}
+
+impl Drop for EndLog {
+    fn drop(&mut self) {
+        let secs = self.started.elapsed().as_secs_f64();
+        tracing::info!(parent: &self.span, duration_s = format!("{secs:.1}"), "viewer ended");
+    }
+}
+
 /// Query parameters shared by every watch path.
 #[derive(Debug, Default, Deserialize)]
 pub struct WatchQuery {
@@ -126,7 +165,15 @@ pub fn control(ev: &Event) -> Option<Control> {
     match ev {
         Event::Skip { from, to, total } => Some(Control::skip(*from, *to, *total)),
         Event::Publisher(live) => Some(Control::publisher(*live)),
-        Event::End(r) => Some(Control::end(r.message())),
+        // With the `relaycast/1` code of the reason, so that a client can
+        // tell "the stream is over" (9) from "come back" (8 lagging, 10
+        // shutting down) without reading the text.
+        Event::End(r) => Some(Control::End {
+            reason: r.message().into(),
+            status: None,
+            code: Some(quic::end_code(*r)),
+            groups: None,
+        }),
         Event::Init(_) | Event::Fragment(_) => None,
     }
 }

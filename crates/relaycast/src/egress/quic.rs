@@ -99,6 +99,12 @@ pub async fn serve(
     };
     control(ctrl, &hello).await?;
     tracing::debug!(stream = %req.name, peer = %conn.remote_address(), edge, "QUIC viewer joined");
+    let _end = super::EndLog::in_span(tracing::info_span!(
+        "viewer",
+        stream = %req.name,
+        peer = %conn.remote_address(),
+        transport = "quic"
+    ));
     Session {
         conn,
         ctrl,

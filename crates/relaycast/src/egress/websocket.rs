@@ -249,6 +249,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
 }
 
 async fn run<IO: AsyncRead + AsyncWrite>(mut conn: Conn<IO>, mut viewer: Viewer, app: AppState) {
+    let _end = super::EndLog::new();
     let stream = viewer.stream().clone();
     let hello = hello(
         stream.name(),
@@ -313,9 +314,22 @@ async fn run<IO: AsyncRead + AsyncWrite>(mut conn: Conn<IO>, mut viewer: Viewer,
             }
         }
         if !frames.is_empty() {
+            let send = conn.send(&mut frames);
+            tokio::pin!(send);
             let ok = tokio::select! {
-                r = conn.send(&mut frames) => r.is_ok(),
-                _ = app.shutdown.cancelled() => break 'session EndReason::Shutdown,
+                r = &mut send => r.is_ok(),
+                _ = app.shutdown.cancelled() => {
+                    // Never cut a frame mid-write: the `end` and the close
+                    // must start on a frame boundary, or the viewer reads
+                    // garbage (#12 item 25). Finish the batch within the
+                    // shutdown deadline; if the viewer cannot take it by
+                    // then, drop the connection without another byte.
+                    let deadline = app.config.server.shutdown_timeout;
+                    match tokio::time::timeout(deadline, send).await {
+                        Ok(Ok(())) => break 'session EndReason::Shutdown,
+                        _ => return,
+                    }
+                }
             };
             if !ok {
                 return;
@@ -344,7 +358,13 @@ async fn run<IO: AsyncRead + AsyncWrite>(mut conn: Conn<IO>, mut viewer: Viewer,
         conn.send(&mut f).await?;
         conn.close(code, end.message()).await
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
+    // At shutdown a viewer may be slow to read (the whole relay is
+    // draining): give it the shutdown deadline, not just a second.
+    let bye_time = match end {
+        EndReason::Shutdown => app.config.server.shutdown_timeout,
+        _ => Duration::from_secs(1),
+    };
+    let _ = tokio::time::timeout(bye_time, bye).await;
 }
 
 #[cfg(test)]

@@ -354,6 +354,16 @@ pub async fn eio_post(
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// The address in `relaycast serve`'s first stdout line
+/// ("relaycast: listening on http://ADDR/").
+pub fn listening_addr(line: &str) -> String {
+    line.trim()
+        .strip_prefix("relaycast: listening on http://")
+        .and_then(|a| a.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string()
+}
+
 /// Decode `url` with ffprobe for 2 s of media: (codec names in stream
 /// order, video frames read, audio frames read). Fails the test on any
 /// ffprobe error.
