@@ -2,6 +2,8 @@
 //! fixtures, WebSocket viewers, and ffmpeg checks.
 #![allow(dead_code)]
 
+pub mod rtmp;
+
 use bytes::Bytes;
 use futures_util::StreamExt;
 use relaycast::config::Config;
@@ -86,7 +88,14 @@ pub async fn ws_connect(url: &str) -> Ws {
 }
 
 /// Read a WebSocket viewer until it closes, `fragments` fragments arrived, or `limit` passed.
-pub async fn ws_read(ws: &mut Ws, fragments: usize, limit: Duration) -> Received {
+pub async fn ws_read<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    fragments: usize,
+    limit: Duration,
+) -> Received
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut r = Received::default();
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -225,6 +234,29 @@ where
         .expect("handshake");
     tokio::spawn(conn);
     sender
+}
+
+/// An HTTP/2 client connection (h2c, prior knowledge) to `addr` with the
+/// connection's driver: it ends when the relay closes the connection.
+pub async fn http2<B>(
+    addr: impl tokio::net::ToSocketAddrs,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    (sender, tokio::spawn(conn))
 }
 
 /// GET a URL, returning (status, headers, body).
