@@ -4,31 +4,9 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import {
-  startRelay, launchBrowser, newPage, waitPlaying, watchAdvance, waitFor, screenshot, diagnose,
+  startRelay, launchBrowser, newPage, waitPlaying, watchAdvance, waitFor, screenshot, diagnose, ffmpegPublish,
 } from './lib.mjs';
-
-/** ffmpeg's live test source (H.264/AAC, 1 s GOPs) published over RTMP. */
-function rtmpPublish(url) {
-  const args = ['-hide_banner', '-loglevel', 'error', '-nostdin',
-    '-re', '-f', 'lavfi', '-i', 'testsrc2=size=640x360:rate=30',
-    '-re', '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=48000',
-    '-c:v', 'libx264', '-preset', 'veryfast', '-tune', 'zerolatency', '-pix_fmt', 'yuv420p',
-    '-g', '30', '-keyint_min', '30', '-sc_threshold', '0', '-c:a', 'aac', '-b:a', '128k', '-ac', '2',
-    '-f', 'flv', url];
-  const proc = spawn('ffmpeg', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  proc.errText = '';
-  proc.stderr.on('data', (d) => { proc.errText += d.toString(); });
-  proc.stopNow = async () => {
-    if (proc.exitCode !== null || proc.signalCode !== null) return;
-    proc.kill('SIGKILL');
-    await once(proc, 'exit').catch(() => {});
-  };
-  process.once('exit', () => proc.kill('SIGKILL'));
-  return proc;
-}
 
 describe('RTMP publisher → player', () => {
   let relay;
@@ -47,7 +25,7 @@ describe('RTMP publisher → player', () => {
   test('ffmpeg -f flv rtmp://HOST/live/NAME plays on /watch/NAME', { timeout: 90000 }, async () => {
     const line = await waitFor(() => relay.log.find((l) => /RTMP ingest on rtmp:\/\//.test(l)), { what: 'the RTMP ingest line' });
     const rtmp = /(rtmp:\/\/\S+\/live)/.exec(line)[1];
-    pub = rtmpPublish(`${rtmp}/rtmpcam`);
+    pub = ffmpegPublish(relay.base, 'rtmpcam', { rtmp: `${rtmp}/rtmpcam` });
     await waitFor(async () => {
       const r = await fetch(`${relay.base}/live/rtmpcam/info`);
       return r.ok && (await r.json()).live;

@@ -672,28 +672,12 @@ async fn an_edge_serves_hls_and_dash_of_the_origins_stream() {
         assert!(!body.is_empty());
     }
     if have("ffprobe") {
-        let out = tokio::time::timeout(
-            Duration::from_secs(20),
-            tokio::process::Command::new("ffprobe")
-                .args(["-v", "error", "-count_frames", "-read_intervals", "%+2"])
-                .args(["-select_streams", "v:0"])
-                .args(["-show_entries", "stream=codec_name,nb_read_frames"])
-                .args(["-of", "csv=p=0"])
-                .arg(format!("{base}/index.m3u8"))
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .expect("ffprobe finished")
-        .expect("ffprobe runs");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let frames = text
-            .lines()
-            .filter(|l| l.starts_with("h264,"))
-            .filter_map(|l| l.split(',').nth(1)?.trim().parse::<u64>().ok())
-            .max()
-            .unwrap_or(0);
-        assert!(frames >= 10, "ffprobe of the edge's playlist: {text}");
+        let (codecs, frames) = ffprobe_video_frames(&format!("{base}/index.m3u8")).await;
+        assert!(codecs.iter().any(|c| c == "h264"), "{codecs:?}");
+        assert!(
+            frames >= 10,
+            "ffprobe decoded {frames} frames of the edge's playlist"
+        );
     }
     recorder.abort();
     publisher.abort();

@@ -21,20 +21,26 @@ async fn srt_relay(mut cfg: relaycast::config::Config) -> (relaycast::server::Ru
     (relay, srt)
 }
 
+/// An SRT relay whose publish key is the passphrase, and an ffmpeg URL of
+/// stream `cam` with it. A killed caller sends no shutdown: SRT notices it
+/// after its peer idle timeout (5 s), so the grace period outlasts that.
+async fn keyed_srt_relay() -> (relaycast::server::Running, String) {
+    let mut cfg = config();
+    cfg.ingest.publish_key = Some("0123456789abcdef".into());
+    cfg.fanout.grace = Duration::from_secs(10);
+    let (relay, srt) = srt_relay(cfg).await;
+    let url =
+        format!("srt://{srt}?streamid=#!::r=cam,m=publish&passphrase=0123456789abcdef&pbkeylen=16");
+    (relay, url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_srt_with_passphrase_reaches_ffprobe_and_identical_viewers_and_survives_a_restart() {
     if !have("ffmpeg") || !have("ffprobe") {
         return;
     }
-    let mut cfg = config();
-    cfg.ingest.publish_key = Some("0123456789abcdef".into());
-    // A killed caller sends no shutdown: SRT notices it after its peer idle
-    // timeout (5 s), so the grace period must outlast that.
-    cfg.fanout.grace = Duration::from_secs(10);
-    let (relay, srt) = srt_relay(cfg).await;
+    let (relay, url) = keyed_srt_relay().await;
     let http = relay.addr;
-    let url =
-        format!("srt://{srt}?streamid=#!::r=cam,m=publish&passphrase=0123456789abcdef&pbkeylen=16");
     let (mut a, _, enc) = identical_viewers(http, "cam", || {
         ffmpeg_srt(&url, None).spawn().expect("spawn ffmpeg")
     })
@@ -126,13 +132,8 @@ async fn a_killed_srt_encoder_is_taken_over_before_srt_notices() {
     if !have("ffmpeg") {
         return;
     }
-    let mut cfg = config();
-    cfg.ingest.publish_key = Some("0123456789abcdef".into());
-    cfg.fanout.grace = Duration::from_secs(10);
-    let (relay, srt) = srt_relay(cfg).await;
+    let (relay, url) = keyed_srt_relay().await;
     let http = relay.addr;
-    let url =
-        format!("srt://{srt}?streamid=#!::r=cam,m=publish&passphrase=0123456789abcdef&pbkeylen=16");
     let mut enc = ffmpeg_srt(&url, None).spawn().expect("spawn ffmpeg");
     let mut viewer = ws_connect(&format!("ws://{http}/live/cam?wait=15")).await;
     let got = ws_read(&mut viewer, 5, Duration::from_secs(15)).await;
