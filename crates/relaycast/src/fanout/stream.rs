@@ -139,6 +139,9 @@ struct State {
     publisher: PublisherState,
     /// Bumped on every publisher gone/back transition.
     publisher_changes: u64,
+    /// Takeovers so far (a new publisher replaced a live one): viewers hear
+    /// them as "gone" then "back".
+    takeovers: u64,
     /// `next_seq` at the last transition: viewers hear of it after the fragments before it.
     publisher_changed_at: u64,
     closed: Option<EndReason>,
@@ -337,6 +340,7 @@ impl Stream {
                 next_seq: 0,
                 publisher: PublisherState::Gone,
                 publisher_changes: 0,
+                takeovers: 0,
                 publisher_changed_at: 0,
                 closed: None,
                 source,
@@ -535,7 +539,8 @@ impl Stream {
                     st.publisher = PublisherState::Live(id);
                     // Viewers hear "gone" then "back" (a new publisher's
                     // timeline follows), as after a reconnect.
-                    st.publisher_changes += 2;
+                    st.publisher_changes += 1;
+                    st.takeovers += 1;
                     st.publisher_changed_at = st.next_seq;
                 }
                 PublisherState::Gone => {
@@ -843,6 +848,7 @@ impl Stream {
             need_key,
             init_version: 0,
             publisher_changes: st.publisher_changes,
+            takeovers: st.takeovers,
             publisher_live: matches!(st.publisher, PublisherState::Live(_)),
             total_skips: 0,
             recent_skips: VecDeque::new(),
@@ -952,6 +958,8 @@ pub struct Viewer {
     /// Init version delivered (0 = none yet).
     init_version: u64,
     publisher_changes: u64,
+    /// Takeovers of the stream this viewer has reported.
+    takeovers: u64,
     /// The publisher state this viewer was last told.
     publisher_live: bool,
     total_skips: u64,
@@ -1021,16 +1029,16 @@ impl Viewer {
         // Publisher news comes after the fragments sent before it.
         if st.publisher_changes != self.publisher_changes && self.cursor >= st.publisher_changed_at
         {
-            let missed = st.publisher_changes.wrapping_sub(self.publisher_changes);
             self.publisher_changes = st.publisher_changes;
             let live = matches!(st.publisher, PublisherState::Live(_));
+            let took_over = st.takeovers != self.takeovers;
+            self.takeovers = st.takeovers;
             if live != self.publisher_live {
                 self.publisher_live = live;
                 return Some(Event::Publisher(live));
             }
-            if live && missed >= 2 {
-                // Gone and back since this viewer last looked (a takeover,
-                // or a reconnect between two reads): both, in order.
+            if live && took_over {
+                // A new publisher replaced the live one: "gone", then "back".
                 self.pending = Some(Event::Publisher(true));
                 return Some(Event::Publisher(false));
             }
