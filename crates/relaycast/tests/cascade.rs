@@ -309,37 +309,38 @@ async fn failover_between_independent_origins_renumbers_and_stays_valid() {
         .texts
         .iter()
         .filter(|t| t["type"] == "init" || t["type"] == "fragment");
-    let (rec_a, rec_b) = (rec_a.lock(), rec_b.lock());
     let (mut from_a, mut from_b) = (0, 0);
-    for bin in &all.binaries {
-        let t = metas.next().expect("a text before each binary");
-        let seq = t["seq"].as_u64().unwrap_or(0);
-        if t["type"] != "fragment" || seq <= last_from_a {
-            continue;
-        }
-        let b_own = rec_b.fragments.get(&seq.wrapping_sub(offset));
-        if b_own.is_some_and(|(_, b)| b == bin) {
-            if from_b == 0 {
-                assert_eq!(t["key"], true, "B's first fragment is a keyframe");
+    {
+        let (rec_a, rec_b) = (rec_a.lock(), rec_b.lock());
+        for bin in &all.binaries {
+            let t = metas.next().expect("a text before each binary");
+            let seq = t["seq"].as_u64().unwrap_or(0);
+            if t["type"] != "fragment" || seq <= last_from_a {
+                continue;
             }
-            from_b += 1;
-        } else {
-            assert_eq!(
-                from_b,
-                0,
-                "fragment {seq} after B's first is B's own (B seq {}), byte for byte",
-                seq.wrapping_sub(offset)
-            );
-            assert!(
-                rec_a.fragments.values().any(|(_, a)| a == bin),
-                "fragment {seq} before B's first is one A drained, byte for byte"
-            );
-            from_a += 1;
+            let b_own = rec_b.fragments.get(&seq.wrapping_sub(offset));
+            if b_own.is_some_and(|(_, b)| b == bin) {
+                if from_b == 0 {
+                    assert_eq!(t["key"], true, "B's first fragment is a keyframe");
+                }
+                from_b += 1;
+            } else {
+                assert_eq!(
+                    from_b,
+                    0,
+                    "fragment {seq} after B's first is B's own (B seq {}), byte for byte",
+                    seq.wrapping_sub(offset)
+                );
+                assert!(
+                    rec_a.fragments.values().any(|(_, a)| a == bin),
+                    "fragment {seq} before B's first is one A drained, byte for byte"
+                );
+                from_a += 1;
+            }
         }
     }
     eprintln!("after the failover: {from_a} fragments drained from A, then {from_b} of B's");
     assert!(from_b >= 10, "the viewer gets B's fragments ({from_b})");
-    drop((rec_a, rec_b));
     // The viewer's whole byte stream still decodes.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("independent.mp4");
