@@ -85,14 +85,61 @@ def readline(p, timeout):
     return p.stdout.readline()
 
 
-def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, procs=2):
-    """One run against a started server. urls: (mode put|ws, publish URL, watch URL). Returns a report dict."""
+def nstat():
+    """Kernel SNMP counters (absolute), as a dict."""
+    out = subprocess.run(["nstat", "-a", "-z", "-s"], capture_output=True, text=True).stdout
+    d = {}
+    for line in out.splitlines()[1:]:
+        f = line.split()
+        if len(f) >= 2 and f[1].isdigit():
+            d[f[0]] = int(f[1])
+    return d
+
+
+def ss_totals(port):
+    """Sums over the server's established sockets on `port` (`ss -ti`): segments and bytes sent."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    tot = {"sockets": 0, "segs_out": 0, "data_segs_out": 0, "bytes_sent": 0, "bytes_acked": 0}
+    for tok in out.split():
+        if ":" not in tok:
+            continue
+        k, _, v = tok.partition(":")
+        if k in tot and v.isdigit():
+            tot[k] += int(v)
+        if k == "segs_out":
+            tot["sockets"] += 1
+    return tot
+
+
+def strace_summary(path):
+    """writev calls, iovecs and bytes per call from an `strace -f -e trace=writev` log."""
+    import re
+    calls = iovs = nbytes = 0
+    for line in open(path, errors="replace"):
+        if "writev(" not in line or "resumed" in line:
+            continue
+        m = re.search(r"\)\s*=\s*(\d+)", line)
+        if not m:
+            continue
+        calls += 1
+        nbytes += int(m.group(1))
+        c = re.search(r"\], (\d+)\)", line)
+        iovs += int(c.group(1)) if c else 0
+    return {"writev_calls": calls, "iov_per_writev": iovs / calls if calls else 0,
+            "bytes_per_writev": nbytes / calls if calls else 0}
+
+
+def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, procs=2, count=None, port=None):
+    """One run against a started server. urls: (mode put|ws, publish URL, watch URL). Returns a report dict.
+    count: None, "ss" (kernel counters: nstat over the window, `ss -ti` totals of the server's sockets)
+    or "strace" (writev calls, iovecs and bytes per call: perturbs timing, count-only)."""
     mode, pub_url, watch_url = urls
-    count = int(seconds * 1000 / FRAG_MS)
+    nfrags = int(seconds * 1000 / FRAG_MS)
     path = media(bitrate_k, int(seconds) + 4)
     sent = os.path.join(workdir, f"sent-{system}-{os.getpid()}-{time.time_ns()}.json")
     node = nice + ["node"]
-    pub = subprocess.Popen(node + [os.path.join(HERE, "publish.js"), mode, pub_url, path, str(FRAG_MS), str(count), sent],
+    pub = subprocess.Popen(node + [os.path.join(HERE, "publish.js"), mode, pub_url, path, str(FRAG_MS), str(nfrags), sent],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
     vps = []
     rep = {"system": system, "viewers": viewers, "bitrate_k": bitrate_k, "seconds": seconds,
@@ -116,6 +163,14 @@ def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, pr
                 return rep
         time.sleep(1.0)
         rss_conn = proc_rss(server_pid)
+        tracer = None
+        if count == "ss":
+            ns0, ss0 = nstat(), ss_totals(port)
+        elif count == "strace":
+            trace_log = os.path.join(workdir, f"strace-{system}.log")
+            tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=writev", "-s", "0", "-o", trace_log,
+                                       "-p", str(server_pid)], stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
         cpu0, t0 = proc_cpu_s(server_pid), time.time()
         pub.stdin.write("go\n")
         pub.stdin.flush()
@@ -125,6 +180,15 @@ def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, pr
             time.sleep(0.25)
         cpu1, t1 = proc_cpu_s(server_pid), time.time()
         time.sleep(1.0)  # the last fragment reaches every viewer
+        if count == "ss":
+            ns1, ss1 = nstat(), ss_totals(port)
+            rep["nstat"] = {k: ns1.get(k, 0) - ns0.get(k, 0) for k in
+                            ("IpOutRequests", "TcpOutSegs", "IpExtOutOctets", "TcpExtTCPOrigDataSent")}
+            rep["ss"] = {k: ss1[k] - ss0[k] if k != "sockets" else ss1[k] for k in ss1}
+        elif tracer:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(timeout=30)
+            rep["strace"] = strace_summary(trace_log)
         outs = []
         for v in vps:
             try:
