@@ -133,14 +133,15 @@ def strace_summary(path):
 def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, procs=2, count=None, port=None):
     """One run against a started server. urls: (mode put|ws, publish URL, watch URL). Returns a report dict.
     count: None, "ss" (kernel counters: nstat over the window, `ss -ti` totals of the server's sockets)
-    or "strace" (writev calls, iovecs and bytes per call: perturbs timing, count-only)."""
+    or "strace" (writev calls, iovecs and bytes per call: perturbs timing, count-only)
+    or "perf" (`perf record -g` of the server over the paced window; the file's path in the report)."""
     mode, pub_url, watch_url = urls
     nfrags = int(seconds * 1000 / FRAG_MS)
     path = media(bitrate_k, int(seconds) + 4)
     sent = os.path.join(workdir, f"sent-{system}-{os.getpid()}-{time.time_ns()}.json")
     node = nice + ["node"]
     pub = subprocess.Popen(node + [os.path.join(HERE, "publish.js"), mode, pub_url, path, str(FRAG_MS), str(nfrags), sent],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, process_group=0)
     vps = []
     rep = {"system": system, "viewers": viewers, "bitrate_k": bitrate_k, "seconds": seconds,
            "loadavg_start": loadavg()}
@@ -154,24 +155,40 @@ def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, pr
         for n in per:
             vps.append(subprocess.Popen(node + [os.path.join(HERE, "viewers.js"), watch_url, str(n), sent],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                        start_new_session=True))
+                                        process_group=0))
         deadline = time.time() + 120
         for v in vps:
             line = readline(v, max(1, deadline - time.time()))
             if not line or not line.startswith("ready"):
                 rep["error"] = f"viewers not connected within 120 s ({line!r})"
                 return rep
+        # Let the server settle: some (nchan) finish subscribing after the
+        # WebSocket is open, and a fragment published before that is lost to
+        # every viewer. Wait until it uses < 3 % of a core over 0.5 s (at most 30 s).
+        settle = time.time() + 30
         time.sleep(1.0)
+        while time.time() < settle:
+            c0 = proc_cpu_s(server_pid)
+            time.sleep(0.5)
+            if proc_cpu_s(server_pid) - c0 < 0.015:
+                break
+        rep["settle_s"] = round(30 - (settle - time.time()), 1)
         rss_conn = proc_rss(server_pid)
         tracer = None
         if count == "ss":
             ns0, ss0 = nstat(), ss_totals(port)
+        elif count == "perf":
+            perf_data = os.path.join(workdir, f"perf-{system.replace('@', '-')}.data")
+            tracer = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-q", "-o", perf_data,
+                                       "-p", str(server_pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         elif count == "strace":
             trace_log = os.path.join(workdir, f"strace-{system}.log")
             tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=writev", "-s", "0", "-o", trace_log,
                                        "-p", str(server_pid)], stderr=subprocess.DEVNULL)
             time.sleep(1.0)
         cpu0, t0 = proc_cpu_s(server_pid), time.time()
+        ccpu0 = sum(proc_cpu_s(v.pid) for v in vps)
         pub.stdin.write("go\n")
         pub.stdin.flush()
         peak = rss_conn
@@ -179,6 +196,7 @@ def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, pr
             peak = max(peak, proc_rss(server_pid))
             time.sleep(0.25)
         cpu1, t1 = proc_cpu_s(server_pid), time.time()
+        rep["client_cpu_pct"] = 100.0 * (sum(proc_cpu_s(v.pid) for v in vps) - ccpu0) / (t1 - t0)
         time.sleep(1.0)  # the last fragment reaches every viewer
         if count == "ss":
             ns1, ss1 = nstat(), ss_totals(port)
@@ -187,8 +205,11 @@ def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, pr
             rep["ss"] = {k: ss1[k] - ss0[k] if k != "sockets" else ss1[k] for k in ss1}
         elif tracer:
             tracer.send_signal(signal.SIGINT)
-            tracer.wait(timeout=30)
-            rep["strace"] = strace_summary(trace_log)
+            tracer.wait(timeout=60)
+            if count == "perf":
+                rep["perf_data"] = perf_data
+            else:
+                rep["strace"] = strace_summary(trace_log)
         outs = []
         for v in vps:
             try:
@@ -220,6 +241,8 @@ def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, pr
             "delivered": sum(counts), "expected": frags * viewers,
             "skips": frags * viewers - sum(counts),
             "viewers_short": sum(1 for c in counts if c < frags),
+            "short_counts": {str(c): n for c, n in sorted(__import__("collections").Counter(
+                c for c in counts if c < frags).items())[:12]},
             "closed": sum(o["closed"] for o in outs), "errors": sum(o["errors"] for o in outs),
             "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": max(hist) / 100.0 if hist else None,
             "cpu_pct": 100.0 * (cpu1 - cpu0) / (t1 - t0),

@@ -63,6 +63,16 @@ if (mode === 'put') {
   const ws = new WebSocket(url, { perMessageDeflate: false });
   ws.on('error', (e) => { console.error('publish:', e.message); process.exit(2); });
   send = (b) => ws.send(b, { binary: true });
-  finish = () => setTimeout(() => { ws.close(); process.exit(0); }, 200);
+  // Exit once the server has taken every message (at most 30 s more).
+  finish = () => {
+    const until = Date.now() + 30000;
+    const check = () => {
+      if (ws.bufferedAmount === 0 || Date.now() > until) {
+        if (ws.bufferedAmount) console.error('publish: server did not take', ws.bufferedAmount, 'bytes');
+        setTimeout(() => { ws.close(); process.exit(0); }, 200);
+      } else setTimeout(check, 50);
+    };
+    check();
+  };
   ws.on('open', () => { ws.send(init, { binary: true }); setTimeout(ready, 300); });
 }

@@ -3,8 +3,9 @@
 // (relaycast's JSON) are received and ignored; each binary message that holds
 // a moof is timed on arrival and matched later, by its mfhd seq, to the send
 // time the publisher recorded. Prints "ready N" once every client is open,
-// then runs until a line on stdin ("stop"; or 300 s), reads the publisher's
-// send times from SENT, and prints one JSON report: fragments per viewer,
+// then runs until a line on stdin ("stop"; or 300 s), waits for the last
+// fragment to reach every viewer (up to 15 s), reads the publisher's send
+// times from SENT, and prints one JSON report: fragments per viewer,
 // closes, and a latency histogram (10 µs bins).
 // Usage: node viewers.js URL N SENT
 'use strict';
@@ -56,9 +57,24 @@ function report() {
     counts.push(c);
   }
   const mem = process.memoryUsage();
-  console.log(JSON.stringify({ viewers: N, open, closed, errors, bytes, texts, frags: sent.frags, counts, hist,
-    client_rss: mem.rss }));
-  process.exit(0);
+  // Exit only once the report is written: a pipe takes it asynchronously.
+  process.stdout.write(JSON.stringify({ viewers: N, open, closed, errors, bytes, texts, frags: sent.frags, counts,
+    hist, client_rss: mem.rss }) + '\n', () => process.exit(0));
 }
-process.stdin.once('data', report);
+// On "stop" (the publisher is done): wait until every open viewer has the
+// last fragment, or DRAIN_MS, so that a fragment still on its way counts
+// as late, not as missed; then report.
+const DRAIN_MS = 15000;
+function drain() {
+  let last = -1;
+  try { last = Math.max(...Object.keys(JSON.parse(fs.readFileSync(sentFile)).sent).map(Number)); } catch (e) { /* report says */ }
+  const t0 = Date.now();
+  const check = () => {
+    const waiting = got.some((g) => g.length > 0 && g[g.length - 2] !== last);
+    if (!waiting || Date.now() - t0 > DRAIN_MS) report();
+    else setTimeout(check, 100);
+  };
+  check();
+}
+process.stdin.once('data', drain);
 setTimeout(report, 300000).unref();
