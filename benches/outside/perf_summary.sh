@@ -7,7 +7,7 @@ in=$1; out=$2
 {
   echo "# perf report of $in"
   echo "## samples by DSO (self)"
-  perf report -i "$in" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+  perf report -i "$in" --no-children --sort dso --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
   echo "## top symbols (self)"
   perf report -i "$in" --no-children --sort sym --stdio -g none --percent-limit 0.4 2>/dev/null \
     | grep -v '^#' | grep -v '^$' | head -60
