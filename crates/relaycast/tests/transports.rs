@@ -212,8 +212,17 @@ async fn websocket_viewer_with_meta_0_gets_the_same_binaries_without_fragment_te
     assert_eq!(full_rest.of_type("fragment").len(), frags.len());
     assert_eq!(lean_rest.binaries.len(), frags.len(), "every fragment");
     assert!(lean_rest.binaries == full_rest.binaries, "byte-identical");
-    assert!(lean_rest.of_type("fragment").is_empty(), "{:?}", lean_rest.texts);
-    assert_eq!(lean_rest.of_type("publisher").len(), 1, "{:?}", lean_rest.texts);
+    assert!(
+        lean_rest.of_type("fragment").is_empty(),
+        "{:?}",
+        lean_rest.texts
+    );
+    assert_eq!(
+        lean_rest.of_type("publisher").len(),
+        1,
+        "{:?}",
+        lean_rest.texts
+    );
     assert_eq!(lean_rest.of_type("end").len(), 1, "{:?}", lean_rest.texts);
     assert_eq!(lean_rest.close.as_ref().map(|c| c.0), Some(1000));
     relay.shutdown().await;
