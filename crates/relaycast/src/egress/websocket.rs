@@ -1,8 +1,9 @@
 //! WebSocket viewers: `GET /live/{name}` with `Upgrade: websocket`.
 //!
 //! Binary messages are exactly the stored init and fragment bytes; text
-//! messages are JSON control (see `docs/protocol.md`). Events that are ready
-//! together are written as one batch with one vectored write.
+//! messages are JSON control (see `docs/protocol.md`; `?meta=0` leaves out
+//! the per-fragment one). Events that are ready together are written as one
+//! batch with one vectored write.
 //!
 //! Why this adapter frames WebSocket itself instead of using axum's
 //! `WebSocket` (tungstenite): a viewer only ever *sends* whole messages whose
