@@ -265,8 +265,10 @@ pub struct EgressConfig {
     /// Longest `wait=` for a stream that has not started.
     #[serde(with = "serde_secs")]
     pub max_wait: Duration,
-    /// WebSocket read buffer per viewer, bytes (at least 256; viewers only
-    /// send pings and close, so small is enough; tungstenite's default is 128 KiB).
+    /// Largest WebSocket read buffer per viewer, bytes (at least 256; viewers
+    /// only send pings and close, so small is enough; tungstenite's default
+    /// is 128 KiB). A viewer's buffer starts at 256 bytes and doubles up to
+    /// this only when a read fills it.
     pub ws_read_buffer: usize,
     /// Kept for config compatibility; unused: the WebSocket egress writes
     /// each batch with one vectored write and buffers nothing.
