@@ -96,7 +96,8 @@ function publishUrl() {
   return u.href;
 }
 
-/** A canvas stream whose top row codes Date.now() in 48 black/white cells. */
+/** A canvas stream whose top row codes Date.now() mod 2^20 ms (about 17
+ * minutes) in 20 black/white cells, 28 px wide, most significant first. */
 function clockStream() {
   const c = document.createElement('canvas');
   c.width = 640; c.height = 360;
@@ -104,10 +105,9 @@ function clockStream() {
   const paint = () => {
     const t = Date.now();
     g.fillStyle = '#246'; g.fillRect(0, 0, c.width, c.height);
-    for (let i = 0; i < 48; i++) {
-      const bit = Math.floor(t / 2 ** (47 - i)) % 2;
-      g.fillStyle = bit ? '#fff' : '#000';
-      g.fillRect(i * 13 + 8, 8, 13, 24);
+    for (let i = 0; i < 20; i++) {
+      g.fillStyle = (t >> (19 - i)) & 1 ? '#fff' : '#000';
+      g.fillRect(i * 28 + 40, 10, 28, 40);
     }
     g.fillStyle = '#fff'; g.font = '40px monospace';
     g.fillText(new Date(t).toISOString().slice(11, 23), 40, 200);
