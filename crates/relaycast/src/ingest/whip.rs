@@ -200,6 +200,18 @@ async fn offer(
     let Some(whip) = r.whip else {
         return off();
     };
+    let sdp_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().eq_ignore_ascii_case("application/sdp"));
+    if sdp_type != Some(true) {
+        // Also how the broadcast page asks whether WHIP is on (400, not
+        // 503): answered before admission, nothing counted, not logged.
+        return error_response(&Error::BadRequest(
+            "a WHIP offer is sent with Content-Type: application/sdp".into(),
+        ));
+    }
     let app = r.app;
     match publish(&app, &whip, &name, peer, &headers, &body).await {
         Ok((id, answer)) => {
@@ -234,16 +246,6 @@ async fn publish(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(String, String), Error> {
-    let sdp_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().eq_ignore_ascii_case("application/sdp"));
-    if sdp_type != Some(true) {
-        return Err(Error::BadRequest(
-            "a WHIP offer is sent with Content-Type: application/sdp".into(),
-        ));
-    }
     let key = key_from(None, headers);
     authorize(app, name, key.as_deref(), peer).await?;
     let text = std::str::from_utf8(body)
