@@ -205,7 +205,8 @@ function connect() {
     stopRecorder();
     s.closeInfo = `${e.code}${e.reason ? ` ${e.reason}` : ''}`;
     if (!wanted) {
-      setState('idle');
+      // After Stop the page says "stopped" (the close is only the end of it).
+      setState(s.state === 'stopped' ? 'stopped' : 'idle');
       return;
     }
     if ([1003, 1007, 1008, 1009, 4001, 4003, 4009].includes(e.code)) {
