@@ -442,7 +442,13 @@ impl Session {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 return Err("ICE disconnected (the publisher went away)".into());
             }
-            Event::MediaAdded(m) if m.kind == MediaKind::Video => self.video_mid = Some(m.mid),
+            Event::MediaAdded(m) if m.kind == MediaKind::Video => {
+                // str0m may say Connected before the media: ask for the first keyframe now.
+                self.video_mid = Some(m.mid);
+                if self.connected {
+                    self.keyframe();
+                }
+            }
             Event::MediaData(d) => {
                 let time = |clock: u32| -> i64 {
                     let t = match Frequency::new(clock) {
@@ -457,6 +463,7 @@ impl Session {
                     RtcCodec::H264 => {
                         self.video_mid = Some(d.mid);
                         if !d.contiguous {
+                            tracing::debug!(stream = %self.name, session = %self.id, "WHIP video loss: waiting for a keyframe");
                             self.remux.lost();
                         }
                         self.remux.push_h264(time(VIDEO_CLOCK), arrival, &d.data);
@@ -488,9 +495,16 @@ impl Session {
         }
         if let Some(mid) = self.video_mid
             && let Some(mut w) = self.rtc.writer(mid)
-            && w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok()
         {
-            self.last_pli = Some(now);
+            match w.request_keyframe(None, KeyframeRequestKind::Pli) {
+                Ok(()) => {
+                    tracing::debug!(stream = %self.name, session = %self.id, "WHIP keyframe requested (PLI)");
+                    self.last_pli = Some(now);
+                }
+                Err(e) => {
+                    tracing::debug!(stream = %self.name, session = %self.id, error = %e, "WHIP keyframe request failed")
+                }
+            }
         }
     }
 
