@@ -267,11 +267,13 @@ pub enum Ingest {
     Rtmp = 4,
     /// SRT (MPEG-TS remuxed to CMAF).
     Srt = 5,
+    /// WHIP (WebRTC: RTP H.264/Opus remuxed to CMAF).
+    Whip = 6,
 }
 
 impl Ingest {
     /// Number of ingest transports.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     /// Every ingest transport.
     pub const ALL: [Ingest; Self::COUNT] = [
         Ingest::Http,
@@ -280,6 +282,7 @@ impl Ingest {
         Ingest::Quic,
         Ingest::Rtmp,
         Ingest::Srt,
+        Ingest::Whip,
     ];
 
     /// Label used in logs and metrics.
@@ -291,6 +294,7 @@ impl Ingest {
             Ingest::Quic => "quic",
             Ingest::Rtmp => "rtmp",
             Ingest::Srt => "srt",
+            Ingest::Whip => "whip",
         }
     }
 }
