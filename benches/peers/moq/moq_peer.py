@@ -201,7 +201,7 @@ def run(flags, label, workdir, nice):
     relay = pub = subs = None
     try:
         relay = subprocess.Popen(nice + [RELAY, conf], cwd=d, stdout=subprocess.DEVNULL,
-                                 stderr=open(os.path.join(d, "relay.log"), "w"), env=env, start_new_session=True)
+                                 stderr=open(os.path.join(d, "relay.log"), "w"), env=env, process_group=0)
         deadline = time.time() + 10
         while time.time() < deadline:
             if subprocess.run(f"ss -ltn 'sport = :{PORT}' | grep -q LISTEN", shell=True).returncode == 0:
@@ -210,14 +210,14 @@ def run(flags, label, workdir, nice):
         pub = subprocess.Popen(nice + [BENCH] + common + ["--connections", "1", "--broadcasts", "1", "--subscribe",
                                                           "0", "--duration", f"{int((total + 2) * 1000)}ms"],
                                stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "pub.log"), "w"), env=env,
-                               start_new_session=True)
+                               process_group=0)
         time.sleep(1.0)
         rss_base = _rss_kib(relay.pid)
         subs = subprocess.Popen(nice + [BENCH] + common + [
             "--connections", str(n), "--broadcasts", "0", "--subscribe", "1", "--startup", f"{int(startup * 1000)}ms",
             "--duration", f"{int(total * 1000)}ms", "--output", subs_out],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "subs.log"), "w"), env=env,
-            start_new_session=True)
+            process_group=0)
         time.sleep(2 * startup + warmup)
         l0, cpu0, own0 = _last(subs_out), _cpu_s(relay.pid), _cpu_s(subs.pid)
         rss_peak = rss_base

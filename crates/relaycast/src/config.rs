@@ -171,6 +171,8 @@ pub struct IngestConfig {
     pub rtmp: RtmpConfig,
     /// SRT ingest (`[ingest.srt]`).
     pub srt: SrtConfig,
+    /// WHIP (WebRTC) ingest (`[ingest.whip]`).
+    pub whip: WhipConfig,
 }
 
 /// RTMP/RTMPS ingest: encoders (OBS, ffmpeg, GStreamer) publish FLV, which
@@ -230,6 +232,36 @@ impl Default for SrtConfig {
     }
 }
 
+/// WHIP ingest: browsers and OBS publish over WebRTC (`POST /whip/{name}`
+/// on the HTTP port, media on one UDP port), remuxed to CMAF (see
+/// `docs/protocol.md`, "WHIP").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhipConfig {
+    /// UDP address for WebRTC media, e.g. `0.0.0.0:8443` (WHIP is off when unset).
+    pub listen: Option<SocketAddr>,
+    /// The IP put in the host candidate (the address publishers reach);
+    /// unset: the listen address's IP (which must then not be 0.0.0.0/::).
+    pub public_ip: Option<std::net::IpAddr>,
+    /// A session that has not completed ICE and DTLS this long after its
+    /// offer is closed and its stream name released.
+    #[serde(with = "serde_secs")]
+    pub handshake_timeout: Duration,
+    /// Longest fragment the remux cuts, in milliseconds.
+    pub fragment_ms: u64,
+}
+
+impl Default for WhipConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            public_ip: None,
+            handshake_timeout: Duration::from_secs(15),
+            fragment_ms: 100,
+        }
+    }
+}
+
 impl Default for IngestConfig {
     fn default() -> Self {
         Self {
@@ -241,6 +273,7 @@ impl Default for IngestConfig {
             idle_timeout: Duration::from_secs(30),
             rtmp: RtmpConfig::default(),
             srt: SrtConfig::default(),
+            whip: WhipConfig::default(),
         }
     }
 }
@@ -265,8 +298,10 @@ pub struct EgressConfig {
     /// Longest `wait=` for a stream that has not started.
     #[serde(with = "serde_secs")]
     pub max_wait: Duration,
-    /// WebSocket read buffer per viewer, bytes (at least 256; viewers only
-    /// send pings and close, so small is enough; tungstenite's default is 128 KiB).
+    /// Largest WebSocket read buffer per viewer, bytes (at least 256; viewers
+    /// only send pings and close, so small is enough; tungstenite's default
+    /// is 128 KiB). A viewer's buffer starts at 256 bytes and doubles up to
+    /// this only when a read fills it.
     pub ws_read_buffer: usize,
     /// Kept for config compatibility; unused: the WebSocket egress writes
     /// each batch with one vectored write and buffers nothing.
@@ -489,10 +524,23 @@ impl Config {
         for (key, ms) in [
             ("ingest.rtmp.fragment_ms", rtmp.fragment_ms),
             ("ingest.srt.fragment_ms", self.ingest.srt.fragment_ms),
+            ("ingest.whip.fragment_ms", self.ingest.whip.fragment_ms),
         ] {
             if !(10..=10_000).contains(&ms) {
                 errs.push(format!("{key} must be 10 to 10000"));
             }
+        }
+        let whip = &self.ingest.whip;
+        if let Some(a) = whip.listen
+            && a.ip().is_unspecified()
+            && whip.public_ip.is_none()
+        {
+            errs.push(format!(
+                "ingest.whip.listen is {a}: set ingest.whip.public_ip (--public-ip) to the address publishers reach"
+            ));
+        }
+        if whip.handshake_timeout.is_zero() {
+            errs.push("ingest.whip.handshake_timeout must be > 0".into());
         }
         if self.ingest.srt.latency_ms > 10_000 {
             errs.push("ingest.srt.latency_ms must be at most 10000".into());

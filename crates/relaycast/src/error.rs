@@ -67,6 +67,10 @@ pub enum Error {
     /// blocking playlist reload, a preload-hinted part): try again (load).
     #[error("not available yet: {0}")]
     Unavailable(String),
+    /// A transport that is not enabled on this relay (load: the operator
+    /// can turn it on); the text says how.
+    #[error("{0}")]
+    Off(String),
     /// The relay is shutting down.
     #[error("relay shutting down")]
     Shutdown,
@@ -93,7 +97,7 @@ impl Error {
             Error::MessageTooBig { .. } => 413,
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
-            Error::Limit(_) | Error::Unavailable(_) => 503,
+            Error::Limit(_) | Error::Off(_) | Error::Unavailable(_) => 503,
             Error::Refused { reason, .. } => reason.http_status(),
             Error::Shutdown => 503,
             Error::Io(_) => 400,
@@ -114,7 +118,7 @@ impl Error {
             Error::Media(_) => ws::INVALID_DATA,
             Error::MessageTooBig { .. } => ws::TOO_BIG,
             Error::Unauthorized(_) | Error::Forbidden(_) => ws::POLICY,
-            Error::Limit(_) | Error::Unavailable(_) => ws::TRY_AGAIN,
+            Error::Limit(_) | Error::Off(_) | Error::Unavailable(_) => ws::TRY_AGAIN,
             Error::Refused { reason, .. } => reason.ws_close_code(),
             Error::Shutdown => ws::GOING_AWAY,
             Error::Io(_) => ws::PROTOCOL,
@@ -139,7 +143,9 @@ impl Error {
             Error::Media(_) => quic::BAD_MEDIA,
             Error::Unauthorized(_) => quic::UNAUTHORIZED,
             Error::Forbidden(_) => quic::FORBIDDEN,
-            Error::Limit(_) | Error::Refused { .. } | Error::Unavailable(_) => quic::LIMIT,
+            Error::Limit(_) | Error::Off(_) | Error::Refused { .. } | Error::Unavailable(_) => {
+                quic::LIMIT
+            }
             Error::Shutdown => quic::SHUTDOWN,
             Error::Internal(_) => quic::INTERNAL,
         }
@@ -157,6 +163,7 @@ impl Error {
             Error::Unauthorized(_)
             | Error::Forbidden(_)
             | Error::Limit(_)
+            | Error::Off(_)
             | Error::Unavailable(_)
             | Error::Refused { .. }
             | Error::Shutdown => rtmp::PUBLISH_DENIED,

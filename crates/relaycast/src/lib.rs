@@ -8,8 +8,8 @@
 //! The parts, in the order data flows through them:
 //!
 //! 1. [`ingest`]: one adapter per ingest transport (HTTP PUT/POST chunked,
-//!    WebSocket, raw TCP, QUIC, RTMP/RTMPS and SRT — the last two remuxed to
-//!    CMAF by [`media::remux`]), each ending in the one loop
+//!    WebSocket, raw TCP, QUIC, RTMP/RTMPS, SRT and WHIP — the last three
+//!    remuxed to CMAF by [`media::remux`]), each ending in the one loop
 //!    [`ingest::IngestSession::run`] that pushes bytes into a splitter and
 //!    the splitter's output into a [`fanout::Publisher`].
 //! 2. [`media`] (the `relaycast-media` crate): the sans-IO fMP4 splitter:

@@ -258,6 +258,14 @@ struct ServeArgs {
     /// SRT ingest UDP address, e.g. 0.0.0.0:9710 (ingest.srt.listen).
     #[arg(long, env = "RELAYCAST_SRT")]
     srt: Option<SocketAddr>,
+    /// WHIP (WebRTC) media UDP address, e.g. 0.0.0.0:8443; turns on
+    /// POST /whip/{name} (ingest.whip.listen).
+    #[arg(long, env = "RELAYCAST_WEBRTC")]
+    webrtc: Option<SocketAddr>,
+    /// The IP in WHIP's ICE host candidate, when --webrtc listens on
+    /// 0.0.0.0 or behind NAT (ingest.whip.public_ip).
+    #[arg(long, env = "RELAYCAST_PUBLIC_IP")]
+    public_ip: Option<std::net::IpAddr>,
     /// Pull streams on demand from this origin: quic://HOST:PORT[?fingerprint=HEX] (repeatable).
     #[arg(long = "origin", value_name = "URL")]
     origins: Vec<String>,
@@ -308,6 +316,12 @@ impl ServeArgs {
         }
         if let Some(a) = self.srt {
             c.ingest.srt.listen = Some(a);
+        }
+        if let Some(a) = self.webrtc {
+            c.ingest.whip.listen = Some(a);
+        }
+        if let Some(ip) = self.public_ip {
+            c.ingest.whip.public_ip = Some(ip);
         }
         c.cascade.origins.extend(self.origins.iter().cloned());
         Ok(c)
@@ -455,6 +469,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     if let Some(a) = running.srt {
         println!("relaycast: SRT ingest on srt://{a}");
+    }
+    if let Some(a) = running.webrtc {
+        println!("relaycast: WHIP ingest on POST /whip/NAME, WebRTC media on udp://{a}");
     }
     if let Some(q) = &running.quic {
         println!(

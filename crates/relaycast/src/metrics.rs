@@ -336,7 +336,7 @@ impl Core {
             e,
             "relaycast_ingest_publishers_total",
             Kind::Counter,
-            "Publishers admitted, by ingest transport (http, ws, tcp, quic, rtmp, srt).",
+            "Publishers admitted, by ingest transport (http, ws, tcp, quic, rtmp, srt, whip).",
         )?;
         let admitted = self.registry.totals().ingest_snapshot();
         for (t, n) in crate::fanout::Ingest::ALL.iter().zip(admitted) {

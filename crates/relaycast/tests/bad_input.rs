@@ -452,7 +452,8 @@ async fn bad_input_table() {
 async fn run_probe(probe: Probe, addr: SocketAddr, tcp_port: SocketAddr, base: &str) -> Expect {
     match probe {
         Probe::Http(method, path, headers, body) => {
-            let (status, h, _) = request(addr, method, &path, &headers, body).await;
+            let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (status, h, _) = request(addr, method, &path, &hs, body).await;
             if status == 429 || status == 503 {
                 assert!(h.contains_key("retry-after"), "{path}: Retry-After");
             }
@@ -623,34 +624,4 @@ async fn read_head(s: &mut TcpStream) -> String {
         }
     }
     String::from_utf8_lossy(&head).into_owned()
-}
-
-/// One HTTP/1.1 request on a new connection: (status, headers, body).
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&'static str, String)],
-    body: Bytes,
-) -> (u16, hyper::HeaderMap, Bytes) {
-    use http_body_util::BodyExt;
-    let mut sender = http1(addr).await;
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    let req = req.body(http_body_util::Full::new(body)).expect("request");
-    let r = sender.send_request(req).await.expect("send");
-    let status = r.status().as_u16();
-    let h = r.headers().clone();
-    let b = r
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    (status, h, b)
 }

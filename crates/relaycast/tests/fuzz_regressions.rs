@@ -56,3 +56,45 @@ fn ingest_session_survives_every_fuzz_finding() {
         eprintln!("{name}: {r:?}");
     }
 }
+
+/// What `fuzz/fuzz_targets/rtmp_session.rs` found in `rml_rtmp` (patched
+/// under vendor/rml_rtmp): a client's bytes after the handshake, fed to the
+/// server session in the target's piece size, end in an error or nothing,
+/// never a panic (an AMF0 command of one value panicked in `drain(..3)`).
+#[test]
+fn rtmp_session_survives_every_fuzz_finding() {
+    use rml_rtmp::sessions::{
+        ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+    };
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .join("tests/fixtures/rtmp_fuzz");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("tests/fixtures/rtmp_fuzz") {
+        let path = e.expect("entry").path();
+        let data = std::fs::read(&path).expect("read");
+        let step = 1 + usize::from(data.last().copied().unwrap_or(0)) * 37 % 4096;
+        let (mut session, _) = ServerSession::new(ServerSessionConfig::new()).expect("session");
+        let mut outcome = Ok(());
+        for piece in data.chunks(step) {
+            match session.handle_input(piece) {
+                Ok(results) => {
+                    for r in results {
+                        if let ServerSessionResult::RaisedEvent(
+                            ServerSessionEvent::ConnectionRequested { request_id, .. },
+                        ) = r
+                        {
+                            let _ = session.accept_request(request_id);
+                        }
+                    }
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        eprintln!("{}: {outcome:?}", path.display());
+        n += 1;
+    }
+    assert!(n > 0);
+}

@@ -327,6 +327,8 @@ fn the_documented_example_config_parses_and_names_every_key() {
         "ingest.rtmp.listen",
         "ingest.rtmp.tls_listen",
         "ingest.srt.listen",
+        "ingest.whip.listen",
+        "ingest.whip.public_ip",
     ] {
         let leaf = optional.rsplit('.').next().unwrap_or(optional);
         assert!(

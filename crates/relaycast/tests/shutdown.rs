@@ -20,8 +20,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 const VIEWERS_HTTP: usize = 500;
 const VIEWERS_WS: usize = 500;
-/// The relay's shutdown deadline (the feature under test).
-const DEADLINE: Duration = Duration::from_secs(3);
+/// The relay's shutdown deadline. What is under test is that every session
+/// ends cleanly (a whole fragment, then the end) and the relay exits as soon
+/// as they have, not how fast a debug build drains 1,000 viewers on a loaded
+/// 2-core machine: with a 3 s deadline it was cut short once in CI at load 10
+/// (exit 5.9 s after SIGTERM, one HTTP body reset). Timing lives in benches.
+const DEADLINE: Duration = Duration::from_secs(20);
 /// Allowance on top of the deadline for process exit on a loaded machine.
 const MARGIN: Duration = Duration::from_secs(5);
 
@@ -276,6 +280,10 @@ async fn sigterm_with_1000_viewers_drains_within_the_deadline() {
         Err(t) => panic!("relaycast still running {t:?} after SIGTERM (deadline {DEADLINE:?})"),
     };
     eprintln!("exited {st} {took:?} after SIGTERM");
+    assert!(
+        took < DEADLINE,
+        "the relay exited {took:?} after SIGTERM: its {DEADLINE:?} deadline cut the drain short"
+    );
     assert!(st.success(), "exit status {st}");
     feeder.abort();
 

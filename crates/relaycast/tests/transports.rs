@@ -176,6 +176,58 @@ async fn websocket_publish_in_random_size_messages_reaches_a_websocket_viewer_by
     relay.shutdown().await;
 }
 
+/// `?meta=0` (#15): a WebSocket viewer that needs no per-fragment JSON gets
+/// the same binary messages, byte for byte, and every control message but
+/// the `fragment` ones (hello, init, publisher, end).
+#[tokio::test]
+async fn websocket_viewer_with_meta_0_gets_the_same_binaries_without_fragment_texts() {
+    let relay = relay(config()).await;
+    let base = format!("127.0.0.1:{}", relay.addr.port());
+    let file = fixture("h264_aac_every_frame.mp4");
+    let (init, frags) = split(&file);
+    let mut publisher = ws_connect(&format!("ws://{base}/publish/nometa")).await;
+    publisher
+        .send(Message::Binary(init.bytes.clone()))
+        .await
+        .expect("send init");
+    info_when(&base, "nometa", |i| i["init_version"] == 1).await;
+    let mut full = ws_connect(&format!("ws://{base}/live/nometa")).await;
+    let mut lean = ws_connect(&format!("ws://{base}/live/nometa?meta=0")).await;
+    let full_start = read_to_init(&mut full).await;
+    let lean_start = read_to_init(&mut lean).await;
+    assert_eq!(lean_start.of_type("hello").len(), 1, "{lean_start:?}");
+    assert_eq!(lean_start.of_type("init").len(), 1, "{lean_start:?}");
+    assert_eq!(lean_start.binaries, vec![init.bytes.clone()]);
+    for f in &frags {
+        publisher
+            .send(Message::Binary(f.bytes.clone()))
+            .await
+            .expect("send fragment");
+    }
+    publisher.close(None).await.expect("close publisher");
+    // Both read until the relay closes them (the grace period ends).
+    let full_rest = ws_read(&mut full, usize::MAX, Duration::from_secs(15)).await;
+    let lean_rest = ws_read(&mut lean, usize::MAX, Duration::from_secs(15)).await;
+    assert_eq!(full_start.binaries, lean_start.binaries);
+    assert_eq!(full_rest.of_type("fragment").len(), frags.len());
+    assert_eq!(lean_rest.binaries.len(), frags.len(), "every fragment");
+    assert!(lean_rest.binaries == full_rest.binaries, "byte-identical");
+    assert!(
+        lean_rest.of_type("fragment").is_empty(),
+        "{:?}",
+        lean_rest.texts
+    );
+    assert_eq!(
+        lean_rest.of_type("publisher").len(),
+        1,
+        "{:?}",
+        lean_rest.texts
+    );
+    assert_eq!(lean_rest.of_type("end").len(), 1, "{:?}", lean_rest.texts);
+    assert_eq!(lean_rest.close.as_ref().map(|c| c.0), Some(1000));
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn websocket_publish_errors_close_with_a_code_and_a_reason() {
     let mut cfg = config();

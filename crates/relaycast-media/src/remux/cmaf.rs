@@ -60,6 +60,19 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// The configuration record's bytes (empty for MP3, which has none).
+    pub fn record(&self) -> Bytes {
+        match self {
+            Codec::H264(b)
+            | Codec::H265(b)
+            | Codec::Av1(b)
+            | Codec::Vp9(b)
+            | Codec::Aac(b)
+            | Codec::Opus(b) => b.clone(),
+            Codec::Mp3 { .. } => Bytes::new(),
+        }
+    }
+
     /// Which kind of track this configuration is for.
     pub fn kind(&self) -> TrackKind {
         match self {

@@ -1,6 +1,6 @@
 //! Remuxers from the encoders' own containers to CMAF fragmented MP4, for
-//! the RTMP and SRT ingests: FLV tag bodies (legacy and Enhanced RTMP) and
-//! MPEG-TS in, an init segment and `moof`+`mdat` fragments out. Sans-IO like
+//! the RTMP, SRT and WHIP ingests: FLV tag bodies (legacy and Enhanced RTMP),
+//! MPEG-TS and depacketized RTP frames in, an init segment and `moof`+`mdat` fragments out. Sans-IO like
 //! the splitter: no sockets, no clocks, bytes in, bytes out.
 //!
 //! Their output is plain fMP4 bytes that the relay feeds through the same
@@ -11,11 +11,13 @@
 //!   [`cmaf::MuxerConfig::max_fragment_us`], cut before video keyframes);
 //! - [`flv`]: FLV audio/video tag bodies to the muxer;
 //! - [`ts`]: MPEG-TS packets (in any split) to the muxer;
+//! - [`rtp`]: H.264 access units and Opus packets on RTP clocks (WHIP) to the muxer;
 //! - `nal`: H.264/HEVC bitstream helpers (Annex-B, SPS, `avcC`/`hvcC`).
 
 pub mod cmaf;
 pub mod flv;
 mod nal;
+pub mod rtp;
 pub mod ts;
 
 /// Annex-B helpers for whoever builds FLV or CMAF input from raw H.264/HEVC

@@ -7,8 +7,86 @@
 //! SPS parser is compiled out, so the SPS walk is hand-written. Every read is
 //! bounds-checked and returns `None` on short or odd input.
 
-use bytes::Bytes;
+use crate::remux::cmaf::{Codec, Muxer, TrackConfig};
+use bytes::{BufMut, Bytes, BytesMut};
 use mp4_atom::{Atom, Avcc, AvccExt, HvcCArray, Hvcc};
+
+/// H.264/HEVC parameter sets seen in band, for the remuxers whose input
+/// carries no decoder configuration (MPEG-TS, RTP): each access unit's
+/// VPS/SPS/PPS are kept here and a new `avcC`/`hvcC` is built when they change.
+#[derive(Debug, Default)]
+pub(crate) struct ParamSets {
+    vps: Option<Vec<u8>>,
+    sps: Option<Vec<u8>>,
+    pps: Option<Vec<u8>>,
+    /// The configuration record last given to the muxer.
+    config: Option<Bytes>,
+}
+
+impl ParamSets {
+    /// Splits an Annex-B access unit: parameter sets are taken in band (a
+    /// changed set becomes a new video track configuration on `muxer`, at
+    /// `timescale`), the other NAL units become the sample: `(sample,
+    /// keyframe)`, length-prefixed (4 bytes), with an IDR (H.264) or IRAP
+    /// (HEVC) picture making it a keyframe. `None` when no track is
+    /// configured yet or only parameter sets or delimiters came.
+    pub(crate) fn access_unit(
+        &mut self,
+        hevc: bool,
+        annexb: &[u8],
+        muxer: &mut Muxer,
+        timescale: u32,
+    ) -> Option<(Bytes, bool)> {
+        let mut sample = BytesMut::with_capacity(annexb.len() + 16);
+        let mut keyframe = false;
+        let mut params_changed = false;
+        for unit in split_annexb(annexb) {
+            let t = if hevc {
+                (unit[0] >> 1) & 0x3f
+            } else {
+                unit[0] & 0x1f
+            };
+            let slot = match (hevc, t) {
+                (false, 7) | (true, 33) => Some(&mut self.sps),
+                (false, 8) | (true, 34) => Some(&mut self.pps),
+                (true, 32) => Some(&mut self.vps),
+                _ => None,
+            };
+            if let Some(slot) = slot {
+                if slot.as_deref() != Some(unit) {
+                    *slot = Some(unit.to_vec());
+                    params_changed = true;
+                }
+                continue;
+            }
+            if (!hevc && t == 9) || (hevc && t == 35) {
+                continue; // access unit delimiter
+            }
+            keyframe |= if hevc { (16..=23).contains(&t) } else { t == 5 };
+            sample.put_u32(unit.len() as u32);
+            sample.put_slice(unit);
+        }
+        let config = match (params_changed, hevc, &self.vps, &self.sps, &self.pps) {
+            (true, false, _, Some(sps), Some(pps)) => build_avcc(sps, pps).map(Codec::H264),
+            (true, true, Some(vps), Some(sps), Some(pps)) => {
+                build_hvcc(vps, sps, pps).map(Codec::H265)
+            }
+            _ => None,
+        };
+        if let Some(codec) = config {
+            let record = codec.record();
+            if self.config.as_ref() != Some(&record)
+                && muxer.set_track(TrackConfig::new(codec, timescale)).is_ok()
+            {
+                self.config = Some(record);
+            }
+        }
+        if sample.is_empty() || self.config.is_none() {
+            return None;
+        }
+        Some((sample.freeze(), keyframe))
+    }
+}
 
 /// Splits an Annex-B byte stream into NAL units (start codes removed, trailing
 /// zero bytes of each unit trimmed; empty units skipped).

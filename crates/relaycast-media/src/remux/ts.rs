@@ -14,8 +14,8 @@
 use crate::remux::cmaf::{
     AAC_RATES, Codec, Muxer, MuxerConfig, Output, Sample, TrackConfig, TrackKind,
 };
-use crate::remux::nal;
-use bytes::{BufMut, Bytes, BytesMut};
+use crate::remux::nal::ParamSets;
+use bytes::Bytes;
 
 /// Timescale of video tracks made from MPEG-TS (the 90 kHz system clock).
 pub const VIDEO_TIMESCALE: u32 = 90_000;
@@ -221,16 +221,6 @@ impl Unwrap33 {
     }
 }
 
-/// Parameter sets seen in band.
-#[derive(Debug, Default)]
-struct ParamSets {
-    vps: Option<Vec<u8>>,
-    sps: Option<Vec<u8>>,
-    pps: Option<Vec<u8>>,
-    /// The configuration record built from them and given to the muxer.
-    config: Option<Bytes>,
-}
-
 /// MPEG-TS bytes in, CMAF out.
 pub struct TsRemuxer {
     ctx: demux::Ctx,
@@ -374,63 +364,12 @@ impl TsRemuxer {
         let Some(pts) = pes.pts else {
             return;
         };
-        let hevc = es == Es::H265;
-        let mut sample = BytesMut::with_capacity(pes.data.len() + 16);
-        let mut keyframe = false;
-        let mut params_changed = false;
-        for unit in nal::split_annexb(&pes.data) {
-            let t = if hevc {
-                (unit[0] >> 1) & 0x3f
-            } else {
-                unit[0] & 0x1f
-            };
-            let slot = match (hevc, t) {
-                (false, 7) | (true, 33) => Some(&mut self.params.sps),
-                (false, 8) | (true, 34) => Some(&mut self.params.pps),
-                (true, 32) => Some(&mut self.params.vps),
-                _ => None,
-            };
-            if let Some(slot) = slot {
-                if slot.as_deref() != Some(unit) {
-                    *slot = Some(unit.to_vec());
-                    params_changed = true;
-                }
-                continue;
-            }
-            if (!hevc && t == 9) || (hevc && t == 35) {
-                continue; // access unit delimiter
-            }
-            keyframe |= if hevc { (16..=23).contains(&t) } else { t == 5 };
-            sample.put_u32(unit.len() as u32);
-            sample.put_slice(unit);
-        }
-        if params_changed {
-            let p = &self.params;
-            let config = match (hevc, &p.vps, &p.sps, &p.pps) {
-                (false, _, Some(sps), Some(pps)) => nal::build_avcc(sps, pps).map(Codec::H264),
-                (true, Some(vps), Some(sps), Some(pps)) => {
-                    nal::build_hvcc(vps, sps, pps).map(Codec::H265)
-                }
-                _ => None,
-            };
-            if let Some(codec) = config {
-                let record = match &codec {
-                    Codec::H264(b) | Codec::H265(b) => b.clone(),
-                    _ => Bytes::new(),
-                };
-                if self.params.config.as_ref() != Some(&record)
-                    && self
-                        .muxer
-                        .set_track(TrackConfig::new(codec, VIDEO_TIMESCALE))
-                        .is_ok()
-                {
-                    self.params.config = Some(record);
-                }
-            }
-        }
-        if sample.is_empty() {
+        let Some((sample, keyframe)) =
+            self.params
+                .access_unit(es == Es::H265, &pes.data, &mut self.muxer, VIDEO_TIMESCALE)
+        else {
             return;
-        }
+        };
         let dts_raw = pes.dts.unwrap_or(pts);
         let dts = self.video_ts.next(dts_raw);
         let cts = (pts.wrapping_sub(dts_raw) & ((1 << 33) - 1)) as i64;
@@ -441,7 +380,7 @@ impl TsRemuxer {
                 dts,
                 cts_offset: cts.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
                 keyframe,
-                data: sample.freeze(),
+                data: sample,
             },
         );
     }

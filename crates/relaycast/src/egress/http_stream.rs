@@ -42,23 +42,22 @@ pub async fn serve(
         queue.push_back((meta_box(hello.to_json().as_bytes()), None));
     }
     let first_seq = viewer.cursor();
+    // hyper polls the body outside the handler: the session span travels
+    // with the body and is named where the body logs, rather than entered on
+    // every poll (once per fragment per viewer, #15).
+    let span = tracing::Span::current();
     let state = ViewerBody {
         viewer,
         app: app.clone(),
         meta,
         queue,
         done: false,
-        _end: super::EndLog::new(),
+        _end: super::EndLog::in_span(span.clone()),
+        span,
     };
-    // hyper polls the body outside the handler: carry the session span.
-    let span = tracing::Span::current();
-    let body = futures_util::stream::unfold(state, move |mut s| {
-        use tracing::Instrument;
-        async move {
-            let next = s.next_bytes().await?;
-            Some((Ok::<Bytes, std::io::Error>(next), s))
-        }
-        .instrument(span.clone())
+    let body = futures_util::stream::unfold(state, move |mut s| async move {
+        let next = s.next_bytes().await?;
+        Some((Ok::<Bytes, std::io::Error>(next), s))
     });
     let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
     let h = resp.headers_mut();
@@ -83,6 +82,8 @@ struct ViewerBody {
     /// Logs the end of the session when the body is dropped (ended, or the
     /// viewer went away).
     _end: super::EndLog,
+    /// The session span, for what the body logs.
+    span: tracing::Span,
 }
 
 impl ViewerBody {
@@ -118,6 +119,7 @@ impl ViewerBody {
             self.done = true;
             if *reason == crate::fanout::EndReason::Lagging {
                 tracing::info!(
+                    parent: &self.span,
                     skips = self.viewer.total_skips(),
                     "viewer disconnected: lagging"
                 );

@@ -114,7 +114,9 @@ pub struct WatchQuery {
     pub wait: Option<f64>,
     /// Long poll: seconds to wait for the next fragment.
     pub timeout: Option<f64>,
-    /// HTTP stream: carry control messages in `free` boxes.
+    /// Per-fragment control: HTTP stream `meta=1` carries control messages
+    /// in `free` boxes (default off); WebSocket `meta=0` leaves out the
+    /// `fragment` JSON message before each fragment (default on).
     pub meta: Option<u8>,
     /// Signed URL expiry (Unix seconds).
     pub exp: Option<u64>,

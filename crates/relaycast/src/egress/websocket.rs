@@ -1,8 +1,9 @@
 //! WebSocket viewers: `GET /live/{name}` with `Upgrade: websocket`.
 //!
 //! Binary messages are exactly the stored init and fragment bytes; text
-//! messages are JSON control (see `docs/protocol.md`). Events that are ready
-//! together are written as one batch with one vectored write.
+//! messages are JSON control (see `docs/protocol.md`; `?meta=0` leaves out
+//! the per-fragment one). Events that are ready together are written as one
+//! batch with one vectored write.
 //!
 //! Why this adapter frames WebSocket itself instead of using axum's
 //! `WebSocket` (tungstenite): a viewer only ever *sends* whole messages whose
@@ -47,14 +48,18 @@ pub async fn serve(
 ) -> Response {
     let wait = app.wait_for(q.wait);
     let read_buffer = app.config.egress.ws_read_buffer.max(MIN_READ_BUFFER);
-    up.spawn(move |io| async move {
+    up.spawn_in_span(move |io, span| async move {
+        use tracing::Instrument;
         let mut conn = Conn::new(io, read_buffer);
         let start = ViewerStart {
             after: q.resume_after(&app.registry, &name),
             transport: Transport::WebSocket,
         };
-        match super::admit(&app, &name, &q, start, wait, peer).await {
-            Ok(viewer) => run(conn, viewer, app).await,
+        let admitted = super::admit(&app, &name, &q, start, wait, peer)
+            .instrument(span.clone())
+            .await;
+        match admitted {
+            Ok(viewer) => run(conn, viewer, app, q.meta.unwrap_or(1) != 0, span).await,
             Err(e) => {
                 let reason = e.to_string();
                 let bye = conn.close(e.ws_close_code(), &reason);
@@ -76,10 +81,17 @@ enum FromClient {
     Close(u16, &'static str),
 }
 
-/// Reads client frames out of a small fixed buffer with [`ws::Reader`].
+/// Reads client frames out of a small buffer with [`ws::Reader`]. The
+/// buffer starts at [`MIN_READ_BUFFER`] (a whole control frame fits; data
+/// frames are consumed piece by piece) and doubles, up to the configured
+/// size, only when a read fills it (a client that sends a lot then needs
+/// fewer reads): viewers send almost nothing, and a 4 KiB buffer per viewer
+/// up front was memory per viewer for nothing (#15).
 #[derive(Debug)]
 struct ClientFrames {
     buf: Box<[u8]>,
+    /// Largest size `buf` may grow to.
+    max: usize,
     start: usize,
     end: usize,
     reader: ws::Reader,
@@ -87,8 +99,10 @@ struct ClientFrames {
 
 impl ClientFrames {
     fn new(len: usize) -> ClientFrames {
+        let max = len.max(MIN_READ_BUFFER);
         ClientFrames {
-            buf: vec![0; len].into_boxed_slice(),
+            buf: vec![0; MIN_READ_BUFFER].into_boxed_slice(),
+            max,
             start: 0,
             end: 0,
             reader: ws::Reader::new(MAX_CLIENT_MESSAGE),
@@ -103,6 +117,17 @@ impl ClientFrames {
             self.start = 0;
         }
         &mut self.buf[self.end..]
+    }
+
+    /// `n` bytes were read into [`ClientFrames::space`]; a read that filled
+    /// the buffer grows it.
+    fn filled(&mut self, n: usize) {
+        self.end += n;
+        if self.end == self.buf.len() && self.buf.len() < self.max {
+            let mut bigger = vec![0; (self.buf.len() * 2).min(self.max)].into_boxed_slice();
+            bigger[..self.end].copy_from_slice(&self.buf[..self.end]);
+            self.buf = bigger;
+        }
     }
 
     /// The bytes read but not consumed.
@@ -206,25 +231,24 @@ impl Frames {
     }
 }
 
-/// The upgraded connection.
+/// The upgraded connection, with one owner: reads and writes never overlap
+/// in a session (the loop below either waits for both, or writes), so it
+/// needs no `tokio::io::split` halves (a lock and two handles per viewer).
 struct Conn<IO> {
-    rd: tokio::io::ReadHalf<IO>,
-    wr: tokio::io::WriteHalf<IO>,
+    io: IO,
     client: ClientFrames,
 }
 
-impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     fn new(io: IO, read_buffer: usize) -> Conn<IO> {
-        let (rd, wr) = tokio::io::split(io);
         Conn {
-            rd,
-            wr,
+            io,
             client: ClientFrames::new(read_buffer),
         }
     }
 
     async fn send(&mut self, frames: &mut Frames) -> std::io::Result<()> {
-        frames.write_to(&mut self.wr).await
+        frames.write_to(&mut self.io).await
     }
 
     /// Sends a close frame and ends the connection.
@@ -232,7 +256,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         let mut f = Frames::default();
         f.push(ws::CLOSE, crate::app::ws::close_payload(code, reason));
         self.send(&mut f).await?;
-        self.wr.shutdown().await
+        self.io.shutdown().await
     }
 
     /// Answers the client's close (or its protocol error) with a close frame,
@@ -243,13 +267,19 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.close(code, reason)).await;
         if !client_closed {
             let buffered = self.client.buffered().to_vec();
-            crate::app::ws::linger(&mut self.rd, &mut self.client.reader, &buffered).await;
+            crate::app::ws::linger(&mut self.io, &mut self.client.reader, &buffered).await;
         }
     }
 }
 
-async fn run<IO: AsyncRead + AsyncWrite>(mut conn: Conn<IO>, mut viewer: Viewer, app: AppState) {
-    let _end = super::EndLog::new();
+async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Conn<IO>,
+    mut viewer: Viewer,
+    app: AppState,
+    meta: bool,
+    span: tracing::Span,
+) {
+    let _end = super::EndLog::in_span(span.clone());
     let stream = viewer.stream().clone();
     let hello = hello(
         stream.name(),
@@ -264,15 +294,21 @@ async fn run<IO: AsyncRead + AsyncWrite>(mut conn: Conn<IO>, mut viewer: Viewer,
         return;
     }
     // Arrival times of the fragments in a batch, for the delivery-latency
-    // histogram (reused: no allocation per batch).
-    let mut arrived: Vec<std::time::Instant> = Vec::with_capacity(BATCH);
+    // histogram (reused: no allocation per batch once it has grown to the
+    // largest batch; small at first, as most batches hold one fragment).
+    let mut arrived: Vec<std::time::Instant> = Vec::with_capacity(4);
+    // One wait for the relay's shutdown for the whole session: a fresh
+    // `cancelled()` per fragment registers in (and leaves) the token's one
+    // waiter list, a lock shared by every viewer, twice per fragment.
+    let shutdown = app.shutdown.cancelled();
+    tokio::pin!(shutdown);
     let end = 'session: loop {
         let ev = tokio::select! {
             ev = viewer.next() => ev,
-            n = conn.rd.read(conn.client.space()) => {
+            n = conn.io.read(conn.client.space()) => {
                 match n {
                     Ok(0) | Err(_) => return,
-                    Ok(n) => conn.client.end += n,
+                    Ok(n) => conn.client.filled(n),
                 }
                 loop {
                     match conn.client.next() {
@@ -289,7 +325,7 @@ async fn run<IO: AsyncRead + AsyncWrite>(mut conn: Conn<IO>, mut viewer: Viewer,
                 }
                 continue;
             },
-            _ = app.shutdown.cancelled() => break EndReason::Shutdown,
+            _ = &mut shutdown => break EndReason::Shutdown,
         };
         let mut ev = Some(ev);
         let mut end = None;
@@ -303,8 +339,12 @@ async fn run<IO: AsyncRead + AsyncWrite>(mut conn: Conn<IO>, mut viewer: Viewer,
             if let Event::Fragment(c) = &e {
                 arrived.push(c.arrived);
             }
-            let (meta, payload) = event_parts(&e);
-            frames.push(0x1, meta);
+            let (json, payload) = event_parts(&e);
+            // `?meta=0`: no `fragment` text message before each fragment
+            // (every other control message still comes).
+            if meta || !matches!(e, Event::Fragment(_)) {
+                frames.push(0x1, json);
+            }
             if let Some(p) = payload {
                 frames.push(0x2, p);
             }
@@ -318,7 +358,7 @@ async fn run<IO: AsyncRead + AsyncWrite>(mut conn: Conn<IO>, mut viewer: Viewer,
             tokio::pin!(send);
             let ok = tokio::select! {
                 r = &mut send => r.is_ok(),
-                _ = app.shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     // Never cut a frame mid-write: the `end` and the close
                     // must start on a frame boundary, or the viewer reads
                     // garbage (#12 item 25). Finish the batch within the
@@ -344,7 +384,7 @@ async fn run<IO: AsyncRead + AsyncWrite>(mut conn: Conn<IO>, mut viewer: Viewer,
         }
     };
     if end == EndReason::Lagging {
-        tracing::info!(skips = viewer.total_skips(), "viewer disconnected: lagging");
+        tracing::info!(parent: &span, skips = viewer.total_skips(), "viewer disconnected: lagging");
     }
     let (meta, _) = event_parts(&Event::End(end));
     let code = match end {
@@ -415,6 +455,34 @@ mod tests {
                 FromClient::Close(1000, "")
             ]
         );
+    }
+
+    #[test]
+    fn client_buffer_starts_small_and_grows_when_a_read_fills_it() {
+        let mut c = ClientFrames::new(1024);
+        assert_eq!(c.buf.len(), MIN_READ_BUFFER, "no 4 KiB per viewer up front");
+        let mut bytes = client_frame(0x2, &[b'x'; 900]);
+        bytes.extend(client_frame(0x9, b"hi"));
+        let mut at = 0;
+        let mut sizes = Vec::new();
+        let mut got = Vec::new();
+        while at < bytes.len() {
+            let space = c.space();
+            let n = space.len().min(bytes.len() - at);
+            space[..n].copy_from_slice(&bytes[at..at + n]);
+            at += n;
+            c.filled(n);
+            sizes.push(c.buf.len());
+            loop {
+                match c.next() {
+                    FromClient::Nothing => break,
+                    a => got.push(a),
+                }
+            }
+        }
+        assert_eq!(got, vec![FromClient::Ping(Bytes::from_static(b"hi"))]);
+        assert_eq!(sizes[0], 2 * MIN_READ_BUFFER, "a full read doubles it");
+        assert_eq!(*sizes.iter().max().unwrap_or(&0), 1024, "up to the limit");
     }
 
     #[test]

@@ -277,11 +277,13 @@ pub enum Ingest {
     Rtmp = 4,
     /// SRT (MPEG-TS remuxed to CMAF).
     Srt = 5,
+    /// WHIP (WebRTC: RTP H.264/Opus remuxed to CMAF).
+    Whip = 6,
 }
 
 impl Ingest {
     /// Number of ingest transports.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     /// Every ingest transport.
     pub const ALL: [Ingest; Self::COUNT] = [
         Ingest::Http,
@@ -290,6 +292,7 @@ impl Ingest {
         Ingest::Quic,
         Ingest::Rtmp,
         Ingest::Srt,
+        Ingest::Whip,
     ];
 
     /// Label used in logs and metrics.
@@ -301,6 +304,7 @@ impl Ingest {
             Ingest::Quic => "quic",
             Ingest::Rtmp => "rtmp",
             Ingest::Srt => "srt",
+            Ingest::Whip => "whip",
         }
     }
 }

@@ -8,6 +8,8 @@
 //! - [`quic`]: `relaycast/1` publish sessions over QUIC;
 //! - [`rtmp`]: RTMP/RTMPS (`--rtmp`, `--rtmps`), FLV remuxed to CMAF;
 //! - [`srt`]: SRT (`--srt`), MPEG-TS remuxed to CMAF;
+//! - [`whip`]: WHIP (`POST /whip/{name}`, media on `--webrtc`), WebRTC
+//!   H.264/Opus remuxed to CMAF;
 //! - [`demo`]: the built-in looping `demo` stream.
 
 pub mod demo;
@@ -17,6 +19,7 @@ pub mod rtmp;
 pub mod srt;
 pub mod tcp;
 pub mod websocket;
+pub mod whip;
 
 use crate::Error;
 use crate::app::AppState;

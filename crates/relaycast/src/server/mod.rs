@@ -295,6 +295,8 @@ pub struct Running {
     pub rtmps: Option<SocketAddr>,
     /// The SRT ingest (UDP) address, when enabled (`--srt`).
     pub srt: Option<SocketAddr>,
+    /// The WHIP ingest's WebRTC (UDP) address, when enabled (`--webrtc`).
+    pub webrtc: Option<SocketAddr>,
     /// The QUIC endpoint's address and certificate fingerprint at start,
     /// when enabled ([`Running::quic_now`] follows certificate reloads).
     pub quic: Option<quic::Info>,
@@ -424,6 +426,14 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         }
         None => None,
     };
+    let (whip, webrtc) = match state.config.ingest.whip.listen {
+        Some(a) => {
+            let (whip, bound, task) = ingest::whip::start(a, state.clone()).await?;
+            tasks.push(task);
+            (Some(whip), Some(bound))
+        }
+        None => (None, None),
+    };
     if state.config.server.demo {
         tasks.push(tokio::spawn(ingest::demo::run(
             registry.clone(),
@@ -479,6 +489,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     // It gets the same CORS layer: a player on another origin reads it too.
     let app = quic::api_router(quic_live.clone())
         .layer(cors_layer(&state.config.server.cors_origins))
+        .merge(ingest::whip::router(state.clone(), whip))
         .merge(router(state.clone()));
     let http = tokio::spawn(accept_loop(listener, app, tls.clone(), state.clone()));
     Ok(Running {
@@ -487,6 +498,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         rtmp,
         rtmps,
         srt,
+        webrtc,
         quic,
         quic_live,
         state,

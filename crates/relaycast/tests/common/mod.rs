@@ -259,6 +259,36 @@ where
     (sender, tokio::spawn(conn))
 }
 
+/// One HTTP/1.1 request on a new connection: (status, headers, body).
+pub async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> (u16, hyper::HeaderMap, Bytes) {
+    use http_body_util::BodyExt;
+    let mut sender = http1(addr).await;
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(http_body_util::Full::new(body)).expect("request");
+    let r = sender.send_request(req).await.expect("send");
+    let status = r.status().as_u16();
+    let h = r.headers().clone();
+    let b = r
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (status, h, b)
+}
+
 /// GET a URL, returning (status, headers, body).
 pub async fn get(url: &str) -> (u16, hyper::HeaderMap, Bytes) {
     get_with(url, &[]).await

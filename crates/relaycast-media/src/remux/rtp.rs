@@ -1,0 +1,275 @@
+//! Depacketized RTP media (what a WebRTC stack hands out for WHIP ingest) to
+//! CMAF through [`crate::remux::cmaf::Muxer`].
+//!
+//! The WebRTC stack (in the relay) reassembles RTP packets into whole
+//! frames: H.264 access units in Annex-B form (single NAL, STAP-A and FU-A
+//! already undone) on the 90 kHz RTP clock, and Opus packets on the 48 kHz
+//! clock, both extended to 64 bits. This module takes the parameter sets in
+//! band into an `avcC` (a new init segment when they change, through the
+//! same helper as MPEG-TS), writes Opus as an `Opus` sample entry with a
+//! `dOps`, and uses the RTP clocks themselves as decode times: continuous,
+//! and without RTCP sender reports (OBS sends none). Each track's RTP clock
+//! starts at a random value, so a track is placed on the common timeline by
+//! the arrival time of its first frame (which the caller passes in, sans-IO)
+//! and follows its own RTP clock from there: as close as RTP without sender
+//! reports gets to lip sync.
+
+use crate::remux::cmaf::{Codec, Muxer, MuxerConfig, Output, Sample, TrackConfig, TrackKind};
+use crate::remux::nal::ParamSets;
+use bytes::Bytes;
+
+/// The RTP clock of video in WebRTC (and of the video track made from it).
+pub const VIDEO_CLOCK: u32 = 90_000;
+/// The RTP clock of Opus (and the timescale of its track).
+pub const OPUS_CLOCK: u32 = 48_000;
+
+/// Depacketized RTP frames in, CMAF out.
+#[derive(Debug)]
+pub struct RtpRemuxer {
+    muxer: Muxer,
+    params: ParamSets,
+    opus: bool,
+    /// A video keyframe went into the muxer since the start or the last loss.
+    have_keyframe: bool,
+    /// Per track: (first RTP time, the timeline time it maps to), in track ticks.
+    video_base: Option<(i64, i64)>,
+    audio_base: Option<(i64, i64)>,
+}
+
+/// A track time: the first frame's arrival (µs, the caller's clock) plus
+/// RTP ticks since that frame.
+fn place(base: &mut Option<(i64, i64)>, rtp: i64, arrival_us: u64, clock: u32) -> i64 {
+    let (first, at) = *base.get_or_insert_with(|| {
+        let at = i128::from(arrival_us) * i128::from(clock) / 1_000_000;
+        (rtp, i64::try_from(at).unwrap_or(i64::MAX))
+    });
+    at.saturating_add(rtp.saturating_sub(first))
+}
+
+impl RtpRemuxer {
+    /// A remuxer with the given fragmenting policy; `video` and `audio` say
+    /// which tracks the session negotiated (the first fragment waits, boundedly,
+    /// for both).
+    pub fn new(config: MuxerConfig, video: bool, audio: bool) -> Self {
+        let mut muxer = Muxer::new(config);
+        muxer.expect(video, audio);
+        RtpRemuxer {
+            muxer,
+            params: ParamSets::default(),
+            opus: false,
+            have_keyframe: false,
+            video_base: None,
+            audio_base: None,
+        }
+    }
+
+    /// True while the video track waits for a keyframe (at the start, and
+    /// after [`lost`](Self::lost)): the caller asks the sender for one (PLI).
+    pub fn needs_keyframe(&self) -> bool {
+        !self.have_keyframe
+    }
+
+    /// Packets were lost before the next frame: what follows is not
+    /// decodable until a keyframe, so video frames are dropped until one comes.
+    pub fn lost(&mut self) {
+        self.have_keyframe = false;
+    }
+
+    /// One H.264 access unit (Annex B) with RTP time `time` (90 kHz ticks,
+    /// extended) that arrived at `arrival_us` (µs on the caller's clock, any
+    /// origin). Returns true when it went into the muxer (false: waiting for
+    /// a keyframe, or only parameter sets).
+    pub fn push_h264(&mut self, time: i64, arrival_us: u64, annexb: &[u8]) -> bool {
+        let Some((sample, keyframe)) =
+            self.params
+                .access_unit(false, annexb, &mut self.muxer, VIDEO_CLOCK)
+        else {
+            return false;
+        };
+        if keyframe {
+            self.have_keyframe = true;
+        } else if !self.have_keyframe {
+            return false;
+        }
+        let dts = place(&mut self.video_base, time, arrival_us, VIDEO_CLOCK);
+        self.muxer.push(
+            TrackKind::Video,
+            Sample {
+                dts,
+                cts_offset: 0, // WebRTC H.264 has no B-frames: decode order is display order
+                keyframe,
+                data: sample,
+            },
+        )
+    }
+
+    /// One Opus packet with RTP time `time` (48 kHz ticks, extended) that
+    /// arrived at `arrival_us` (as for [`push_h264`](Self::push_h264)).
+    pub fn push_opus(&mut self, time: i64, arrival_us: u64, packet: Bytes) -> bool {
+        if packet.is_empty() {
+            return false;
+        }
+        if !self.opus {
+            let mut cfg = TrackConfig::new(Codec::Opus(opus_dops(2)), OPUS_CLOCK);
+            cfg.frame_duration = opus_samples(packet[0]);
+            if self.muxer.set_track(cfg).is_err() {
+                return false;
+            }
+            self.opus = true;
+        }
+        let dts = place(&mut self.audio_base, time, arrival_us, OPUS_CLOCK);
+        self.muxer.push(
+            TrackKind::Audio,
+            Sample {
+                dts,
+                cts_offset: 0,
+                keyframe: true,
+                data: packet,
+            },
+        )
+    }
+
+    /// Ends the stream: the held-back samples go out in a last fragment.
+    pub fn finish(&mut self) {
+        self.muxer.finish();
+    }
+
+    /// The next init segment or fragment.
+    pub fn poll(&mut self) -> Option<Output> {
+        self.muxer.poll()
+    }
+}
+
+/// A `dOps` body for WebRTC Opus: `channels` output channels (WebRTC
+/// always negotiates `opus/48000/2`; a mono stream decodes to both), no
+/// pre-skip (RTP carries none), 48 kHz, no gain, mapping family 0.
+fn opus_dops(channels: u8) -> Bytes {
+    let mut b = vec![0u8, channels];
+    b.extend_from_slice(&0u16.to_be_bytes());
+    b.extend_from_slice(&48_000u32.to_be_bytes());
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.push(0);
+    Bytes::from(b)
+}
+
+/// Samples (48 kHz) in one frame of an Opus packet, from its TOC byte
+/// (RFC 6716 §3.1), for the muxer's timestamp snapping.
+fn opus_samples(toc: u8) -> u32 {
+    let config = toc >> 3;
+    let per_frame = match config {
+        0..=11 => [480, 960, 1920, 2880][usize::from(config % 4)], // SILK 10/20/40/60 ms
+        12..=15 => [480, 960][usize::from(config % 2)],            // hybrid 10/20 ms
+        _ => [120, 240, 480, 960][usize::from(config % 4)],        // CELT 2.5/5/10/20 ms
+    };
+    let frames = match toc & 3 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => return 0, // code 3: the count is in the next byte; no snapping
+    };
+    per_frame * frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// x264 High@3.1 640x360 SPS (as in `nal`'s test) and a PPS.
+    const SPS: &[u8] = b"\x67\x64\x00\x1f\xac\xd9\x40\xa0\x2f\xf9\x70\x11\x00\x00\x03\x00\x01\x00\x00\x03\x00\x3c\x0f\x18\x31\x96\x00";
+    const PPS: &[u8] = &[0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0];
+
+    fn annexb(units: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for u in units {
+            v.extend_from_slice(&[0, 0, 0, 1]);
+            v.extend_from_slice(u);
+        }
+        v
+    }
+
+    #[test]
+    fn opus_toc_durations() {
+        assert_eq!(opus_samples(0xf8), 960); // CELT FB 20 ms, one frame
+        assert_eq!(opus_samples(0x78), 960); // hybrid FB 20 ms (config 15)
+        assert_eq!(opus_samples(0xf9), 1920); // two frames
+        assert_eq!(opus_samples(0xfb), 0);
+    }
+
+    #[test]
+    fn waits_for_keyframe_then_muxes_both_tracks() {
+        let mut r = RtpRemuxer::new(MuxerConfig::default(), true, true);
+        let idr: &[u8] = &[0x65, 0x88, 0x84, 0x00, 0x10];
+        let p: &[u8] = &[0x41, 0x9a, 0x02, 0x03];
+        assert!(r.needs_keyframe());
+        // Random RTP bases, as WebRTC senders pick them; audio starts 20 ms later.
+        let (v0, a0) = (3_000_000_000i64, 17i64);
+        assert!(!r.push_h264(v0 - 3000, 0, &annexb(&[p])), "no SPS/PPS yet");
+        assert!(r.push_h264(v0, 1_000, &annexb(&[SPS, PPS, idr])));
+        assert!(!r.needs_keyframe());
+        for i in 1..40i64 {
+            let at = 1_000 + i as u64 * 33_333;
+            assert!(r.push_h264(v0 + i * 3000, at, &annexb(&[p])));
+            let opus = Bytes::from_static(&[0xf8, 0xff, 0xfe]);
+            assert!(r.push_opus(a0 + (i - 1) * 960, 21_000 + at, opus));
+        }
+        r.lost();
+        assert!(
+            !r.push_h264(v0 + 40 * 3000, 2_000_000, &annexb(&[p])),
+            "dropped after loss"
+        );
+        r.finish();
+        let mut init = None;
+        let mut frags = 0;
+        let mut audio_tfdt = None;
+        while let Some(o) = r.poll() {
+            match o {
+                Output::Init(i) => init = Some(i),
+                Output::Fragment(f) => {
+                    if frags == 0 {
+                        audio_tfdt = first_audio_tfdt(&f.bytes);
+                    }
+                    frags += 1;
+                    // At most 100 ms of video (3000 ticks a frame, 90 kHz).
+                    assert!(f.duration <= 9000, "fragment of {} ticks", f.duration);
+                }
+            }
+        }
+        let init = init.expect("an init segment");
+        assert_eq!(init.tracks.len(), 2, "video and audio: {:?}", init.tracks);
+        let moov = &init.bytes[..];
+        assert!(moov.windows(4).any(|w| w == b"avcC"));
+        assert!(moov.windows(4).any(|w| w == b"dOps"));
+        assert!(frags >= 10, "{frags} fragments");
+        // Audio arrived 54.3 ms after video (2608 ticks at 48 kHz): placed
+        // there, not at its RTP base.
+        let t = audio_tfdt.expect("audio in the first fragment");
+        assert!((2600..2616).contains(&t), "audio tfdt {t}");
+    }
+
+    /// The `tfdt` of the second `traf` (audio) of a `moof`.
+    fn first_audio_tfdt(moof: &[u8]) -> Option<u64> {
+        let at = moof
+            .windows(4)
+            .enumerate()
+            .filter(|(_, w)| *w == b"tfdt")
+            .nth(1)?
+            .0;
+        let v = moof.get(at + 8..at + 16)?;
+        Some(u64::from_be_bytes(v.try_into().ok()?))
+    }
+
+    #[test]
+    fn new_parameter_sets_make_a_new_init() {
+        let mut r = RtpRemuxer::new(MuxerConfig::default(), true, false);
+        let idr: &[u8] = &[0x65, 0x88, 0x84, 0x00, 0x10];
+        r.push_h264(0, 0, &annexb(&[SPS, PPS, idr]));
+        r.push_h264(3000, 33_333, &annexb(&[SPS, PPS, idr]));
+        let pps2: &[u8] = &[0x68, 0xee, 0x3c, 0x80];
+        r.push_h264(6000, 66_666, &annexb(&[SPS, pps2, idr]));
+        r.push_h264(9000, 99_999, &annexb(&[idr]));
+        r.finish();
+        let inits = std::iter::from_fn(|| r.poll())
+            .filter(|o| matches!(o, Output::Init(_)))
+            .count();
+        assert_eq!(inits, 2);
+    }
+}

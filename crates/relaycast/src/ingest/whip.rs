@@ -1,0 +1,680 @@
+//! WHIP ingest (RFC 9725): OBS 30+ and browsers publish over WebRTC.
+//!
+//! `POST /whip/{name}` with an `application/sdp` offer (publish key as
+//! `Authorization: Bearer KEY`, checked by the one [`super::authorize`])
+//! answers `201 Created` with the SDP answer and `Location:
+//! /whip/{name}/{session}`; `DELETE` on that location ends the session;
+//! `PATCH` (trickle ICE) is `405`: the relay is ICE-lite with one host
+//! candidate, so there is nothing to trickle, as the RFC allows. When
+//! `--webrtc` is not given every `/whip/` request is `503` with the reason.
+//!
+//! Media arrive on one UDP socket for every session (`serve --webrtc
+//! ADDR`), demultiplexed by asking each session's `Rtc` whether it
+//! [`accepts`](str0m::Rtc::accepts) a datagram (ICE ufrag, then the
+//! remote address ICE nominated). One task ([`Driver`]) owns the socket
+//! and every session's `Rtc` and drives them sans-IO: datagrams and time
+//! in, datagrams and events out. Depacketized frames (H.264 access units
+//! in Annex B, Opus packets, on their RTP clocks) go through the sans-IO
+//! [`crate::media::remux::rtp::RtpRemuxer`] to CMAF, and those fMP4 bytes
+//! through the one ingest loop [`super::IngestSession::run`] (admission,
+//! limits, idle timeout, metrics `transport="whip"`, grace period) in a
+//! task per session, exactly as RTMP and SRT do. A keyframe is asked for
+//! (PLI) at the start and after loss; a session that has not completed ICE
+//! and DTLS within `ingest.whip.handshake_timeout` is closed with the
+//! reason logged, which releases the stream name.
+//!
+//! Why `str0m` and not `webrtc-rs`: `str0m` is sans-IO like the rest of
+//! the relay (the caller owns sockets and clocks, one task can drive every
+//! session from one UDP port, and it tests without timers), has ICE-lite,
+//! DTLS-SRTP and the H.264/Opus depacketizers with a frame-level API, and
+//! runs on a pure-Rust crypto backend (`rust-crypto`: no OpenSSL, no C
+//! build). `webrtc-rs` owns its sockets and spawns tasks per peer
+//! connection, which would mean one UDP port per session or a mux shim.
+
+use super::{IngestSession, attach, authorize, key_from};
+use crate::Error;
+use crate::app::{AppState, Peer, error_response};
+use crate::fanout::Ingest;
+use crate::media::remux::cmaf::MuxerConfig;
+use crate::media::remux::rtp::{OPUS_CLOCK, RtpRemuxer, VIDEO_CLOCK};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
+use str0m::format::Codec as RtcCodec;
+use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+/// What WHIP says when it is off.
+pub const OFF: &str = "WHIP is off: start the relay with --webrtc ADDR (ingest.whip.listen)";
+/// Fragments queued between the UDP driver and a session's ingest loop; a
+/// loop that falls this far behind ends its session.
+const QUEUE: usize = 256;
+/// Least time between two keyframe requests of one session.
+const PLI_EVERY: Duration = Duration::from_millis(500);
+/// Longest wait of the driver between two looks at its sessions (handshake
+/// timeouts, ended ingest loops).
+const TICK: Duration = Duration::from_millis(100);
+
+/// The running WHIP ingest: the UDP driver's mailbox and what every answer needs.
+pub struct Whip {
+    commands: mpsc::Sender<Command>,
+    /// The host candidate's address (public IP, bound port).
+    candidate: SocketAddr,
+    /// One DTLS certificate for every session (its fingerprint is in each answer).
+    cert: DtlsCert,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Whip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Whip")
+            .field("candidate", &self.candidate)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Command {
+    Add(Box<Session>),
+    Remove {
+        name: String,
+        id: String,
+        done: oneshot::Sender<bool>,
+    },
+}
+
+/// Bind the WebRTC UDP socket on `listen` and start its driver; returns the
+/// handle the HTTP routes use, the bound address and the task.
+pub async fn start(
+    listen: SocketAddr,
+    app: AppState,
+) -> anyhow::Result<(Arc<Whip>, SocketAddr, JoinHandle<()>)> {
+    let socket = UdpSocket::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listening on {listen} (WHIP/WebRTC UDP): {e}"))?;
+    let bound = socket.local_addr()?;
+    let ip = app.config.ingest.whip.public_ip.unwrap_or(bound.ip());
+    if ip.is_unspecified() {
+        anyhow::bail!(
+            "--webrtc {listen} listens on every address: give --public-ip (ingest.whip.public_ip)"
+        );
+    }
+    let cert = str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+        .ok_or_else(|| anyhow::anyhow!("WHIP: cannot generate a DTLS certificate"))?;
+    let (commands, rx) = mpsc::channel(64);
+    let driver = Driver {
+        socket,
+        local: bound,
+        sessions: Vec::new(),
+        handshake_timeout: app.config.ingest.whip.handshake_timeout,
+    };
+    let task = tokio::spawn(driver.run(rx, app.shutdown.clone()));
+    let whip = Whip {
+        commands,
+        candidate: SocketAddr::new(ip, bound.port()),
+        cert,
+        next_id: AtomicU64::new(1),
+    };
+    Ok((Arc::new(whip), bound, task))
+}
+
+/// What the `/whip/` routes hold: the relay, and WHIP when it is on.
+#[derive(Clone)]
+struct Routes {
+    app: AppState,
+    whip: Option<Arc<Whip>>,
+}
+
+/// The `/whip/` routes with their CORS (browsers publish from other
+/// origins: `Authorization` and `Content-Type` allowed, `Location` and
+/// `ETag` exposed). `whip` is `None` when WHIP is off: every request is 503.
+pub fn router(app: AppState, whip: Option<Arc<Whip>>) -> Router {
+    use axum::routing::post;
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_methods([Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+        ])
+        .expose_headers([header::LOCATION, header::ETAG, header::LINK])
+        .allow_origin(tower_http::cors::Any)
+        .max_age(Duration::from_secs(600));
+    Router::new()
+        .route("/whip/{name}", post(offer).patch(not_allowed))
+        .route(
+            "/whip/{name}/{session}",
+            axum::routing::delete(end)
+                .patch(not_allowed)
+                .post(not_allowed),
+        )
+        .layer(cors)
+        .with_state(Routes { app, whip })
+}
+
+fn off() -> Response {
+    error_response(&Error::Off(OFF.into()))
+}
+
+/// `PATCH` (trickle ICE / ICE restart) is not offered: 405 with `Allow`.
+async fn not_allowed(State(r): State<Routes>) -> Response {
+    if r.whip.is_none() {
+        return off();
+    }
+    let mut resp = (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(serde_json::json!({
+            "error": "trickle ICE is not offered: the relay is ICE-lite with one host candidate; put every candidate in the offer"
+        })),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static("POST, DELETE, OPTIONS"),
+    );
+    resp
+}
+
+/// `POST /whip/{name}`: an offer in, the answer out.
+async fn offer(
+    State(r): State<Routes>,
+    Path(name): Path<String>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(whip) = r.whip else {
+        return off();
+    };
+    let sdp_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().eq_ignore_ascii_case("application/sdp"));
+    if sdp_type != Some(true) {
+        // Also how the broadcast page asks whether WHIP is on (400, not
+        // 503): answered before admission, nothing counted, not logged.
+        return error_response(&Error::BadRequest(
+            "a WHIP offer is sent with Content-Type: application/sdp".into(),
+        ));
+    }
+    let app = r.app;
+    match publish(&app, &whip, &name, peer, &headers, &body).await {
+        Ok((id, answer)) => {
+            let location = format!("/whip/{name}/{id}");
+            let mut resp = (StatusCode::CREATED, answer).into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/sdp"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                h.insert(header::LOCATION, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{id}\"")) {
+                h.insert(header::ETAG, v);
+            }
+            resp
+        }
+        Err(e) => {
+            tracing::warn!(stream = %name, ?peer, status = e.http_status(), reason = %e, "WHIP publish refused");
+            error_response(&e)
+        }
+    }
+}
+
+/// Admission, the answer, then the session handed to the driver.
+async fn publish(
+    app: &AppState,
+    whip: &Whip,
+    name: &str,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, String), Error> {
+    let key = key_from(None, headers);
+    authorize(app, name, key.as_deref(), peer).await?;
+    let text = std::str::from_utf8(body)
+        .map_err(|_| Error::BadRequest("the SDP offer is not UTF-8".into()))?;
+    let (video, audio) = offered_codecs(text);
+    let offer = SdpOffer::from_sdp_string(text)
+        .map_err(|e| Error::BadRequest(format!("bad SDP offer: {e}")))?;
+    if !video && !audio {
+        return Err(Error::BadRequest(
+            "the offer has neither H.264 video nor Opus audio: this relay takes H.264 and Opus"
+                .into(),
+        ));
+    }
+    let mut rtc = Rtc::builder()
+        .set_ice_lite(true)
+        .set_dtls_cert(whip.cert.clone())
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .build(Instant::now());
+    let candidate = Candidate::host(whip.candidate, "udp")
+        .map_err(|e| Error::Internal(format!("WHIP host candidate {}: {e}", whip.candidate)))?;
+    rtc.add_local_candidate(candidate);
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| Error::BadRequest(format!("cannot answer the SDP offer: {e}")))?;
+    let ingest = attach(app, Ingest::Whip, name)?;
+    let id = format!(
+        "{:x}{}",
+        whip.next_id.fetch_add(1, Ordering::Relaxed),
+        str0m::IceCreds::new().ufrag
+    );
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let cfg = &app.config.ingest.whip;
+    let session = Session {
+        id: id.clone(),
+        name: name.to_string(),
+        peer,
+        rtc,
+        remux: RtpRemuxer::new(
+            MuxerConfig {
+                max_fragment_us: cfg.fragment_ms.saturating_mul(1000),
+                ..MuxerConfig::default()
+            },
+            video,
+            audio,
+        ),
+        tx,
+        created: Instant::now(),
+        connected: false,
+        deadline: Instant::now(),
+        last_pli: None,
+        video_mid: None,
+    };
+    let span = tracing::info_span!("ingest", stream = %name, ?peer, transport = "whip");
+    tokio::spawn(run_ingest(ingest, rx, app.clone(), name.to_string(), peer).instrument(span));
+    whip.commands
+        .send(Command::Add(Box::new(session)))
+        .await
+        .map_err(|_| Error::Shutdown)?;
+    tracing::info!(stream = %name, ?peer, session = %id, "WHIP session created; waiting for ICE/DTLS");
+    Ok((id, answer.to_sdp_string()))
+}
+
+/// Which of the codecs the relay carries an offer lists (H.264, Opus).
+fn offered_codecs(sdp: &str) -> (bool, bool) {
+    let mut video = false;
+    let mut audio = false;
+    for line in sdp.lines() {
+        let Some(map) = line.trim().strip_prefix("a=rtpmap:") else {
+            continue;
+        };
+        let codec = map.split_whitespace().nth(1).unwrap_or_default();
+        let codec = codec.split('/').next().unwrap_or_default();
+        video |= codec.eq_ignore_ascii_case("h264");
+        audio |= codec.eq_ignore_ascii_case("opus");
+    }
+    (video, audio)
+}
+
+/// The session's fMP4 through the one ingest loop.
+async fn run_ingest(
+    mut ingest: IngestSession,
+    rx: mpsc::Receiver<Bytes>,
+    app: AppState,
+    name: String,
+    peer: Option<SocketAddr>,
+) {
+    let mut source = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Error>(b), rx))
+    }));
+    let result = ingest.run(&mut source, &app).await;
+    let summary = ingest.summary(result.as_ref().err());
+    match &result {
+        Ok(()) => {
+            tracing::info!(stream = %name, ?peer, fragments = summary.fragments, "WHIP publisher finished")
+        }
+        Err(e) => {
+            tracing::warn!(stream = %name, ?peer, fragments = summary.fragments, reason = %e, "WHIP publisher ended")
+        }
+    }
+}
+
+/// `DELETE /whip/{name}/{session}`: end it (the publish key is checked as for the offer).
+async fn end(
+    State(r): State<Routes>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(whip) = r.whip else {
+        return off();
+    };
+    let app = r.app;
+    let key = key_from(None, &headers);
+    if let Err(e) = crate::auth::check_key(
+        app.config.ingest.key_for(&name),
+        &app.limits.refused,
+        &name,
+        key.as_deref(),
+    ) {
+        return error_response(&e);
+    }
+    let (done, removed) = oneshot::channel();
+    let cmd = Command::Remove {
+        name: name.clone(),
+        id: id.clone(),
+        done,
+    };
+    if whip.commands.send(cmd).await.is_err() {
+        return error_response(&Error::Shutdown);
+    }
+    match removed.await {
+        Ok(true) => StatusCode::OK.into_response(),
+        Ok(false) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "error": format!("no WHIP session /whip/{name}/{id} (ended, timed out, or never created)")
+            })),
+        )
+            .into_response(),
+        Err(_) => error_response(&Error::Shutdown),
+    }
+}
+
+/// One WebRTC publisher, owned by the driver.
+struct Session {
+    id: String,
+    name: String,
+    peer: Option<SocketAddr>,
+    rtc: Rtc,
+    remux: RtpRemuxer,
+    /// To the session's ingest loop; closed when that loop ended.
+    tx: mpsc::Sender<Bytes>,
+    created: Instant,
+    /// ICE and DTLS completed.
+    connected: bool,
+    /// When the `Rtc` wants time next.
+    deadline: Instant,
+    last_pli: Option<Instant>,
+    video_mid: Option<Mid>,
+}
+
+impl Session {
+    /// Drain the `Rtc` until it asks for a timeout (transmitting and
+    /// handling events on the way); `Err(reason)` ends the session.
+    fn drain(&mut self, socket: &UdpSocket) -> Result<(), String> {
+        loop {
+            let out = self
+                .rtc
+                .poll_output()
+                .map_err(|e| format!("WebRTC error: {e}"))?;
+            match out {
+                Output::Timeout(t) => {
+                    self.deadline = t;
+                    return Ok(());
+                }
+                Output::Transmit(t) => {
+                    // UDP: a full socket buffer drops the datagram, as the network would.
+                    let _ = socket.try_send_to(&t.contents, t.destination);
+                }
+                Output::Event(e) => self.event(e)?,
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event) -> Result<(), String> {
+        match e {
+            Event::Connected => {
+                self.connected = true;
+                tracing::info!(stream = %self.name, peer = ?self.peer, session = %self.id, "WHIP publisher connected (ICE and DTLS done)");
+                self.keyframe();
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                return Err("ICE disconnected (the publisher went away)".into());
+            }
+            Event::MediaAdded(m) if m.kind == MediaKind::Video => {
+                // str0m may say Connected before the media: ask for the first keyframe now.
+                self.video_mid = Some(m.mid);
+                if self.connected {
+                    self.keyframe();
+                }
+            }
+            Event::MediaData(d) => {
+                let time = |clock: u32| -> i64 {
+                    let t = match Frequency::new(clock) {
+                        Some(f) if d.time.frequency() != f => d.time.rebase(f),
+                        _ => d.time,
+                    };
+                    i64::try_from(MediaTime::numer(&t)).unwrap_or(i64::MAX)
+                };
+                let arrival = d.network_time.saturating_duration_since(self.created);
+                let arrival = u64::try_from(arrival.as_micros()).unwrap_or(u64::MAX);
+                match d.params.spec().codec {
+                    RtcCodec::H264 => {
+                        self.video_mid = Some(d.mid);
+                        if !d.contiguous {
+                            tracing::debug!(stream = %self.name, session = %self.id, "WHIP video loss: waiting for a keyframe");
+                            self.remux.lost();
+                        }
+                        self.remux.push_h264(time(VIDEO_CLOCK), arrival, &d.data);
+                        if self.remux.needs_keyframe() {
+                            self.keyframe();
+                        }
+                    }
+                    RtcCodec::Opus => {
+                        let packet = Bytes::copy_from_slice(&d.data);
+                        self.remux.push_opus(time(OPUS_CLOCK), arrival, packet);
+                    }
+                    _ => {}
+                }
+                self.forward()?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Ask the publisher for a keyframe (PLI), at most every [`PLI_EVERY`].
+    fn keyframe(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_pli
+            .is_some_and(|t| now.duration_since(t) < PLI_EVERY)
+        {
+            return;
+        }
+        if let Some(mid) = self.video_mid
+            && let Some(mut w) = self.rtc.writer(mid)
+        {
+            match w.request_keyframe(None, KeyframeRequestKind::Pli) {
+                Ok(()) => {
+                    tracing::debug!(stream = %self.name, session = %self.id, "WHIP keyframe requested (PLI)");
+                    self.last_pli = Some(now);
+                }
+                Err(e) => {
+                    tracing::debug!(stream = %self.name, session = %self.id, error = %e, "WHIP keyframe request failed")
+                }
+            }
+        }
+    }
+
+    /// Hand the remuxer's output to the ingest loop.
+    fn forward(&mut self) -> Result<(), String> {
+        while let Some(o) = self.remux.poll() {
+            match self.tx.try_send(o.bytes().clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(format!(
+                        "the ingest loop is {QUEUE} fragments behind the WebRTC session"
+                    ));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err("the ingest session ended".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Feed one input and drain. A datagram str0m refuses is dropped (a
+    /// broken session shows as not alive, or times out).
+    fn input(&mut self, input: Input, socket: &UdpSocket) -> Result<(), String> {
+        if let Err(e) = self.rtc.handle_input(input) {
+            tracing::debug!(stream = %self.name, session = %self.id, error = %e, "WHIP input dropped");
+        }
+        self.drain(socket)
+    }
+
+    /// End the session: the last fragment out, the peer told (DTLS close),
+    /// the ingest loop's source closed (it finishes and releases the stream).
+    fn close(mut self, socket: &UdpSocket) {
+        self.remux.finish();
+        let _ = self.forward();
+        self.rtc.disconnect();
+        let _ = self.drain(socket);
+    }
+}
+
+/// The one task that owns the WebRTC UDP socket and every session.
+struct Driver {
+    socket: UdpSocket,
+    local: SocketAddr,
+    sessions: Vec<Session>,
+    handshake_timeout: Duration,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            self.sweep();
+            let now = Instant::now();
+            let next = self
+                .sessions
+                .iter()
+                .map(|s| s.deadline)
+                .min()
+                .unwrap_or(now + TICK)
+                .min(now + TICK)
+                .max(now);
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, source)) => self.datagram(&buf[..n], source),
+                    Err(e) => {
+                        // ICMP port unreachable from a gone peer, on some systems: keep serving.
+                        tracing::debug!(error = %e, "WHIP UDP receive error");
+                    }
+                },
+                c = commands.recv() => match c {
+                    Some(Command::Add(mut s)) => {
+                        if let Err(reason) = s.drain(&self.socket) {
+                            tracing::warn!(stream = %s.name, session = %s.id, %reason, "WHIP session failed at start");
+                            s.close(&self.socket);
+                        } else {
+                            self.sessions.push(*s);
+                        }
+                    }
+                    Some(Command::Remove { name, id, done }) => {
+                        let found = self.sessions.iter().position(|s| s.id == id && s.name == name);
+                        if let Some(i) = found {
+                            let s = self.sessions.swap_remove(i);
+                            tracing::info!(stream = %s.name, session = %s.id, "WHIP session ended by DELETE");
+                            s.close(&self.socket);
+                        }
+                        let _ = done.send(found.is_some());
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        for s in std::mem::take(&mut self.sessions) {
+            s.close(&self.socket);
+        }
+    }
+
+    /// Give a datagram to the session that accepts it.
+    fn datagram(&mut self, data: &[u8], source: SocketAddr) {
+        let Ok(contents) = data.try_into() else {
+            return; // not STUN, DTLS or (S)RTP: ignore
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        let Some(i) = self.sessions.iter().position(|s| s.rtc.accepts(&input)) else {
+            return;
+        };
+        if let Err(reason) = self.sessions[i].input(input, &self.socket) {
+            let s = self.sessions.swap_remove(i);
+            tracing::warn!(stream = %s.name, peer = ?s.peer, session = %s.id, %reason, "WHIP session ended");
+            s.close(&self.socket);
+        }
+    }
+
+    /// Timeouts due, handshakes that took too long, ingest loops that ended.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.sessions.len() {
+            let s = &mut self.sessions[i];
+            let mut ended = None;
+            if s.tx.is_closed() {
+                ended = Some("the ingest session ended".to_string());
+            } else if !s.connected && now.duration_since(s.created) >= self.handshake_timeout {
+                ended = Some(format!(
+                    "ICE/DTLS not completed within {:?}: closed, stream name released",
+                    self.handshake_timeout
+                ));
+            } else if s.deadline <= now
+                && let Err(r) = s.input(Input::Timeout(now), &self.socket)
+            {
+                ended = Some(r);
+            } else if !s.rtc.is_alive() {
+                ended = Some("the WebRTC session closed".into());
+            }
+            match ended {
+                Some(reason) => {
+                    let s = self.sessions.swap_remove(i);
+                    tracing::warn!(stream = %s.name, peer = ?s.peer, session = %s.id, %reason, "WHIP session ended");
+                    s.close(&self.socket);
+                }
+                None => i += 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codecs_in_offers() {
+        let both = "v=0\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:102 H264/90000\r\n";
+        assert_eq!(offered_codecs(both), (true, true));
+        let vp8 = "a=rtpmap:96 VP8/90000\r\na=rtpmap:0 PCMU/8000\r\n";
+        assert_eq!(offered_codecs(vp8), (false, false));
+        assert_eq!(offered_codecs("a=rtpmap:\r\n"), (false, false));
+    }
+}
