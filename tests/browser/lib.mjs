@@ -221,15 +221,16 @@ export async function diagnose(page) {
 
 /**
  * Publishes a live ffmpeg test source to `base`/publish/`name` with HTTP PUT
- * (chunked). codec: 'h264' (H.264/AAC) or 'vp9' (VP9/Opus).
+ * (chunked), or, with `rtmp`, as FLV to that RTMP URL (`base`/`name` unused).
+ * codec: 'h264' (H.264/AAC) or 'vp9' (VP9/Opus; not over RTMP).
  */
-export function ffmpegPublish(base, name, { codec = 'h264', size = '640x360', fragMs = 200, extra = [] } = {}) {
+export function ffmpegPublish(base, name, { codec = 'h264', size = '640x360', fragMs = 200, extra = [], rtmp = null } = {}) {
   const src = ['-re', '-f', 'lavfi', '-i', `testsrc2=size=${size}:rate=30`, '-re', '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=48000'];
   const enc = codec === 'vp9'
     ? ['-c:v', 'libvpx-vp9', '-deadline', 'realtime', '-cpu-used', '8', '-row-mt', '1', '-b:v', '1M', '-g', '30', '-keyint_min', '30', '-pix_fmt', 'yuv420p', '-c:a', 'libopus', '-b:a', '96k']
     : ['-c:v', 'libx264', '-preset', 'veryfast', '-tune', 'zerolatency', '-profile:v', 'high', '-level', '3.1', '-pix_fmt', 'yuv420p',
       '-g', '30', '-keyint_min', '30', '-sc_threshold', '0', '-c:a', 'aac', '-b:a', '128k', '-ac', '2'];
-  const mux = ['-f', 'mp4', '-movflags', 'empty_moov+default_base_moof+frag_keyframe', '-frag_duration', String(fragMs * 1000),
+  const mux = rtmp ? ['-f', 'flv', rtmp] : ['-f', 'mp4', '-movflags', 'empty_moov+default_base_moof+frag_keyframe', '-frag_duration', String(fragMs * 1000),
     '-method', 'PUT', '-chunked_post', '1', `${base}/publish/${name}`];
   const proc = track(spawn('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-nostdin', ...src, ...enc, ...extra, ...mux], { stdio: ['ignore', 'ignore', 'pipe'] }));
   proc.errText = '';

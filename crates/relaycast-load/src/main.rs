@@ -23,6 +23,7 @@
 use relaycast::{Error, media};
 
 pub mod flv;
+pub mod hls;
 pub mod quic;
 pub mod synth;
 pub mod verify;
@@ -58,6 +59,9 @@ pub enum Transport {
     /// relaycast/1 over QUIC (`quic://HOST:PORT/{stream}?fingerprint=HEX`), one
     /// connection per viewer; default URL from the relay's `/api/quic` (see [`quic`]).
     Quic,
+    /// LL-HLS (`http://…/index.m3u8`): blocking playlist reloads that follow
+    /// `_HLS_msn`/`_HLS_part`, and a GET per part (see [`hls`]).
+    Hls,
 }
 
 /// The Socket.IO event a publisher emits per fragment (one binary attachment follows).
@@ -208,6 +212,9 @@ pub struct Report {
     pub join_ms: Percentiles,
     /// Join time to the first fragment of any kind, ms.
     pub first_fragment_ms: Percentiles,
+    /// LL-HLS only: publisher send time of the newest part a blocking
+    /// playlist reload lists → that playlist answer received, ms.
+    pub playlist_ms: Percentiles,
     /// Seq jumps seen by viewers (each a skip), whole run.
     pub skips: u64,
     /// Fragments jumped over.
@@ -282,6 +289,7 @@ pub struct Tally {
     latency: Vec<Mutex<Histogram<u64>>>,
     join: Mutex<Histogram<u64>>,
     first: Mutex<Histogram<u64>>,
+    playlist: Vec<Mutex<Histogram<u64>>>,
     bytes: AtomicU64,
     fragments: AtomicU64,
     connected: AtomicU64,
@@ -303,6 +311,7 @@ impl Tally {
             latency: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
             join: Mutex::new(histogram()),
             first: Mutex::new(histogram()),
+            playlist: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
             bytes: AtomicU64::new(0),
             fragments: AtomicU64::new(0),
             connected: AtomicU64::new(0),
@@ -332,6 +341,8 @@ pub struct ViewerCheck {
     joined: bool,
     first: bool,
     tally: Arc<Tally>,
+    /// LL-HLS: (seq, when the playlist listing it arrived, Unix ns).
+    playlist: Option<(u64, u64)>,
 }
 
 impl ViewerCheck {
@@ -344,7 +355,15 @@ impl ViewerCheck {
             joined: false,
             first: false,
             tally,
+            playlist: None,
         }
+    }
+
+    /// LL-HLS: the playlist that first listed fragment `seq` arrived at
+    /// `at_ns` (Unix ns); recorded as the playlist answer latency once the
+    /// fragment (and its send time) is read.
+    pub fn mark_playlist(&mut self, seq: u64, at_ns: u64) {
+        self.playlist = Some((seq, at_ns));
     }
 
     /// Feeds received stream bytes.
@@ -358,6 +377,7 @@ impl ViewerCheck {
             started,
             joined,
             first,
+            playlist,
         } = self;
         parser.feed(data, |r: Received| {
             let before = (cont.skips, cont.missed, cont.repeats);
@@ -390,6 +410,13 @@ impl ViewerCheck {
                 if r.send_ns > 0 {
                     let us = (now.saturating_sub(r.send_ns) / 1000).max(1);
                     let _ = tally.latency[*id % SHARDS].lock().record(us);
+                    if let Some((seq, at)) = *playlist
+                        && seq == r.seq
+                    {
+                        let us = (at.saturating_sub(r.send_ns) / 1000).max(1);
+                        let _ = tally.playlist[*id % SHARDS].lock().record(us);
+                        *playlist = None;
+                    }
                 }
             }
         });
@@ -442,6 +469,13 @@ fn print_report(r: &Report) {
         "  latency ms p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} (n={})",
         p.p50, p.p99, p.p999, p.max, p.n
     );
+    let p = &r.playlist_ms;
+    if p.n > 0 {
+        println!(
+            "  playlist answer ms p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} (n={})",
+            p.p50, p.p99, p.p999, p.max, p.n
+        );
+    }
     println!(
         "  join ms p50 {:.1} p99 {:.1} (first fragment p50 {:.1} p99 {:.1})",
         r.join_ms.p50, r.join_ms.p99, r.first_fragment_ms.p50, r.first_fragment_ms.p99
@@ -546,6 +580,7 @@ pub async fn run(mut args: LoadArgs) -> anyhow::Result<Report> {
         Transport::Longpoll => format!("http://{base_url}/live/{{stream}}/poll"),
         Transport::Socketio => format!("ws://{base_url}/socket.io/?EIO=4&transport=websocket"),
         Transport::Flv => format!("http://{base_url}/live/{{stream}}.flv"),
+        Transport::Hls => format!("http://{base_url}/live/{{stream}}/index.m3u8"),
     });
     let sio_emit = args
         .sio_emit
@@ -652,6 +687,10 @@ pub async fn run(mut args: LoadArgs) -> anyhow::Result<Report> {
     for h in &t.latency {
         let _ = lat.add(&*h.lock());
     }
+    let mut playlist = histogram();
+    for h in &t.playlist {
+        let _ = playlist.add(&*h.lock());
+    }
     let connected = t.connected.load(Relaxed);
     let bytes = t.bytes.load(Relaxed) as f64;
     let fragments = t.fragments.load(Relaxed) as f64;
@@ -693,6 +732,7 @@ pub async fn run(mut args: LoadArgs) -> anyhow::Result<Report> {
         latency_ms: Percentiles::of(&lat),
         join_ms: Percentiles::of(&t.join.lock()),
         first_fragment_ms: Percentiles::of(&t.first.lock()),
+        playlist_ms: Percentiles::of(&playlist),
         skips: t.skips.load(Relaxed),
         missed: t.missed.load(Relaxed),
         repeats: t.repeats.load(Relaxed),
@@ -844,6 +884,7 @@ async fn view(
         Transport::Longpoll => view_longpoll(&url, &mut check, &mut joined).await,
         Transport::Flv => flv::view(&url, &mut check, &mut joined).await,
         Transport::Quic => quic::view(id, &url, &mut check, &mut joined).await,
+        Transport::Hls => hls::view(&url, &mut check, &mut joined).await,
     };
     if let Err(e) = &result {
         tally.error(format!("viewer {id}: {e}"));

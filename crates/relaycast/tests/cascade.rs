@@ -584,3 +584,126 @@ async fn an_edge_answers_404_for_unknown_streams_and_waits_for_late_ones() {
     edge.shutdown().await;
     origin.shutdown().await;
 }
+
+/// `#EXT-X-PART` URIs and the `EXT-X-MAP` URI of a media playlist.
+fn hls_uris(playlist: &str) -> (Vec<String>, Option<String>) {
+    let uri = |l: &str| {
+        l.split("URI=\"")
+            .nth(1)
+            .and_then(|u| u.split('"').next())
+            .map(str::to_string)
+    };
+    let parts = playlist
+        .lines()
+        .filter(|l| l.starts_with("#EXT-X-PART:"))
+        .filter_map(uri)
+        .collect();
+    let map = playlist
+        .lines()
+        .find(|l| l.starts_with("#EXT-X-MAP:"))
+        .and_then(uri);
+    (parts, map)
+}
+
+/// An edge serves the same HLS/DASH paths as its origin, from the pulled
+/// stream: the playlist's parts are the origin's fragments byte for byte
+/// (same seqs), its init is the origin's, a blocking reload on the edge is
+/// answered, the multivariant playlist and the MPD answer, and ffprobe
+/// decodes the edge's `index.m3u8`.
+#[tokio::test]
+async fn an_edge_serves_hls_and_dash_of_the_origins_stream() {
+    let origin = relay(quic_config()).await;
+    let edge = edge(&[&origin]).await;
+    let publisher = publish_demo(stream_url(&origin, "h1"));
+    wait_live(&origin, "h1").await;
+    let (rec, recorder) = record(&origin, "h1");
+    let base = format!("http://127.0.0.1:{}/live/h1", edge.addr.port());
+
+    // The first request reaches a cold edge: it pulls the stream and waits.
+    let (status, _, body) = get(&format!("{base}/index.m3u8?wait=10")).await;
+    assert_eq!(status, 200, "{body:?}");
+    let pl = String::from_utf8(body.to_vec()).expect("utf-8");
+    assert!(pl.contains("CAN-BLOCK-RELOAD=YES"), "{pl}");
+    // Parts appear as the edge receives fragments: wait for a few.
+    let mut pl = pl;
+    for _ in 0..100 {
+        if hls_uris(&pl).0.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, _, body) = get(&format!("{base}/index.m3u8")).await;
+        pl = String::from_utf8(body.to_vec()).expect("utf-8");
+    }
+    let (parts, map) = hls_uris(&pl);
+    assert!(parts.len() >= 3, "{pl}");
+    let mut checked = 0;
+    for uri in &parts {
+        let seq: u64 = uri
+            .rsplit('/')
+            .next()
+            .and_then(|f| f.strip_suffix(".m4s"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("part URI {uri}"));
+        let (status, _, bytes) = get(&format!("{base}/{uri}")).await;
+        assert_eq!(status, 200, "{uri}");
+        let rec = rec.lock();
+        // The recorder joined at a keyframe: parts before it are not known.
+        if let Some((_, origin_bytes)) = rec.fragments.get(&seq) {
+            assert_eq!(&bytes, origin_bytes, "part {seq} differs from the origin's");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "no part of {pl} checked against the origin");
+    let map = map.unwrap_or_else(|| panic!("no EXT-X-MAP in {pl}"));
+    let (status, _, init) = get(&format!("{base}/{map}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        rec.lock().inits.contains(&init),
+        "the edge's init is the origin's"
+    );
+
+    // A blocking reload for the next part is answered when it arrives.
+    let msn: u64 = pl
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+        .and_then(|v| v.parse().ok())
+        .expect("media sequence");
+    let segments = pl.lines().filter(|l| l.starts_with("#EXTINF:")).count() as u64;
+    let (status, _, body) = get(&format!("{base}/index.m3u8?_HLS_msn={}", msn + segments)).await;
+    assert_eq!(status, 200, "{body:?}");
+
+    // HLS players hold no connection: requests alone keep the edge's pull
+    // (linger 500 ms here) and so the stream's epoch in every URI.
+    let epoch = map.split('/').next().unwrap_or_default().to_string();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, _, body) = get(&format!("{base}/index.m3u8")).await;
+        assert_eq!(status, 200);
+        let pl = String::from_utf8_lossy(&body).to_string();
+        let (_, m) = hls_uris(&pl);
+        assert_eq!(
+            m.as_deref().and_then(|m| m.split('/').next()),
+            Some(epoch.as_str()),
+            "the edge restarted the stream under an HLS audience (was {epoch}): {pl}"
+        );
+    }
+    assert_eq!(viewers(&origin, "h1", Transport::Edge), 1);
+
+    for path in ["master.m3u8", "manifest.mpd"] {
+        let (status, _, body) = get(&format!("{base}/{path}")).await;
+        assert_eq!(status, 200, "{path}: {body:?}");
+        assert!(!body.is_empty());
+    }
+    if have("ffprobe") {
+        let (codecs, frames) = ffprobe_video_frames(&format!("{base}/index.m3u8")).await;
+        assert!(codecs.iter().any(|c| c == "h264"), "{codecs:?}");
+        assert!(
+            frames >= 10,
+            "ffprobe decoded {frames} frames of the edge's playlist"
+        );
+    }
+    recorder.abort();
+    publisher.abort();
+    edge.shutdown().await;
+    origin.shutdown().await;
+}

@@ -7,7 +7,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::{config, ffmpeg_live, fixture, get, get_with, have, relay, split};
+use common::{
+    config, ffmpeg_live, ffprobe_video_frames, fixture, get, get_with, have, relay, split,
+};
 use relaycast::fanout::Publisher;
 use relaycast::media::Fragment;
 use std::time::Duration;
@@ -289,39 +291,6 @@ async fn signed_urls_carry_over_to_every_uri() {
         assert_eq!(status, 403, "{unsigned}");
     }
     relay.shutdown().await;
-}
-
-async fn ffprobe_video_frames(url: &str) -> (Vec<String>, u64) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new("ffprobe")
-            .args(["-v", "error", "-count_frames", "-read_intervals", "%+2"])
-            .args(["-show_entries", "stream=codec_name,nb_read_frames"])
-            .args(["-of", "csv=p=0", url])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("ffprobe finished")
-    .expect("ffprobe runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    // HLS lists its streams twice (under the program and alone): once each.
-    let mut codecs: Vec<String> = Vec::new();
-    let mut frames = 0;
-    for line in text.lines() {
-        let mut f = line.split(',');
-        let Some(c) = f.next().filter(|c| !c.is_empty()) else {
-            continue;
-        };
-        let n: u64 = f.next().and_then(|n| n.trim().parse().ok()).unwrap_or(0);
-        if c == "h264" {
-            frames = frames.max(n);
-        }
-        if !codecs.iter().any(|k| k == c) {
-            codecs.push(c.to_string());
-        }
-    }
-    (codecs, frames)
 }
 
 #[tokio::test]

@@ -139,3 +139,150 @@ async fn h2_over_tls_by_alpn() {
     }
     relay.shutdown().await;
 }
+
+/// Over the per-IP connection limit an h2c client is answered in HTTP/2
+/// (429 with the reason) and the relay then closes the connection (GOAWAY
+/// and close): a refused connection holds nothing. With hyper's h2 client.
+#[tokio::test]
+async fn a_refused_h2c_connection_is_answered_and_closed() {
+    use http_body_util::BodyExt;
+    let mut c = config();
+    c.limits.max_connections_per_ip = 1;
+    let relay = relay(c).await;
+    let addr = relay.addr;
+    // The one connection the limit allows, held open.
+    let (mut held, _held_conn) = common::http2::<http_body_util::Empty<bytes::Bytes>>(addr).await;
+    let req = hyper::Request::get(format!("http://{addr}/healthz"))
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let r = held.send_request(req).await.expect("served");
+    assert_eq!(r.status(), 200);
+    // The second is refused, over HTTP/2.
+    let (mut sender, conn) = common::http2::<http_body_util::Empty<bytes::Bytes>>(addr).await;
+    let req = hyper::Request::get(format!("http://{addr}/healthz"))
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let r = sender.send_request(req).await.expect("answered over h2");
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.version(), hyper::Version::HTTP_2);
+    assert!(r.headers().contains_key("retry-after"));
+    let body = r.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("max_connections_per_ip"), "{text}");
+    // ... and closed by the relay while this client still holds it open.
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(closed.is_ok(), "the refused h2 connection was left open");
+    assert!(sender.is_closed() || sender.ready().await.is_err());
+    // The held one still works.
+    let req = hyper::Request::get(format!("http://{addr}/healthz"))
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    assert_eq!(held.send_request(req).await.expect("served").status(), 200);
+    relay.shutdown().await;
+}
+
+/// An h2c request on `sender`: (status, response).
+fn h2_request(
+    method: hyper::Method,
+    url: &str,
+    version: Option<&str>,
+) -> hyper::Request<http_body_util::Empty<bytes::Bytes>> {
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    if let Some(v) = version {
+        req = req.header("sec-websocket-version", v);
+    }
+    req.extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(http_body_util::Empty::new())
+        .expect("request")
+}
+
+/// WebSocket over HTTP/2 (RFC 8441) on the viewer endpoint: hyper's h2
+/// client sends an extended CONNECT with `:protocol websocket`, gets 200,
+/// and the stream carries the same WebSocket viewer protocol, byte for byte
+/// what an HTTP/1.1 WebSocket viewer gets from the same seq; a wrong
+/// version is a 426, CONNECT elsewhere a 405.
+#[tokio::test]
+async fn websocket_over_h2_extended_connect() {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let mut c = config();
+    c.server.demo = true;
+    let relay = relay(c).await;
+    let addr = relay.addr;
+    // An HTTP/1.1 WebSocket viewer: the reference.
+    let mut h1 = common::ws_connect(&format!("ws://{addr}/live/demo?wait=10")).await;
+    let want = common::ws_read(&mut h1, 5, Duration::from_secs(15)).await;
+    assert_eq!(want.seqs.len(), 5);
+    let after = want.seqs[0];
+
+    let (mut sender, _conn) = common::http2::<http_body_util::Empty<bytes::Bytes>>(addr).await;
+    // One ordinary request first: the server's SETTINGS (with
+    // ENABLE_CONNECT_PROTOCOL) are in by its answer.
+    let r = sender
+        .send_request(
+            hyper::Request::get(format!("http://{addr}/healthz"))
+                .body(http_body_util::Empty::new())
+                .expect("request"),
+        )
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+    // Refusals: no version, CONNECT on a path that is no WebSocket endpoint.
+    let r = sender
+        .send_request(h2_request(
+            hyper::Method::CONNECT,
+            &format!("http://{addr}/live/demo"),
+            None,
+        ))
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), 426);
+    let r = sender
+        .send_request(h2_request(
+            hyper::Method::CONNECT,
+            &format!("http://{addr}/live/demo/info"),
+            Some("13"),
+        ))
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), 405);
+    // The viewer, resuming right before the reference's first fragment.
+    let r = sender
+        .send_request(h2_request(
+            hyper::Method::CONNECT,
+            &format!("http://{addr}/live/demo?after={after}"),
+            Some("13"),
+        ))
+        .await
+        .expect("extended CONNECT answered");
+    assert_eq!(r.status(), 200, "RFC 8441: a 2xx opens the WebSocket");
+    assert!(!r.headers().contains_key("sec-websocket-accept"));
+    let io = hyper::upgrade::on(r)
+        .await
+        .expect("the stream is the WebSocket");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(io),
+        Role::Client,
+        None,
+    )
+    .await;
+    let got = common::ws_read(&mut ws, 4, Duration::from_secs(15)).await;
+    assert_eq!(got.seqs, want.seqs[1..], "the same fragments");
+    assert!(
+        got.of_type("hello")[0]["resumed"] == true,
+        "{:?}",
+        got.texts
+    );
+    // Binary messages: the init, then the fragments; the fragments are the
+    // reference's bytes.
+    let n = want.binaries.len();
+    assert!(got.binaries.len() >= 4 && n >= 4);
+    assert_eq!(
+        got.binaries[got.binaries.len() - 4..],
+        want.binaries[n - 4..],
+        "fragment bytes differ between h2 and HTTP/1.1 WebSocket viewers"
+    );
+    assert_eq!(&got.binaries[0][4..8], b"ftyp", "the init comes first");
+    // A clean close over the h2 stream.
+    let _ = ws.close(None).await;
+    relay.shutdown().await;
+}

@@ -7,202 +7,13 @@
 
 mod common;
 
-use bytes::Bytes;
+use common::rtmp::{Obs, s};
 use common::*;
 use relaycast::media::remux::{build_hvcc, split_annexb};
-use rml_rtmp::chunk_io::{ChunkDeserializer, ChunkSerializer};
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-use rml_rtmp::messages::RtmpMessage;
 use rml_rtmp::rml_amf0::Amf0Value;
-use rml_rtmp::time::RtmpTimestamp;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A minimal RTMP publisher speaking OBS's command sequence.
-struct Obs {
-    sock: TcpStream,
-    ser: ChunkSerializer,
-    de: ChunkDeserializer,
-    pending: Vec<u8>,
-    txn: f64,
-    stream_id: u32,
-}
-
-fn s(v: &str) -> Amf0Value {
-    Amf0Value::Utf8String(v.to_string())
-}
-
-impl Obs {
-    async fn connect(addr: SocketAddr) -> Obs {
-        let mut sock = TcpStream::connect(addr).await.expect("connect");
-        let mut hs = Handshake::new(PeerType::Client);
-        let c0c1 = hs.generate_outbound_p0_and_p1().expect("c0c1");
-        sock.write_all(&c0c1).await.expect("write c0c1");
-        let mut buf = vec![0u8; 8192];
-        let leftover = loop {
-            let n = sock.read(&mut buf).await.expect("read handshake");
-            assert!(n > 0, "relay closed during the handshake");
-            match hs.process_bytes(&buf[..n]).expect("handshake") {
-                HandshakeProcessResult::InProgress { response_bytes } => {
-                    sock.write_all(&response_bytes).await.expect("write");
-                }
-                HandshakeProcessResult::Completed {
-                    response_bytes,
-                    remaining_bytes,
-                } => {
-                    sock.write_all(&response_bytes).await.expect("write");
-                    break remaining_bytes;
-                }
-            }
-        };
-        Obs {
-            sock,
-            ser: ChunkSerializer::new(),
-            de: ChunkDeserializer::new(),
-            pending: leftover,
-            txn: 0.0,
-            stream_id: 0,
-        }
-    }
-
-    async fn send(&mut self, msg: RtmpMessage, stream_id: u32, ts: u32) {
-        let payload = msg
-            .into_message_payload(RtmpTimestamp::new(ts), stream_id)
-            .expect("payload");
-        let p = self
-            .ser
-            .serialize(&payload, false, false)
-            .expect("serialize");
-        self.sock.write_all(&p.bytes).await.expect("write");
-    }
-
-    async fn command(&mut self, name: &str, args: Vec<Amf0Value>, stream_id: u32) {
-        self.txn += 1.0;
-        let object = if name == "connect" {
-            Amf0Value::Object(HashMap::from([
-                ("app".to_string(), s("live")),
-                ("type".to_string(), s("nonprivate")),
-                ("flashVer".to_string(), s("FMLE/3.0 (compatible; FMSc/1.0)")),
-                ("tcUrl".to_string(), s("rtmp://127.0.0.1/live")),
-            ]))
-        } else {
-            Amf0Value::Null
-        };
-        let msg = RtmpMessage::Amf0Command {
-            command_name: name.to_string(),
-            transaction_id: self.txn,
-            command_object: object,
-            additional_arguments: args,
-        };
-        self.send(msg, stream_id, 0).await;
-    }
-
-    /// Read messages until a command named `want` arrives; returns its arguments.
-    async fn until(&mut self, want: &str) -> Vec<Amf0Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let mut buf = vec![0u8; 8192];
-        let mut input = std::mem::take(&mut self.pending);
-        loop {
-            while let Some(p) = self.de.get_next_message(&input).expect("chunks") {
-                input.clear();
-                match p.to_rtmp_message().expect("message") {
-                    RtmpMessage::SetChunkSize { size } => {
-                        self.de.set_max_chunk_size(size as usize).expect("size")
-                    }
-                    RtmpMessage::Amf0Command {
-                        command_name,
-                        additional_arguments,
-                        ..
-                    } if command_name == want => return additional_arguments,
-                    RtmpMessage::Amf0Command {
-                        command_name,
-                        additional_arguments,
-                        ..
-                    } => assert!(
-                        command_name != "_error",
-                        "relay refused: {additional_arguments:?}"
-                    ),
-                    _ => {}
-                }
-            }
-            let n = tokio::time::timeout_at(deadline, self.sock.read(&mut buf))
-                .await
-                .unwrap_or_else(|_| panic!("no {want} from the relay"))
-                .expect("read");
-            assert!(n > 0, "relay closed while waiting for {want}");
-            input = buf[..n].to_vec();
-        }
-    }
-
-    /// OBS's publish sequence up to NetStream.Publish.Start and onMetaData.
-    async fn start(&mut self, key: &str, metadata: Vec<(&str, Amf0Value)>) {
-        // OBS raises its chunk size first.
-        let p = self
-            .ser
-            .set_max_chunk_size(4096, RtmpTimestamp::new(0))
-            .expect("chunk size");
-        self.sock.write_all(&p.bytes).await.expect("write");
-        self.command("connect", vec![], 0).await;
-        self.until("_result").await;
-        self.send(RtmpMessage::WindowAcknowledgement { size: 2_500_000 }, 0, 0)
-            .await;
-        self.command("releaseStream", vec![s(key)], 0).await;
-        self.command("FCPublish", vec![s(key)], 0).await;
-        self.command("createStream", vec![], 0).await;
-        let result = self.until("_result").await;
-        self.stream_id = result
-            .iter()
-            .find_map(|v| match v {
-                Amf0Value::Number(n) => Some(*n as u32),
-                _ => None,
-            })
-            .expect("stream id");
-        let sid = self.stream_id;
-        self.command("publish", vec![s(key), s("live")], sid).await;
-        let status = self.until("onStatus").await;
-        assert!(
-            format!("{status:?}").contains("NetStream.Publish.Start"),
-            "{status:?}"
-        );
-        let meta: HashMap<String, Amf0Value> = metadata
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        let values = vec![s("@setDataFrame"), s("onMetaData"), Amf0Value::Object(meta)];
-        self.send(RtmpMessage::Amf0Data { values }, sid, 0).await;
-        self.send(
-            RtmpMessage::Acknowledgement {
-                sequence_number: 4096,
-            },
-            0,
-            0,
-        )
-        .await;
-    }
-
-    async fn video(&mut self, ts: u32, body: Vec<u8>) {
-        let sid = self.stream_id;
-        self.send(
-            RtmpMessage::VideoData {
-                data: Bytes::from(body),
-            },
-            sid,
-            ts,
-        )
-        .await;
-    }
-
-    async fn stop(&mut self, key: &str) {
-        let sid = self.stream_id;
-        self.command("FCUnpublish", vec![s(key)], 0).await;
-        self.command("deleteStream", vec![Amf0Value::Number(f64::from(sid))], 0)
-            .await;
-        let _ = self.sock.shutdown().await;
-    }
-}
+use tokio::io::AsyncReadExt;
 
 /// ffmpeg writes a raw elementary stream; None when it cannot (missing encoder).
 fn raw_stream(codec_args: &[&str], format: &str) -> Option<Vec<u8>> {
@@ -496,4 +307,56 @@ async fn enhanced_rtmp_av1_decodes() {
     );
     assert_eq!(ffprobe_file(&got.bytes, "av1"), "av1,320,240,60");
     relay.shutdown().await;
+}
+
+/// The commands OBS sends without waiting are answered as nginx-rtmp and
+/// SRS answer them (`releaseStream` → `_result`; `FCPublish` → `_result`
+/// and `onFCPublish` NetStream.Publish.Start), and a publisher is told when
+/// the relay shuts down: an `onStatus` NetStream.Unpublish.Success of level
+/// `status` (so encoders reconnect), then a clean close.
+#[tokio::test]
+async fn fcpublish_is_answered_and_shutdown_is_told() {
+    let (relay, rtmp) = rtmp_relay().await;
+    let mut obs = Obs::connect(rtmp).await;
+    obs.command("connect", vec![], 0).await;
+    obs.until("_result").await;
+    obs.command("releaseStream", vec![s("told")], 0).await;
+    obs.until("_result").await;
+    obs.command("FCPublish", vec![s("told")], 0).await;
+    let fc = obs.until("onFCPublish").await;
+    let fc = format!("{fc:?}");
+    assert!(fc.contains("NetStream.Publish.Start"), "{fc}");
+    assert!(fc.contains("told"), "{fc}");
+    obs.command("createStream", vec![], 0).await;
+    let result = obs.until("_result").await;
+    obs.stream_id = result
+        .iter()
+        .find_map(|v| match v {
+            Amf0Value::Number(n) => Some(*n as u32),
+            _ => None,
+        })
+        .expect("stream id");
+    let sid = obs.stream_id;
+    obs.command("publish", vec![s("told"), s("live")], sid)
+        .await;
+    let status = format!("{:?}", obs.until("onStatus").await);
+    assert!(status.contains("NetStream.Publish.Start"), "{status}");
+    // The relay shuts down while the encoder publishes.
+    let shutdown = tokio::spawn(relay.shutdown());
+    let status = format!("{:?}", obs.until("onStatus").await);
+    assert!(status.contains("NetStream.Unpublish.Success"), "{status}");
+    assert!(status.contains("\"status\""), "level status: {status}");
+    // Then the relay closes the connection.
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match obs.sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the relay did not close the connection");
+    assert!(shutdown.await.expect("join"), "drained within the deadline");
 }

@@ -21,20 +21,26 @@ async fn srt_relay(mut cfg: relaycast::config::Config) -> (relaycast::server::Ru
     (relay, srt)
 }
 
+/// An SRT relay whose publish key is the passphrase, and an ffmpeg URL of
+/// stream `cam` with it. A killed caller sends no shutdown: SRT notices it
+/// after its peer idle timeout (5 s), so the grace period outlasts that.
+async fn keyed_srt_relay() -> (relaycast::server::Running, String) {
+    let mut cfg = config();
+    cfg.ingest.publish_key = Some("0123456789abcdef".into());
+    cfg.fanout.grace = Duration::from_secs(10);
+    let (relay, srt) = srt_relay(cfg).await;
+    let url =
+        format!("srt://{srt}?streamid=#!::r=cam,m=publish&passphrase=0123456789abcdef&pbkeylen=16");
+    (relay, url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_srt_with_passphrase_reaches_ffprobe_and_identical_viewers_and_survives_a_restart() {
     if !have("ffmpeg") || !have("ffprobe") {
         return;
     }
-    let mut cfg = config();
-    cfg.ingest.publish_key = Some("0123456789abcdef".into());
-    // A killed caller sends no shutdown: SRT notices it after its peer idle
-    // timeout (5 s), so the grace period must outlast that.
-    cfg.fanout.grace = Duration::from_secs(10);
-    let (relay, srt) = srt_relay(cfg).await;
+    let (relay, url) = keyed_srt_relay().await;
     let http = relay.addr;
-    let url =
-        format!("srt://{srt}?streamid=#!::r=cam,m=publish&passphrase=0123456789abcdef&pbkeylen=16");
     let (mut a, _, enc) = identical_viewers(http, "cam", || {
         ffmpeg_srt(&url, None).spawn().expect("spawn ffmpeg")
     })
@@ -113,5 +119,42 @@ async fn srt_wrong_or_missing_passphrase_is_refused_and_a_plain_streamid_publish
     enc.start_kill().expect("kill");
     let m = relaycast::server::metrics_text(&relay.state.registry, &relay.state.limits.refused);
     assert!(m.contains("reason=\"missing_key\"} 1"), "{m}");
+    relay.shutdown().await;
+}
+
+/// An SRT encoder killed without a clean close (SIGKILL: no SRT shutdown)
+/// is noticed by SRT only after its 5 s peer idle timeout. A new publisher
+/// with the valid passphrase does not have to wait for that: once the old
+/// one has sent nothing for `fanout.stale_publisher` (2 s) it takes over,
+/// and the viewer hears "gone", "back" and continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_srt_encoder_is_taken_over_before_srt_notices() {
+    if !have("ffmpeg") {
+        return;
+    }
+    let (relay, url) = keyed_srt_relay().await;
+    let http = relay.addr;
+    let mut enc = ffmpeg_srt(&url, None).spawn().expect("spawn ffmpeg");
+    let mut viewer = ws_connect(&format!("ws://{http}/live/cam?wait=15")).await;
+    let got = ws_read(&mut viewer, 5, Duration::from_secs(15)).await;
+    assert_eq!(got.seqs.len(), 5, "the first encoder publishes");
+    enc.start_kill().expect("kill");
+    let _ = enc.wait().await;
+    // Past the stale time, well before SRT's 5 s idle timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut enc = ffmpeg_srt(&url, None).spawn().expect("respawn ffmpeg");
+    // Refused, ffmpeg would exit at once ("already live").
+    let early_exit = tokio::time::timeout(Duration::from_millis(2000), enc.wait()).await;
+    assert!(
+        early_exit.is_err(),
+        "the new encoder was refused while the killed one was stale: {early_exit:?}"
+    );
+    fragments_after_publisher_gone(&mut viewer, 10).await;
+    enc.start_kill().expect("kill");
+    let m = relaycast::server::metrics_text(&relay.state.registry, &relay.state.limits.refused);
+    assert!(
+        m.contains("relaycast_ingest_publishers_total{transport=\"srt\"} 2"),
+        "{m}"
+    );
     relay.shutdown().await;
 }

@@ -54,11 +54,29 @@ pub fn valid_key(key: &[u8]) -> bool {
 ///   request also loses `Upgrade` and the connection's upgrade handle (RFC
 ///   9110 §7.8: a server must ignore `Upgrade` in an HTTP/1.0 request), and
 ///   the endpoint answers it as the plain request it is.
+/// - An HTTP/2 extended CONNECT with `:protocol websocket` (RFC 8441) is a
+///   WebSocket handshake too: it must carry `sec-websocket-version: 13`,
+///   else 426; it has no key.
 /// - A WebSocket upgrade must carry `Sec-WebSocket-Version: 13`, else 426
 ///   Upgrade Required, and a `Sec-WebSocket-Key` of 16 bytes of base64, else
 ///   400; both refusals carry `Sec-WebSocket-Version: 13` (RFC 6455 §4.2.2,
 ///   §4.4) and a JSON body saying why.
 pub async fn handshake(mut req: Request, next: Next) -> Response {
+    if is_h2_websocket(req.method(), req.version(), req.extensions()) {
+        // RFC 8441 §5: the same version rule, no key.
+        if req
+            .headers()
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(|v| v.as_bytes())
+            == Some(b"13")
+        {
+            return next.run(req).await;
+        }
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket over HTTP/2 (extended CONNECT) needs sec-websocket-version: 13",
+        );
+    }
     let old = req.version() < Version::HTTP_11;
     let h = req.headers();
     let upgrade =
@@ -92,6 +110,12 @@ pub async fn handshake(mut req: Request, next: Next) -> Response {
     let Some((status, why)) = refusal else {
         return next.run(req).await;
     };
+    refuse(status, why)
+}
+
+/// A refused opening handshake: `status`, the JSON reason, and
+/// `Sec-WebSocket-Version: 13` (RFC 6455 §4.2.2, §4.4).
+fn refuse(status: StatusCode, why: &str) -> Response {
     let mut r = error_response(&Error::BadRequest(why.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -103,16 +127,40 @@ pub async fn handshake(mut req: Request, next: Next) -> Response {
 
 /// A validated upgrade request.
 pub struct Upgrade {
-    /// The connection, once the 101 is sent.
+    /// The connection (HTTP/1.1) or the stream (HTTP/2), once the answer is sent.
     on_upgrade: hyper::upgrade::OnUpgrade,
-    accept: HeaderValue,
+    /// `Sec-WebSocket-Accept` of an HTTP/1.1 upgrade; `None` for an HTTP/2
+    /// extended CONNECT (RFC 8441 §5: no key, no accept, a 200 answer).
+    accept: Option<HeaderValue>,
 }
 
-/// Checks that `parts` is a WebSocket upgrade (GET, HTTP/1.1,
-/// `Connection: upgrade`, `Upgrade: websocket`, version 13, a valid key) and
-/// takes the connection's upgrade handle.
+/// Is this an HTTP/2 extended CONNECT for a WebSocket (RFC 8441 §4:
+/// `:method CONNECT` with `:protocol websocket`)?
+pub fn is_h2_websocket(method: &Method, version: Version, ext: &axum::http::Extensions) -> bool {
+    method == Method::CONNECT
+        && version == Version::HTTP_2
+        && ext
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Checks that `parts` is a WebSocket opening handshake and takes the
+/// connection's upgrade handle: an HTTP/1.1 upgrade (GET, `Connection:
+/// upgrade`, `Upgrade: websocket`, version 13, a valid key), or an HTTP/2
+/// extended CONNECT (RFC 8441: `:protocol websocket`, version 13), whose
+/// stream then carries the same frames.
 pub fn upgrade(parts: &mut Parts) -> Option<Upgrade> {
     let h = &parts.headers;
+    if is_h2_websocket(&parts.method, parts.version, &parts.extensions) {
+        if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+            return None;
+        }
+        let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+        return Some(Upgrade {
+            on_upgrade,
+            accept: None,
+        });
+    }
     if parts.method != Method::GET
         || parts.version < Version::HTTP_11
         || !has_token(h, header::CONNECTION, "upgrade")
@@ -128,7 +176,10 @@ pub fn upgrade(parts: &mut Parts) -> Option<Upgrade> {
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let accept = HeaderValue::from_str(&accept).ok()?;
     let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
-    Some(Upgrade { on_upgrade, accept })
+    Some(Upgrade {
+        on_upgrade,
+        accept: Some(accept),
+    })
 }
 
 impl Upgrade {
@@ -174,14 +225,17 @@ impl Upgrade {
         resp
     }
 
-    /// The 101 Switching Protocols answer.
+    /// The 101 Switching Protocols answer (HTTP/1.1), or 200 (RFC 8441 §5).
     fn response(&self) -> Response {
         let mut resp = Response::new(axum::body::Body::empty());
+        let Some(accept) = &self.accept else {
+            return resp;
+        };
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = resp.headers_mut();
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, self.accept.clone());
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept.clone());
         resp
     }
 }

@@ -27,7 +27,7 @@
 use super::WatchQuery;
 use crate::Error;
 use crate::app::{AppState, error_response};
-use crate::fanout::{Chunk, Stream};
+use crate::fanout::{Chunk, HlsRequest, Stream};
 use crate::media::hls::{self, Blocking, Links, PlaylistError, PlaylistRequest, SegmentIndex};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -57,20 +57,22 @@ pub enum Manifest {
     Mpd,
 }
 
-/// Admission, then the stream (waiting `?wait=` for one not yet started).
+/// Admission, then the stream (waiting `?wait=` for one not yet started)
+/// and the guard that marks the request in progress (keep it until answered:
+/// a cascade edge keeps pulling while HLS requests are in flight).
 async fn open(
     app: &AppState,
     name: &str,
     q: &WatchQuery,
     peer: Option<SocketAddr>,
-) -> Result<Stream, Error> {
+) -> Result<(Stream, HlsRequest), Error> {
     super::authorize(app, name, q.exp, q.sig.as_deref(), peer).await?;
     let stream = tokio::select! {
         s = app.registry.find(name, app.wait_for(q.wait)) => s?,
         _ = app.shutdown.cancelled() => return Err(Error::Shutdown),
     };
-    stream.watched_over_hls();
-    Ok(stream)
+    let request = stream.hls_request();
+    Ok((stream, request))
 }
 
 /// How this stream's manifests write URIs: the epoch before, a signed URL's
@@ -187,7 +189,7 @@ async fn manifest_inner(
             .map_err(|e| playlist_error(e).unwrap_or(Error::BadRequest(String::new())))?,
         _ => PlaylistRequest::default(),
     };
-    let stream = open(app, name, q, peer).await?;
+    let (stream, _request) = open(app, name, q, peer).await?;
     let links = links(&stream, q);
     let deadline = blocking_deadline(&stream);
     let (body, content_type) = match which {
@@ -387,7 +389,7 @@ async fn file_inner(
             "{name}/{epoch}/{kind}/{file} (files are part/N.m4s, seg/N.m4s, init/N.mp4)"
         ))
     })?;
-    let stream = open(app, name, q, peer).await?;
+    let (stream, _request) = open(app, name, q, peer).await?;
     if epoch.parse::<u64>().ok() != Some(stream.epoch()) {
         return Err(Error::NotFound(format!(
             "{name}/{epoch}/{kind}/{file}: the stream restarted (epoch now {}); reload the playlist",

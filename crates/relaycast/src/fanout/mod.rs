@@ -43,7 +43,9 @@
 //! [`Event::End`] with [`EndReason::PublisherGone`] and the registry entry is
 //! removed. A second publisher on a live name is refused with
 //! [`Error::AlreadyLive`](crate::Error::AlreadyLive) (HTTP 409) unless
-//! takeover is configured, in which case the old publisher is cut off.
+//! takeover is configured, or the current publisher is stale (has pushed
+//! nothing for [`FanoutConfig::stale_publisher`]), in which case the old
+//! publisher is cut off.
 
 mod registry;
 pub mod stats;
@@ -51,8 +53,8 @@ mod stream;
 
 pub use registry::{OpenFuture, Registry, StreamSource};
 pub use stream::{
-    Chunk, EndReason, Event, InitEntry, Publisher, Source, Stream, StreamInfo, StreamStats, Viewer,
-    ViewerStart,
+    Chunk, EndReason, Event, HlsRequest, InitEntry, Publisher, Source, Stream, StreamInfo,
+    StreamStats, Viewer, ViewerStart,
 };
 
 use serde::{Deserialize, Serialize};
@@ -117,6 +119,13 @@ pub struct FanoutConfig {
     pub grace: Duration,
     /// A second publisher on a live name takes over (instead of 409).
     pub takeover: bool,
+    /// A publisher that has pushed nothing for this long is stale: a new
+    /// publisher of the name takes over even without `takeover` (an encoder
+    /// killed without a clean close, whose SRT or TCP connection is not
+    /// yet known to be dead, must not lock its own reconnect out). Zero:
+    /// never. Default 2 s.
+    #[serde(with = "serde_secs")]
+    pub stale_publisher: Duration,
 }
 
 impl Default for FanoutConfig {
@@ -126,6 +135,7 @@ impl Default for FanoutConfig {
             lag: LagPolicy::default(),
             grace: Duration::from_secs(10),
             takeover: false,
+            stale_publisher: Duration::from_secs(2),
         }
     }
 }

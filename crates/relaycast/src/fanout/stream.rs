@@ -139,6 +139,9 @@ struct State {
     publisher: PublisherState,
     /// Bumped on every publisher gone/back transition.
     publisher_changes: u64,
+    /// Takeovers so far (a new publisher replaced a live one): viewers hear
+    /// them as "gone" then "back".
+    takeovers: u64,
     /// `next_seq` at the last transition: viewers hear of it after the fragments before it.
     publisher_changed_at: u64,
     closed: Option<EndReason>,
@@ -217,6 +220,25 @@ pub(super) struct Inner {
     next_publisher_id: AtomicU64,
     /// Wall clock (Unix ms) of the last HLS/DASH request (0: none).
     hls_request_ms: AtomicU64,
+    /// When the publisher last pushed anything or was attached: ms since
+    /// `created` (see [`FanoutConfig::stale_publisher`]).
+    active_ms: AtomicU64,
+    /// HLS/DASH requests being answered now ([`HlsRequest`]s alive).
+    hls_in_flight: AtomicU64,
+}
+
+/// An HLS/DASH request in progress on a stream ([`Stream::hls_request`]).
+/// While it lives the stream counts as watched (a blocking playlist reload
+/// can wait three target durations: longer than a cascade edge's linger);
+/// when it ends, the request counts as the latest one.
+pub struct HlsRequest(Stream);
+
+impl Drop for HlsRequest {
+    fn drop(&mut self) {
+        let inner = &self.0.0;
+        inner.hls_request_ms.store(unix_ms(), Relaxed);
+        inner.hls_in_flight.fetch_sub(1, Relaxed);
+    }
 }
 
 /// A handle on one stream (cheap to clone).
@@ -318,6 +340,7 @@ impl Stream {
                 next_seq: 0,
                 publisher: PublisherState::Gone,
                 publisher_changes: 0,
+                takeovers: 0,
                 publisher_changed_at: 0,
                 closed: None,
                 source,
@@ -329,6 +352,8 @@ impl Stream {
             registry,
             next_publisher_id: AtomicU64::new(1),
             hls_request_ms: AtomicU64::new(0),
+            active_ms: AtomicU64::new(0),
+            hls_in_flight: AtomicU64::new(0),
         }))
     }
 
@@ -401,9 +426,21 @@ impl Stream {
         }
     }
 
-    /// Whether an HLS/DASH request came within `within` (such players hold
-    /// no connection, so they are not in [`viewer_count`](Self::viewer_count)).
+    /// An HLS/DASH request on this stream starts ([`watched_over_hls`](Self::watched_over_hls));
+    /// hold the guard until it is answered.
+    pub fn hls_request(&self) -> HlsRequest {
+        self.watched_over_hls();
+        self.0.hls_in_flight.fetch_add(1, Relaxed);
+        HlsRequest(self.clone())
+    }
+
+    /// Whether an HLS/DASH request is being answered or ended within
+    /// `within` (such players hold no connection, so they are not in
+    /// [`viewer_count`](Self::viewer_count)).
     pub fn hls_requested_within(&self, within: std::time::Duration) -> bool {
+        if self.0.hls_in_flight.load(Relaxed) > 0 {
+            return true;
+        }
         let at = self.0.hls_request_ms.load(Relaxed);
         at > 0 && unix_ms().saturating_sub(at) <= within.as_millis() as u64
     }
@@ -450,8 +487,35 @@ impl Stream {
         self.0.tx.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Attach a publisher. Fails with `AlreadyLive` when one is attached and
-    /// takeover is off.
+    fn since_created_ms(&self) -> u64 {
+        u64::try_from(self.0.created.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The publisher is active now (it pushed something).
+    fn touch(&self) {
+        self.0.active_ms.store(self.since_created_ms(), Relaxed);
+    }
+
+    /// The attached publisher has pushed nothing for the configured
+    /// [`FanoutConfig::stale_publisher`] (never, when that is zero).
+    fn publisher_stale(&self) -> bool {
+        let stale = self.0.config.stale_publisher;
+        !stale.is_zero()
+            && self
+                .since_created_ms()
+                .saturating_sub(self.0.active_ms.load(Relaxed))
+                >= u64::try_from(stale.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Would a new publisher be attached now: none is live, takeover is
+    /// configured, or the live one is stale? (What SRT checks before its
+    /// handshake; [`Registry::publish`](super::Registry::publish) decides.)
+    pub fn accepts_publisher(&self) -> bool {
+        !self.is_live() || self.0.config.takeover || self.publisher_stale()
+    }
+
+    /// Attach a publisher. Fails with `AlreadyLive` when one is attached,
+    /// takeover is off and that one is not stale.
     pub(super) fn attach_publisher(&self) -> Result<Publisher, Error> {
         let id = self.0.next_publisher_id.fetch_add(1, Relaxed);
         {
@@ -460,12 +524,24 @@ impl Stream {
                 return Err(Error::Internal("stream closed while attaching".into()));
             }
             match st.publisher {
-                PublisherState::Live(_) if !self.0.config.takeover => {
+                PublisherState::Live(_) if !self.0.config.takeover && !self.publisher_stale() => {
                     return Err(Error::AlreadyLive(self.0.name.clone()));
                 }
-                PublisherState::Live(_) => {
-                    // Takeover: the old publisher's pushes now fail.
+                PublisherState::Live(old) => {
+                    // Takeover (configured, or of a stale publisher): the old
+                    // publisher's pushes now fail.
+                    if !self.0.config.takeover {
+                        tracing::info!(
+                            stream = %self.0.name, old, new = id,
+                            "a new publisher takes over from a stale one"
+                        );
+                    }
                     st.publisher = PublisherState::Live(id);
+                    // Viewers hear "gone" then "back" (a new publisher's
+                    // timeline follows), as after a reconnect.
+                    st.publisher_changes += 1;
+                    st.takeovers += 1;
+                    st.publisher_changed_at = st.next_seq;
                 }
                 PublisherState::Gone => {
                     st.publisher = PublisherState::Live(id);
@@ -475,6 +551,7 @@ impl Stream {
                 }
             }
         }
+        self.touch();
         self.0.stats.publishes.fetch_add(1, Relaxed);
         self.notify();
         Ok(Publisher {
@@ -771,6 +848,7 @@ impl Stream {
             need_key,
             init_version: 0,
             publisher_changes: st.publisher_changes,
+            takeovers: st.takeovers,
             publisher_live: matches!(st.publisher, PublisherState::Live(_)),
             total_skips: 0,
             recent_skips: VecDeque::new(),
@@ -837,6 +915,13 @@ impl Publisher {
         &self.stream
     }
 
+    /// The publisher is alive (it received bytes, even if no fragment is
+    /// complete yet): it is not [stale](FanoutConfig::stale_publisher).
+    /// Pushing an init or a fragment counts as this too.
+    pub fn touch(&self) {
+        self.stream.touch();
+    }
+
     /// Set the init segment; returns its version (unchanged when the bytes are equal).
     pub fn push_init(&self, init: Init) -> Result<u64, Error> {
         self.stream.push_init(self.id, init)
@@ -873,6 +958,8 @@ pub struct Viewer {
     /// Init version delivered (0 = none yet).
     init_version: u64,
     publisher_changes: u64,
+    /// Takeovers of the stream this viewer has reported.
+    takeovers: u64,
     /// The publisher state this viewer was last told.
     publisher_live: bool,
     total_skips: u64,
@@ -944,9 +1031,16 @@ impl Viewer {
         {
             self.publisher_changes = st.publisher_changes;
             let live = matches!(st.publisher, PublisherState::Live(_));
+            let took_over = st.takeovers != self.takeovers;
+            self.takeovers = st.takeovers;
             if live != self.publisher_live {
                 self.publisher_live = live;
                 return Some(Event::Publisher(live));
+            }
+            if live && took_over {
+                // A new publisher replaced the live one: "gone", then "back".
+                self.pending = Some(Event::Publisher(true));
+                return Some(Event::Publisher(false));
             }
         }
         let front = st.ring.front().map_or(st.next_seq, |c| c.seq);

@@ -50,6 +50,7 @@ fn config(max_fragments: usize) -> FanoutConfig {
         },
         grace: Duration::from_millis(200),
         takeover: false,
+        stale_publisher: Duration::from_secs(1),
     }
 }
 
@@ -197,6 +198,43 @@ async fn second_publisher_gets_already_live_unless_takeover() {
         Err(Error::TakenOver(_))
     ));
     new.push_fragment(frag(0, true, 1)).expect("new publisher");
+}
+
+#[tokio::test]
+async fn a_stale_publisher_is_taken_over_and_viewers_hear_gone_and_back() {
+    let reg = Registry::new(config(20));
+    let old = reg.publish("s").expect("publish");
+    old.push_init(init("a")).expect("init");
+    old.push_fragment(frag(0, true, 1)).expect("push");
+    let stream = old.stream().clone();
+    let mut v = stream.subscribe(start());
+    drain(&mut v);
+    // Active: refused.
+    assert!(matches!(reg.publish("s"), Err(Error::AlreadyLive(_))));
+    assert!(!stream.accepts_publisher());
+    // Silent for longer than stale_publisher (1 s): taken over.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(stream.accepts_publisher());
+    let new = reg.publish("s").expect("takeover of a stale publisher");
+    assert!(matches!(
+        old.push_fragment(frag(1, false, 1)),
+        Err(Error::TakenOver(_))
+    ));
+    new.push_init(init("a")).expect("init");
+    new.push_fragment(frag(0, true, 1)).expect("new publisher");
+    drop(old);
+    let evs = drain(&mut v);
+    let publisher: Vec<bool> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::Publisher(live) => Some(*live),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(publisher, [false, true], "{evs:?}");
+    assert_eq!(seqs(&evs), [1]);
+    // The new one is active: a third is refused.
+    assert!(matches!(reg.publish("s"), Err(Error::AlreadyLive(_))));
 }
 
 #[tokio::test]

@@ -87,6 +87,7 @@ impl IngestSession {
     /// Push the next bytes of the stream; publishes every complete item.
     pub fn push(&mut self, data: Bytes) -> Result<(), Error> {
         self.bytes += data.len() as u64;
+        self.publisher.touch();
         if let Some(b) = &mut self.bucket {
             b.take(data.len())?;
         }

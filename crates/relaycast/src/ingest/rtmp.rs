@@ -183,6 +183,19 @@ where
         Ok(()) => tracing::info!(
             stream = %name, %peer, fragments = summary.fragments, "RTMP publisher finished"
         ),
+        Err(Error::Shutdown) => {
+            // Not the encoder's fault: a `status` (not `error`) onStatus, so
+            // that encoders reconnect (OBS stops only on level `error`).
+            tracing::info!(stream = %name, %peer, "RTMP publisher told: relay shutting down");
+            let bye = command_packet(
+                PUBLISH_STREAM_ID,
+                "onStatus",
+                "status",
+                code::UNPUBLISH_SUCCESS,
+                "the relay is shutting down; publish again to the restarted relay",
+            );
+            conn.close_after(bye.unwrap_or_default()).await;
+        }
         Err(e) => {
             tracing::warn!(stream = %name, %peer, error = %e, code = e.rtmp_code(), "RTMP publisher failed");
             if !matches!(e, Error::Io(_)) {
@@ -372,15 +385,56 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 data, timestamp, ..
             } => Some(Event::Tag(TAG_AUDIO, timestamp.value, data)),
             ServerSessionEvent::PublishStreamFinished { .. } => Some(Event::Finished),
-            ServerSessionEvent::UnhandleableAmf0Command { command_name, .. } => {
-                // releaseStream, FCPublish, FCUnpublish, getStreamLength…:
-                // encoders do not wait for an answer to these.
-                tracing::debug!(command = %command_name, "RTMP command without an answer");
-                if command_name == "FCUnpublish" {
-                    Some(Event::Finished)
-                } else {
-                    None
+            ServerSessionEvent::UnhandleableAmf0Command {
+                command_name,
+                transaction_id,
+                additional_values,
+                ..
+            } => {
+                // Not in rml_rtmp: answered as nginx-rtmp and SRS do —
+                // `releaseStream` and `FCPublish` get a `_result`, `FCPublish`
+                // also an `onFCPublish` status, `FCUnpublish` an
+                // `onFCUnpublish`. Encoders do not wait for these, but some
+                // (and their logs) look for them. Anything else
+                // (getStreamLength…) gets no answer.
+                let key = additional_values.iter().find_map(|v| match v {
+                    Amf0Value::Utf8String(k) => Some(k.split('?').next().unwrap_or_default()),
+                    _ => None,
+                });
+                let stream = key.unwrap_or_default();
+                let answers = match command_name.as_str() {
+                    "releaseStream" => vec![result_packet(transaction_id)],
+                    "FCPublish" => vec![
+                        result_packet(transaction_id),
+                        command_packet(
+                            0,
+                            "onFCPublish",
+                            "status",
+                            code::PUBLISH_START,
+                            &format!("FCPublish to stream {stream}"),
+                        ),
+                    ],
+                    "FCUnpublish" => vec![command_packet(
+                        0,
+                        "onFCUnpublish",
+                        "status",
+                        code::UNPUBLISH_SUCCESS,
+                        &format!("FCUnpublish of stream {stream}"),
+                    )],
+                    _ => {
+                        tracing::debug!(command = %command_name, "RTMP command without an answer");
+                        Vec::new()
+                    }
+                };
+                for bytes in answers.into_iter().flatten() {
+                    self.queue.push_back(ServerSessionResult::OutboundResponse(
+                        rml_rtmp::chunk_io::Packet {
+                            bytes,
+                            can_be_dropped: false,
+                        },
+                    ));
                 }
+                (command_name == "FCUnpublish").then_some(Event::Finished)
             }
             _ => None,
         })
@@ -491,6 +545,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         if let Some(p) = status_packet(PUBLISH_STREAM_ID, e.rtmp_code(), &why) {
             bytes.extend_from_slice(&p);
         }
+        self.close_after(bytes).await;
+    }
+
+    /// Write `bytes` (after what the session still queued), then close
+    /// gracefully: shut down our side and read (and drop) what the client
+    /// still sends for a moment, so it reads them before the connection goes.
+    async fn close_after(&mut self, last: Vec<u8>) {
+        let mut bytes = Vec::new();
+        while let Some(r) = self.queue.pop_front() {
+            if let ServerSessionResult::OutboundResponse(p) = r {
+                bytes.extend_from_slice(&p.bytes);
+            }
+        }
+        bytes.extend_from_slice(&last);
         let io = &mut self.io;
         let bye = async {
             io.write_all(&bytes).await?;
@@ -548,27 +616,60 @@ fn protocol(e: impl std::fmt::Display) -> Error {
     Error::BadRequest(format!("RTMP: {e}"))
 }
 
-/// An `onStatus` command with level `error` on message stream `stream_id`,
-/// as chunk bytes with a full (type 0) header, so that it reads correctly
-/// whatever the session sent before it on the same chunk stream.
+/// An `onStatus` command with level `error` on message stream `stream_id`.
 fn status_packet(stream_id: u32, status: &str, description: &str) -> Option<Vec<u8>> {
-    let mut ser = ChunkSerializer::new();
-    ser.set_max_chunk_size(OUT_CHUNK_SIZE, RtmpTimestamp::new(0))
-        .ok()?;
+    command_packet(stream_id, "onStatus", "error", status, description)
+}
+
+/// A status command (`onStatus`, `onFCPublish`, …) with an info object of
+/// `level`, `code` and `description` on message stream `stream_id`, as
+/// chunk bytes with a full (type 0) header, so that it reads correctly
+/// whatever the session sent before it on the same chunk stream.
+fn command_packet(
+    stream_id: u32,
+    command: &str,
+    level: &str,
+    status: &str,
+    description: &str,
+) -> Option<Vec<u8>> {
     let info: HashMap<String, Amf0Value> = [
-        ("level", "error"),
+        ("level", level),
         ("code", status),
         ("description", description),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), Amf0Value::Utf8String(v.to_string())))
     .collect();
-    let msg = RtmpMessage::Amf0Command {
-        command_name: "onStatus".into(),
-        transaction_id: 0.0,
-        command_object: Amf0Value::Null,
-        additional_arguments: vec![Amf0Value::Object(info)],
-    };
+    serialize(
+        stream_id,
+        RtmpMessage::Amf0Command {
+            command_name: command.into(),
+            transaction_id: 0.0,
+            command_object: Amf0Value::Null,
+            additional_arguments: vec![Amf0Value::Object(info)],
+        },
+    )
+}
+
+/// `_result` for transaction `txn` with no values (null, undefined), what
+/// nginx-rtmp and SRS answer `releaseStream` and `FCPublish` with.
+fn result_packet(txn: f64) -> Option<Vec<u8>> {
+    serialize(
+        0,
+        RtmpMessage::Amf0Command {
+            command_name: "_result".into(),
+            transaction_id: txn,
+            command_object: Amf0Value::Null,
+            additional_arguments: vec![Amf0Value::Undefined],
+        },
+    )
+}
+
+/// One message as chunk bytes with a full (type 0) header.
+fn serialize(stream_id: u32, msg: RtmpMessage) -> Option<Vec<u8>> {
+    let mut ser = ChunkSerializer::new();
+    ser.set_max_chunk_size(OUT_CHUNK_SIZE, RtmpTimestamp::new(0))
+        .ok()?;
     let payload = msg
         .into_message_payload(RtmpTimestamp::new(0), stream_id)
         .ok()?;

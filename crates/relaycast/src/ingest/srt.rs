@@ -140,7 +140,11 @@ async fn caller(req: srt_tokio::ConnectionRequest, app: AppState) {
         super::authorize(&app, &name, key.as_deref(), Some(peer)).await?;
         // Refuse "already live" now, as an SRT rejection (2409) the caller
         // sees, rather than after the handshake.
-        if !app.registry.config().takeover && app.registry.get(&name).is_some_and(|s| s.is_live()) {
+        if app
+            .registry
+            .get(&name)
+            .is_some_and(|s| !s.accepts_publisher())
+        {
             return Err(Error::AlreadyLive(name));
         }
         Ok::<_, Error>((name, keys))

@@ -79,6 +79,10 @@ pub mod rtmp {
     pub const CONNECT_REJECTED: &str = "NetConnection.Connect.Rejected";
     /// A play request: this relay takes publishers only over RTMP.
     pub const PLAY_FAILED: &str = "NetStream.Play.Failed";
+    /// The publish ended without fault: `FCUnpublish` answered, or the
+    /// relay shuts down (level `status`, so encoders reconnect rather than
+    /// stop).
+    pub const UNPUBLISH_SUCCESS: &str = "NetStream.Unpublish.Success";
 }
 
 /// SRT rejection codes a listener answers a caller with: libsrt's

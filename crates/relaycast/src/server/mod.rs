@@ -40,7 +40,8 @@ pub fn router(app: AppState) -> Router {
             "/publish/{name}",
             get(publish_ws).put(publish_http).post(publish_http),
         )
-        .route("/live/{name}", get(live))
+        // CONNECT: WebSocket over HTTP/2 (RFC 8441 extended CONNECT).
+        .route("/live/{name}", get(live).connect(live))
         .route("/live/{name}/poll", get(poll))
         .route("/live/{name}/init.mp4", get(init))
         .route("/live/{name}/info", get(info))
@@ -596,7 +597,13 @@ async fn connection(
             // timeout (a flood of them must not pin descriptors or memory).
             tracing::debug!(%peer, error = %e, "connection refused");
             if tls.is_none() {
-                refuse_raw(tcp, &e).await;
+                // An h2c client (prior knowledge) is answered in HTTP/2 and
+                // sent GOAWAY; anyone else gets the HTTP/1.1 answer. The wait
+                // for the first bytes is bounded like the whole refusal.
+                match tokio::time::timeout(REFUSE_DRAIN.1, h2_preface(&tcp)).await {
+                    Ok(true) => refuse_h2(tcp, e).await,
+                    _ => refuse_raw(tcp, &e).await,
+                }
             }
             return;
         }
@@ -670,6 +677,36 @@ async fn refuse_raw(mut tcp: tokio::net::TcpStream, e: &Error) {
     let _ = tokio::time::timeout(REFUSE_DRAIN.1, bye).await;
 }
 
+/// Answer a refused h2c connection in HTTP/2: every request it managed to
+/// send gets the error (429 + JSON + `Retry-After`), and the first one starts
+/// hyper's graceful shutdown (GOAWAY, RFC 9113 §6.8), after which the
+/// connection closes once those answers are out. The whole refusal is
+/// bounded by [`REFUSE_DRAIN`]'s time, so it holds nothing.
+async fn refuse_h2(tcp: tokio::net::TcpStream, e: Error) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let e = Arc::new(e);
+    let first = Arc::new(tokio::sync::Notify::new());
+    let asked = first.clone();
+    let svc = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+        asked.notify_one();
+        let r = error_response(&e);
+        async move { Ok::<_, std::convert::Infallible>(r) }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+    tokio::pin!(conn);
+    let work = async {
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = first.notified() => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        conn.as_mut().await
+    };
+    let _ = tokio::time::timeout(REFUSE_DRAIN.1, work).await;
+}
+
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -720,7 +757,11 @@ async fn serve_io<IO>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.config().header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSockets over h2 (RFC 8441).
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol();
     let builder = if h2 {
         builder.http2_only()
     } else {

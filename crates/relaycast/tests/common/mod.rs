@@ -2,6 +2,8 @@
 //! fixtures, WebSocket viewers, and ffmpeg checks.
 #![allow(dead_code)]
 
+pub mod rtmp;
+
 use bytes::Bytes;
 use futures_util::StreamExt;
 use relaycast::config::Config;
@@ -86,7 +88,14 @@ pub async fn ws_connect(url: &str) -> Ws {
 }
 
 /// Read a WebSocket viewer until it closes, `fragments` fragments arrived, or `limit` passed.
-pub async fn ws_read(ws: &mut Ws, fragments: usize, limit: Duration) -> Received {
+pub async fn ws_read<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    fragments: usize,
+    limit: Duration,
+) -> Received
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut r = Received::default();
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -225,6 +234,29 @@ where
         .expect("handshake");
     tokio::spawn(conn);
     sender
+}
+
+/// An HTTP/2 client connection (h2c, prior knowledge) to `addr` with the
+/// connection's driver: it ends when the relay closes the connection.
+pub async fn http2<B>(
+    addr: impl tokio::net::ToSocketAddrs,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    (sender, tokio::spawn(conn))
 }
 
 /// One HTTP/1.1 request on a new connection: (status, headers, body).
@@ -521,4 +553,39 @@ pub async fn fragments_after_publisher_gone(viewer: &mut Ws, n: usize) -> Vec<u6
         "seqs increase: {seqs:?}"
     );
     seqs
+}
+
+/// ffprobe on a live URL (HLS, DASH, …) for 2 s: the codecs it finds, once
+/// each, and the H.264 frames it decoded.
+pub async fn ffprobe_video_frames(url: &str) -> (Vec<String>, u64) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new("ffprobe")
+            .args(["-v", "error", "-count_frames", "-read_intervals", "%+2"])
+            .args(["-show_entries", "stream=codec_name,nb_read_frames"])
+            .args(["-of", "csv=p=0", url])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("ffprobe finished")
+    .expect("ffprobe runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // HLS lists its streams twice (under the program and alone): once each.
+    let mut codecs: Vec<String> = Vec::new();
+    let mut frames = 0;
+    for line in text.lines() {
+        let mut f = line.split(',');
+        let Some(c) = f.next().filter(|c| !c.is_empty()) else {
+            continue;
+        };
+        let n: u64 = f.next().and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+        if c == "h264" {
+            frames = frames.max(n);
+        }
+        if !codecs.iter().any(|k| k == c) {
+            codecs.push(c.to_string());
+        }
+    }
+    (codecs, frames)
 }
