@@ -25,7 +25,8 @@
 //!   cargo bench -p relaycast --bench hostile                 # 60 s, 200 per kind
 //!   HOSTILE_QUICK=1 cargo test -p relaycast --bench hostile  # ~20 s, 20 per kind (debug build; CI)
 //!
-//! Knobs: HOSTILE_SECS, HOSTILE_PER_KIND, HOSTILE_HEALTHY, HOSTILE_RELAY_BIN.
+//! Knobs: HOSTILE_SECS, HOSTILE_PER_KIND, HOSTILE_HEALTHY, HOSTILE_RELAY_BIN,
+//! HOSTILE_KINDS (a comma-separated subset of longpoll,ws,stream,socketio,halfopen).
 
 #[path = "../tests/opsutil/mod.rs"]
 mod opsutil;
@@ -385,7 +386,11 @@ async fn run() -> bool {
     let until = Instant::now() + Duration::from_secs(secs);
     let kinds = ["longpoll", "ws", "stream", "socketio", "halfopen"];
     let mut attackers = Vec::new();
+    let only = std::env::var("HOSTILE_KINDS").unwrap_or_default();
     for (i, kind) in kinds.iter().enumerate() {
+        if !only.is_empty() && !only.split(',').any(|k| k == *kind) {
+            continue;
+        }
         let from = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8));
         // The half-open kind brings more than its IP may open.
         let n = if *kind == "halfopen" {

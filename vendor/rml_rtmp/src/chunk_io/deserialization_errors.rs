@@ -20,6 +20,12 @@ pub enum ChunkDeserializationError {
     #[error("Requested an invalid max chunk size of {chunk_size}.  The largest chunk size possible is 2147483647")]
     InvalidMaxChunkSize { chunk_size: usize },
 
+    /// relaycast: a chunk header that gives the message being received a
+    /// length shorter than what was already received of it (the release
+    /// underflowed and panicked reserving the difference).
+    #[error("Chunk header gives message length {length} but {received} bytes of it were already received")]
+    MessageLengthShrank { length: usize, received: usize },
+
     /// An I/O error occurred while reading the input buffer
     #[error("{0}")]
     Io(#[from] io::Error),
