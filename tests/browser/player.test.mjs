@@ -430,8 +430,9 @@ describe('player: told why', () => {
           return x && /cannot play/.test(x.state) && x;
         }, { timeout: 20000, what: 'the "cannot play" message' });
         assert.match(s.state, /hvc1|hev1/);
-        const notice = await page.textContent('#notice-text');
-        assert.match(notice, /cannot play/i);
+        // The notice is drawn after the state changes: wait for it too.
+        await waitFor(async () => /cannot play/i.test(await page.textContent('#notice-text')),
+          { timeout: 5000, what: 'the "cannot play" notice' });
         // The transport is closed: the relay has no viewer left, and the
         // page receives nothing more.
         await waitFor(async () => (await info(relay.base, 'hevc'))?.viewers === 0, { timeout: 10000, what: 'the relay to see the viewer leave' });

@@ -924,16 +924,19 @@ impl Publisher {
 
     /// Set the init segment; returns its version (unchanged when the bytes are equal).
     pub fn push_init(&self, init: Init) -> Result<u64, Error> {
+        self.stream.touch();
         self.stream.push_init(self.id, init)
     }
 
     /// Append a fragment; returns the seq it was given.
     pub fn push_fragment(&self, frag: Fragment) -> Result<u64, Error> {
+        self.stream.touch();
         self.stream.push_fragment(self.id, frag, None)
     }
 
     /// Append a fragment under a seq chosen upstream (cascade: seqs are the origin's).
     pub fn push_fragment_with_seq(&self, frag: Fragment, seq: u64) -> Result<u64, Error> {
+        self.stream.touch();
         self.stream.push_fragment(self.id, frag, Some(seq))
     }
 }

@@ -200,6 +200,23 @@ async fn second_publisher_gets_already_live_unless_takeover() {
     new.push_fragment(frag(0, true, 1)).expect("new publisher");
 }
 
+/// A publisher that pushes fragments itself (the built-in demo, a cascade
+/// edge's puller: no ingest session touches it) is not stale while it
+/// pushes: a second publisher is refused (the browser broadcast test saw the
+/// demo stream taken over).
+#[test]
+fn a_publisher_pushing_fragments_is_never_stale() {
+    let reg = Registry::new(config(20));
+    let p = reg.publish("s").expect("publish");
+    p.push_init(init("a")).expect("init");
+    for n in 0..14u64 {
+        p.push_fragment(frag(n, n % 5 == 0, 1)).expect("push");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!p.stream().accepts_publisher());
+    assert!(matches!(reg.publish("s"), Err(Error::AlreadyLive(_))));
+}
+
 #[tokio::test]
 async fn a_stale_publisher_is_taken_over_and_viewers_hear_gone_and_back() {
     let reg = Registry::new(config(20));
