@@ -161,19 +161,33 @@ fn the_scan_sees_upward_imports() {
     assert!(rank("server") > rank("ingest"));
 }
 
-#[test]
-fn the_media_crate_depends_on_no_workspace_crate() {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../relaycast-media/Cargo.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap_or_default();
+/// The workspace crates (`relaycast…`) a manifest's `[dependencies]` names.
+fn workspace_deps(manifest: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(manifest);
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
     let deps = text
         .split("[dependencies]")
         .nth(1)
-        .expect("relaycast-media has a [dependencies] table");
+        .unwrap_or_else(|| panic!("{manifest} has a [dependencies] table"));
     let deps = deps.split("\n[").next().unwrap_or("");
-    for line in deps.lines() {
-        assert!(
-            !line.trim_start().starts_with("relaycast"),
-            "relaycast-media must not depend on a workspace crate: {line}"
-        );
-    }
+    deps.lines()
+        .map(str::trim_start)
+        .filter(|line| line.starts_with("relaycast"))
+        .map(|line| line.split([' ', '=']).next().unwrap_or(line).to_string())
+        .collect()
+}
+
+#[test]
+fn the_media_crate_depends_on_no_workspace_crate() {
+    let deps = workspace_deps("../relaycast-media/Cargo.toml");
+    assert!(
+        deps.is_empty(),
+        "relaycast-media must not depend on a workspace crate: {deps:?}"
+    );
+}
+
+#[test]
+fn the_media_fuzz_targets_depend_on_the_media_crate_alone() {
+    let deps = workspace_deps("../../fuzz/media/Cargo.toml");
+    assert_eq!(deps, ["relaycast-media"], "fuzz/media/Cargo.toml");
 }
