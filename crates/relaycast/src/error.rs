@@ -227,11 +227,13 @@ pub enum Reason {
     WriteStalled,
     /// The streams together hold `memory_budget` bytes.
     MemoryBudget,
+    /// `max_sessions_per_ip` reached (Socket.IO / Engine.IO sessions).
+    SessionsPerIp,
 }
 
 impl Reason {
     /// Number of reasons.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     /// Every reason.
     pub const ALL: [Reason; Self::COUNT] = [
         Reason::Streams,
@@ -249,6 +251,7 @@ impl Reason {
         Reason::CallbackDenied,
         Reason::WriteStalled,
         Reason::MemoryBudget,
+        Reason::SessionsPerIp,
     ];
 
     /// Label for metrics (`reason="…"`).
@@ -269,6 +272,7 @@ impl Reason {
             Reason::CallbackDenied => "callback_denied",
             Reason::WriteStalled => "write_stalled",
             Reason::MemoryBudget => "memory_budget",
+            Reason::SessionsPerIp => "max_sessions_per_ip",
         }
     }
 
@@ -278,7 +282,7 @@ impl Reason {
     /// variants; these are their counters only.)
     pub fn http_status(self) -> u16 {
         match self {
-            Reason::ConnectionsPerIp | Reason::IngestBitrate => 429,
+            Reason::ConnectionsPerIp | Reason::SessionsPerIp | Reason::IngestBitrate => 429,
             Reason::PublisherIdle | Reason::HeaderTimeout => 408,
             _ => 503,
         }

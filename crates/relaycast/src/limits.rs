@@ -45,6 +45,11 @@ pub struct LimitsConfig {
     /// QUIC together (→ 429 and the connection closed; QUIC: closed with
     /// [`crate::quic::code::LIMIT`]).
     pub max_connections_per_ip: usize,
+    /// Most Socket.IO (Engine.IO) sessions from one client IP (→ 429 at the
+    /// handshake). A session outlives its connections: a polling client's
+    /// lives until its ping timeout, so connections alone do not bound them.
+    /// The relay as a whole holds at most `max_viewers` sessions (→ 503).
+    pub max_sessions_per_ip: usize,
     /// Most ingest bits per second per publisher, averaged over `ingest_burst`
     /// (over it → the publisher is disconnected, 429 / close 1013).
     pub max_ingest_bitrate: u64,
@@ -87,6 +92,7 @@ impl Default for LimitsConfig {
             max_viewers_per_stream: 10_000,
             max_viewers: 50_000,
             max_connections_per_ip: 200,
+            max_sessions_per_ip: 200,
             max_ingest_bitrate: 50_000_000,
             ingest_burst: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
@@ -149,6 +155,8 @@ pub struct Limits {
     /// Refusals by reason.
     pub refused: Arc<Refused>,
     per_ip: Arc<DashMap<IpAddr, usize>>,
+    sessions_per_ip: Arc<DashMap<IpAddr, usize>>,
+    sessions: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Limits {
@@ -158,6 +166,8 @@ impl Limits {
             config,
             refused: Arc::new(Refused::default()),
             per_ip: Arc::new(DashMap::new()),
+            sessions_per_ip: Arc::new(DashMap::new()),
+            sessions: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
     }
 
@@ -170,19 +180,68 @@ impl Limits {
     /// Over `max_connections_per_ip` the refusal is counted and `Err` returned.
     pub fn connection(&self, ip: IpAddr) -> Result<ConnGuard, Error> {
         let max = self.config.max_connections_per_ip;
-        let mut n = self.per_ip.entry(ip).or_insert(0);
+        self.admit_ip(
+            &self.per_ip,
+            ip,
+            max,
+            Reason::ConnectionsPerIp,
+            "connections",
+        )
+    }
+
+    /// Admit one more Engine.IO session from `ip` (at its handshake): the
+    /// guard counts it until dropped, with the session. Refused over
+    /// `max_sessions_per_ip` (429), or when the relay holds `max_viewers`
+    /// sessions (503).
+    pub fn session(&self, ip: IpAddr) -> Result<SessionGuard, Error> {
+        let max = self.config.max_sessions_per_ip;
+        let ip_guard = self.admit_ip(
+            &self.sessions_per_ip,
+            ip,
+            max,
+            Reason::SessionsPerIp,
+            "Socket.IO sessions",
+        )?;
+        let total = self.config.max_viewers as usize;
+        if self.sessions.fetch_add(1, Relaxed) >= total && total != 0 {
+            self.sessions.fetch_sub(1, Relaxed);
+            return Err(self.refused.refuse(
+                Reason::Viewers,
+                format!("the relay holds {total} Socket.IO sessions (max_viewers)"),
+            ));
+        }
+        Ok(SessionGuard {
+            _ip: ip_guard,
+            total: self.sessions.clone(),
+        })
+    }
+
+    /// Count one more in `table` for `ip` unless it holds `max` (0 = no limit).
+    fn admit_ip(
+        &self,
+        table: &Arc<DashMap<IpAddr, usize>>,
+        ip: IpAddr,
+        max: usize,
+        reason: Reason,
+        what: &str,
+    ) -> Result<ConnGuard, Error> {
+        let mut n = table.entry(ip).or_insert(0);
         if max != 0 && *n >= max {
             drop(n);
-            return Err(self.refused.refuse(
-                Reason::ConnectionsPerIp,
-                format!("more than {max} connections from {ip}"),
-            ));
+            return Err(self
+                .refused
+                .refuse(reason, format!("more than {max} {what} from {ip}")));
         }
         *n += 1;
         Ok(ConnGuard {
             ip,
-            table: self.per_ip.clone(),
+            table: table.clone(),
         })
+    }
+
+    /// Engine.IO sessions from `ip` now.
+    pub fn sessions_from(&self, ip: IpAddr) -> usize {
+        self.sessions_per_ip.get(&ip).map(|n| *n).unwrap_or(0)
     }
 
     /// Open connections from `ip` now.
@@ -277,6 +336,21 @@ impl Drop for ConnGuard {
                 e.remove();
             }
         }
+    }
+}
+
+/// Counts one Engine.IO session, for its IP and for the relay, until dropped
+/// (it rides in the handshake request's extensions, which the session keeps
+/// for its whole life).
+#[derive(Debug)]
+pub struct SessionGuard {
+    _ip: ConnGuard,
+    total: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.total.fetch_sub(1, Relaxed);
     }
 }
 
@@ -473,6 +547,50 @@ mod tests {
         assert_eq!(limits.connections_from(ip), 1);
         assert!(limits.connection(ip).is_ok());
         assert_eq!(limits.refused.get(Reason::ConnectionsPerIp), 1);
+    }
+
+    #[test]
+    fn session_guards_count_per_ip_and_relay_wide() {
+        let limits = Limits::new(LimitsConfig {
+            max_sessions_per_ip: 2,
+            max_viewers: 3,
+            ..LimitsConfig::default()
+        });
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let other: IpAddr = [10, 0, 0, 2].into();
+        let a = limits.session(ip);
+        let b = limits.session(ip);
+        assert!(a.is_ok() && b.is_ok());
+        assert!(matches!(
+            limits.session(ip),
+            Err(Error::Refused {
+                reason: Reason::SessionsPerIp,
+                ..
+            })
+        ));
+        assert_eq!(
+            limits.connections_from(ip),
+            0,
+            "sessions are not connections"
+        );
+        let c = limits.session(other);
+        assert!(c.is_ok());
+        assert!(matches!(
+            limits.session(other),
+            Err(Error::Refused {
+                reason: Reason::Viewers,
+                ..
+            })
+        ));
+        assert_eq!(
+            limits.sessions_from(other),
+            1,
+            "a relay-wide refusal holds nothing"
+        );
+        drop(a);
+        assert_eq!(limits.sessions_from(ip), 1);
+        assert!(limits.session(other).is_ok());
+        assert_eq!(limits.refused.get(Reason::SessionsPerIp), 1);
     }
 
     #[test]

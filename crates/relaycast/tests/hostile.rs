@@ -117,6 +117,48 @@ async fn a_connection_over_the_per_ip_limit_gets_429_at_once() {
     assert!(text.contains("max_connections_per_ip"), "{text}");
 }
 
+/// An Engine.IO session outlives its connections (a polling one until its
+/// ping timeout): a client that handshakes in a loop must not pile them up.
+/// Over `max_sessions_per_ip` the handshake gets 429 at once; a session that
+/// ends (the client's CLOSE packet) gives its place back.
+#[tokio::test]
+async fn socketio_handshakes_over_the_per_ip_session_limit_get_429() {
+    let mut cfg = config();
+    cfg.limits.max_sessions_per_ip = 2;
+    let r = relay(cfg).await;
+    let base = r.addr.to_string();
+    let first = eio_handshake(&base).await;
+    let _second = eio_handshake(&base).await;
+    let url = format!("http://{base}/socket.io/?EIO=4&transport=polling");
+    let (status, headers, body) = get(&url).await;
+    assert_eq!(status, 429, "{}", String::from_utf8_lossy(&body));
+    assert!(headers.contains_key("retry-after"));
+    assert!(String::from_utf8_lossy(&body).contains("max_sessions_per_ip"));
+    assert_eq!(refused(r.addr, "max_sessions_per_ip").await, 1);
+    // A session's own requests are not handshakes: still served (a
+    // Socket.IO CONNECT to the main namespace).
+    let head = eio_post(r.addr, &first, "Content-Length: 2\r\n", b"40").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Other requests from the same IP are not sessions.
+    let (status, _, _) = get(&format!("http://{base}/healthz")).await;
+    assert_eq!(status, 200);
+    // The client closes its first session (Engine.IO CLOSE, "1"): the place
+    // is given back once engineioxide drops the session.
+    let head = eio_post(r.addr, &first, "Content-Length: 1\r\n", b"1").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut again = 0;
+    for _ in 0..50 {
+        let (status, _, _) = get(&url).await;
+        if status == 200 {
+            again += 1;
+            break;
+        }
+        assert_eq!(status, 429);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(again, 1, "the closed session's place was not given back");
+}
+
 #[tokio::test]
 async fn init_segments_count_in_the_ring_and_the_memory_budget_refuses() {
     let mut cfg = config();

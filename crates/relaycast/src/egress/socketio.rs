@@ -15,8 +15,17 @@
 //! (fragments of several MB): a viewer only ever emits `watch`, so polling
 //! POST bodies and WebSocket messages are limited to [`MAX_CLIENT_BYTES`],
 //! and a POST body must arrive whole within [`CLIENT_BODY_DEADLINE`]
-//! ([`limit_client_bytes`], in front of the Socket.IO layer; socketioxide's
+//! ([`limit_clients`], in front of the Socket.IO layer; socketioxide's
 //! own `max_payload` bounds both directions of polling, so it stays large).
+//!
+//! Sessions are bounded too: an Engine.IO session outlives its connections
+//! (a polling client's lives until its ping timeout), so a client that
+//! handshakes in a loop would hold thousands while its connections come and
+//! go. A handshake takes a [`crate::limits::SessionGuard`]
+//! (`max_sessions_per_ip`, and `max_viewers` sessions relay-wide; 429 / 503
+//! otherwise), which rides in the request's extensions: engineioxide keeps
+//! the handshake's request parts in the session, so the guard is released
+//! when the session is dropped.
 //!
 //! Engine.IO heartbeat (protocol v4): the relay sends the first PING one
 //! `pingInterval` after the handshake, then one per interval, and drops a
@@ -74,13 +83,16 @@ impl Default for Heartbeat {
     }
 }
 
-/// Middleware in front of the Socket.IO layer: a polling POST to
-/// `/socket.io/` may carry at most [`MAX_CLIENT_BYTES`] (413 otherwise, at
-/// once when `Content-Length` says so) and must arrive whole within
+/// Middleware in front of the Socket.IO layer. A handshake (a request
+/// without `sid`) takes a session guard from [`crate::limits::Limits::session`]
+/// (refused with 429 / 503 otherwise). A polling POST to `/socket.io/` may
+/// carry at most [`MAX_CLIENT_BYTES`] (413 otherwise, at once when
+/// `Content-Length` says so) and must arrive whole within
 /// [`CLIENT_BODY_DEADLINE`] (408); it is read here, into at most that many
 /// bytes, before socketioxide sees it. Other paths pass untouched.
-pub async fn limit_client_bytes(
-    req: axum::extract::Request,
+pub async fn limit_clients(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use crate::Error;
@@ -88,9 +100,33 @@ pub async fn limit_client_bytes(
     use axum::body::Body;
     use http_body_util::BodyExt;
     let path = req.uri().path();
-    if req.method() != axum::http::Method::POST
-        || !(path == PATH || path.starts_with("/socket.io/"))
-    {
+    if !(path == PATH || path.starts_with("/socket.io/")) {
+        return next.run(req).await;
+    }
+    let handshake = !req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|kv| kv.starts_with("sid="));
+    if handshake {
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(ip) = peer {
+            match app.limits.session(ip) {
+                Ok(guard) => {
+                    req.extensions_mut().insert(std::sync::Arc::new(guard));
+                }
+                Err(e) => {
+                    tracing::debug!(%ip, error = %e, "Socket.IO handshake refused");
+                    return error_response(&e);
+                }
+            }
+        }
+    }
+    if req.method() != axum::http::Method::POST {
         return next.run(req).await;
     }
     let too_big = || {

@@ -62,8 +62,9 @@ pub fn router(app: AppState) -> Router {
         .route("/player/{*file}", get(player_file))
         .layer(axum::middleware::from_fn(crate::logging::session_span))
         .layer(egress::socketio::layer(app.clone()))
-        .layer(axum::middleware::from_fn(
-            egress::socketio::limit_client_bytes,
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            egress::socketio::limit_clients,
         ))
         // Outside the Socket.IO layer: the handshake rules hold for /socket.io/ too.
         .layer(axum::middleware::from_fn(crate::app::ws::handshake))
