@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use relaycast_media::remux::cmaf::MuxerConfig;
+use relaycast_media::remux::cmaf::{MuxerConfig, Output};
 use relaycast_media::remux::flv::{FlvRemuxer, file_tags};
 use relaycast_media::remux::ts::TsRemuxer;
 
@@ -38,6 +38,11 @@ fn make(fmt: &str) -> Option<Vec<u8>> {
     data
 }
 
+/// Bytes of every output a remuxer has ready (`poll` until `None`).
+fn drain(mut poll: impl FnMut() -> Option<Output>) -> usize {
+    std::iter::from_fn(&mut poll).map(|o| o.bytes().len()).sum()
+}
+
 fn remux(c: &mut Criterion) {
     let (Some(flv), Some(ts)) = (make("flv"), make("mpegts")) else {
         eprintln!("remux bench: ffmpeg not found, nothing measured");
@@ -54,15 +59,10 @@ fn remux(c: &mut Criterion) {
             let mut out = 0usize;
             for (kind, ms, body) in tags.iter().cloned() {
                 let _ = m.push_tag(kind, ms, body);
-                while let Some(o) = m.poll() {
-                    out += o.bytes().len();
-                }
+                out += drain(|| m.poll());
             }
             m.finish();
-            while let Some(o) = m.poll() {
-                out += o.bytes().len();
-            }
-            out
+            out + drain(|| m.poll())
         })
     });
     g.throughput(Throughput::Bytes(ts.len() as u64));
@@ -72,15 +72,10 @@ fn remux(c: &mut Criterion) {
             let mut out = 0usize;
             for piece in ts.chunks(1316) {
                 m.push(piece);
-                while let Some(o) = m.poll() {
-                    out += o.bytes().len();
-                }
+                out += drain(|| m.poll());
             }
             m.finish();
-            while let Some(o) = m.poll() {
-                out += o.bytes().len();
-            }
-            out
+            out + drain(|| m.poll())
         })
     });
     g.finish();

@@ -5,6 +5,8 @@ use relaycast_media::remux::cmaf::MuxerConfig;
 use relaycast_media::remux::flv::FlvRemuxer;
 use relaycast_media::remux::ts::TsRemuxer;
 
+mod remux_common;
+
 /// Plausible tag headers so the fuzzer reaches the codec paths, not only "unsupported".
 fn tag_body() -> impl Strategy<Value = Vec<u8>> {
     let heads = prop::sample::select(vec![
@@ -61,47 +63,22 @@ proptest! {
 /// Real streams with random bytes flipped: deeper coverage than random input.
 #[test]
 fn mutated_real_streams_never_panic() {
-    let dir = std::env::temp_dir().join(format!("remux-np-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok();
-    let mk = |name: &str, fmt: &str, vcodec: &str| -> Option<Vec<u8>> {
-        let out = dir.join(name);
-        let st = std::process::Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=160x120:rate=30",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine",
-                "-t",
-                "1",
-                "-c:v",
-                vcodec,
-                "-g",
-                "10",
-                "-c:a",
-                "aac",
-                "-f",
-                fmt,
-            ])
-            .arg(&out)
-            .status()
-            .ok()?;
-        st.success().then(|| std::fs::read(&out).ok()).flatten()
-    };
-    let (Some(flv), Some(ts)) = (
-        mk("a.flv", "flv", "libx264"),
-        mk("a.ts", "mpegts", "libx264"),
-    ) else {
+    if !remux_common::have_ffmpeg() {
         eprintln!("ffmpeg missing: skipped");
         return;
-    };
+    }
+    let codec = ["-c:v", "libx264", "-g", "10", "-c:a", "aac", "-f"];
+    let read = |path: std::path::PathBuf| std::fs::read(path).expect("ffmpeg's output");
+    let flv = read(remux_common::make(
+        "np.flv",
+        1,
+        &[&codec[..], &["flv"]].concat(),
+    ));
+    let ts = read(remux_common::make(
+        "np.ts",
+        1,
+        &[&codec[..], &["mpegts"]].concat(),
+    ));
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut rnd = move || {
         seed ^= seed << 13;

@@ -57,11 +57,7 @@ async fn ffmpeg_srt_with_passphrase_reaches_ffprobe_and_identical_viewers_and_su
     .await;
     fragments_after_publisher_gone(&mut a, 15).await;
     enc.start_kill().expect("kill");
-    let m = relaycast::server::metrics_text(&relay.state.registry, &relay.state.limits.refused);
-    assert!(
-        m.contains("relaycast_ingest_publishers_total{transport=\"srt\"} 2"),
-        "{m}"
-    );
+    assert_srt_publishers(&relay, 2);
     relay.shutdown().await;
 }
 
@@ -151,10 +147,13 @@ async fn a_killed_srt_encoder_is_taken_over_before_srt_notices() {
     );
     fragments_after_publisher_gone(&mut viewer, 10).await;
     enc.start_kill().expect("kill");
-    let m = relaycast::server::metrics_text(&relay.state.registry, &relay.state.limits.refused);
-    assert!(
-        m.contains("relaycast_ingest_publishers_total{transport=\"srt\"} 2"),
-        "{m}"
-    );
+    assert_srt_publishers(&relay, 2);
     relay.shutdown().await;
+}
+
+/// The relay counted `n` SRT publishers in all (`/metrics`).
+fn assert_srt_publishers(relay: &relaycast::server::Running, n: u64) {
+    let m = relaycast::server::metrics_text(&relay.state.registry, &relay.state.limits.refused);
+    let line = format!("relaycast_ingest_publishers_total{{transport=\"srt\"}} {n}");
+    assert!(m.contains(&line), "{m}");
 }

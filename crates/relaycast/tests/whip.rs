@@ -239,14 +239,7 @@ async fn h264_access_units() -> Vec<Vec<u8>> {
     let out = tokio::process::Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi"])
         .args(["-i", "testsrc2=size=320x180:rate=30", "-t", "3"])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-        ])
+        .args(X264_LIVE)
         .args(["-profile:v", "baseline", "-pix_fmt", "yuv420p", "-g", "30"])
         .args(["-x264-params", "aud=1", "-f", "h264", "-"])
         .output()

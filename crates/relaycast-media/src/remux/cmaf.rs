@@ -135,6 +135,18 @@ pub struct Sample {
     pub data: Bytes,
 }
 
+impl Sample {
+    /// An audio frame: every one is a sync sample, presented as decoded.
+    pub fn audio(dts: i64, data: Bytes) -> Sample {
+        Sample {
+            dts,
+            cts_offset: 0,
+            keyframe: true,
+            data,
+        }
+    }
+}
+
 /// Muxer tuning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MuxerConfig {

@@ -78,6 +78,13 @@ fn si24(b: &[u8]) -> i32 {
     (i32::from(b[0]) << 24 | i32::from(b[1]) << 16 | i32::from(b[2]) << 8) >> 8
 }
 
+/// The FourCC of an Enhanced RTMP tag header (bytes 1..5 of a `what` tag).
+fn fourcc(body: &Bytes, what: &'static str) -> Result<[u8; 4], FlvError> {
+    body.get(1..5)
+        .and_then(|f| f.try_into().ok())
+        .ok_or(FlvError::Truncated(what))
+}
+
 /// Parses a video tag body (legacy or Enhanced RTMP).
 pub fn parse_video(body: &Bytes) -> Result<VideoTag, FlvError> {
     let short = || FlvError::Truncated("video");
@@ -86,11 +93,7 @@ pub fn parse_video(body: &Bytes) -> Result<VideoTag, FlvError> {
         // ExVideoTagHeader: IsExHeader | FrameType(3) | PacketType(4), FourCC.
         let frame_type = (first >> 4) & 7;
         let packet_type = first & 0x0f;
-        let fourcc: [u8; 4] = body
-            .get(1..5)
-            .ok_or_else(short)?
-            .try_into()
-            .map_err(|_| short())?;
+        let fourcc = fourcc(body, "video")?;
         if frame_type == 5 || matches!(packet_type, 2 | 4) {
             return Ok(VideoTag::Ignored); // command frame, SequenceEnd, Metadata
         }
@@ -185,11 +188,7 @@ pub fn parse_audio(body: &Bytes) -> Result<AudioTag, FlvError> {
         9 => {
             // ExAudioTagHeader: SoundFormat 9 | AudioPacketType(4), FourCC.
             let packet_type = first & 0x0f;
-            let fourcc: [u8; 4] = body
-                .get(1..5)
-                .ok_or_else(short)?
-                .try_into()
-                .map_err(|_| short())?;
+            let fourcc = fourcc(body, "audio")?;
             let payload = body.slice(5..);
             match (packet_type, &fourcc) {
                 (0, b"Opus") => Ok(AudioTag::Config(Codec::Opus(payload))),
@@ -354,15 +353,7 @@ impl FlvRemuxer {
                 }
                 let ms = self.audio_ts.next(ms);
                 let dts = (i128::from(ms) * i128::from(self.audio_rate) / 1000) as i64;
-                self.muxer.push(
-                    TrackKind::Audio,
-                    Sample {
-                        dts,
-                        cts_offset: 0,
-                        keyframe: true,
-                        data,
-                    },
-                );
+                self.muxer.push(TrackKind::Audio, Sample::audio(dts, data));
             }
             AudioTag::Ignored => {}
         }

@@ -118,15 +118,8 @@ impl RtpRemuxer {
             self.opus = true;
         }
         let dts = place(&mut self.audio_base, time, arrival_us, OPUS_CLOCK);
-        self.muxer.push(
-            TrackKind::Audio,
-            Sample {
-                dts,
-                cts_offset: 0,
-                keyframe: true,
-                data: packet,
-            },
-        )
+        self.muxer
+            .push(TrackKind::Audio, Sample::audio(dts, packet))
     }
 
     /// Ends the stream: the held-back samples go out in a last fragment.

@@ -425,12 +425,7 @@ impl TsRemuxer {
             let dts = (i128::from(pts) * i128::from(rate) / 90_000) as i64 + index * 1024;
             self.muxer.push(
                 TrackKind::Audio,
-                Sample {
-                    dts,
-                    cts_offset: 0,
-                    keyframe: true,
-                    data: data.slice(pos + header..pos + len),
-                },
+                Sample::audio(dts, data.slice(pos + header..pos + len)),
             );
             pos += len;
             index += 1;

@@ -316,6 +316,16 @@ pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> (u16, hyper::Heade
     (status, headers, b)
 }
 
+/// ffmpeg's fastest low-delay H.264 encoder settings (the tests' encoders).
+pub const X264_LIVE: [&str; 6] = [
+    "-c:v",
+    "libx264",
+    "-preset",
+    "ultrafast",
+    "-tune",
+    "zerolatency",
+];
+
 /// ffmpeg's live test source (320x180 H.264 + AAC, real time) muxed as fMP4 to `out`.
 pub fn ffmpeg_live(seconds: u32, out: &str, extra: &[&str]) -> tokio::process::Command {
     let mp4 = [
@@ -341,14 +351,7 @@ pub fn ffmpeg_encoder(
         .args(["-re", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
         .args(["-re", "-f", "lavfi"])
         .args(["-i", "sine=frequency=440:sample_rate=48000"])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-        ])
+        .args(X264_LIVE)
         .args(["-pix_fmt", "yuv420p", "-g", "30", "-keyint_min", "30"])
         .args(["-sc_threshold", "0", "-c:a", "aac", "-b:a", "64k"]);
     if let Some(s) = seconds {
