@@ -181,6 +181,42 @@ async fn a_refused_h2c_connection_is_answered_and_closed() {
     relay.shutdown().await;
 }
 
+/// Over TLS too: a connection over the per-IP limit is answered (after the
+/// handshake, in the protocol ALPN chose) with 429 and the reason, not closed
+/// before the handshake with no answer. curl, as a user would see it.
+#[tokio::test]
+async fn a_refused_tls_connection_is_answered_in_h2_and_http1() {
+    if !have_curl() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).expect("write cert");
+    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).expect("key");
+    let mut c = config();
+    c.server.tls_cert = Some(dir.path().join("cert.pem"));
+    c.server.tls_key = Some(dir.path().join("key.pem"));
+    c.limits.max_connections_per_ip = 1;
+    let relay = relay(c).await;
+    let port = relay.addr.port();
+    // The one connection the limit allows, held open (no request: the
+    // relay's TLS handshake wait is 10 s, longer than this test).
+    let _held = tokio::net::TcpStream::connect(relay.addr)
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let url = format!("https://localhost:{port}/healthz");
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let cacert = dir.path().join("cert.pem").display().to_string();
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let (v, status, len) =
+            curl(&[flag, "--cacert", &cacert, "--resolve", &resolve], &url).await;
+        assert_eq!((v.as_str(), status), (version, 429), "{flag}");
+        assert!(len > 0, "{flag}: the reason in the body");
+    }
+    relay.shutdown().await;
+}
+
 /// An h2c request on `sender`: (status, response).
 fn h2_request(
     method: hyper::Method,

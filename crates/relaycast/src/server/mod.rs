@@ -597,13 +597,30 @@ async fn connection(
             // Over the per-IP limit: refused at once, never held until a
             // timeout (a flood of them must not pin descriptors or memory).
             tracing::debug!(%peer, error = %e, "connection refused");
-            if tls.is_none() {
-                // An h2c client (prior knowledge) is answered in HTTP/2 and
-                // sent GOAWAY; anyone else gets the HTTP/1.1 answer. The wait
-                // for the first bytes is bounded like the whole refusal.
-                match tokio::time::timeout(REFUSE_DRAIN.1, h2_preface(&tcp)).await {
-                    Ok(true) => refuse_h2(tcp, e).await,
-                    _ => refuse_raw(tcp, &e).await,
+            match tls {
+                None => {
+                    // An h2c client (prior knowledge) is answered in HTTP/2
+                    // and sent GOAWAY; anyone else gets the HTTP/1.1 answer.
+                    // The wait for the first bytes is bounded like the whole
+                    // refusal.
+                    match tokio::time::timeout(REFUSE_DRAIN.1, h2_preface(&tcp)).await {
+                        Ok(true) => refuse_h2(tcp, e).await,
+                        _ => refuse_raw(tcp, &e).await,
+                    }
+                }
+                Some(tls) => {
+                    // Over TLS the answer needs the handshake: it is done
+                    // within the refusal's time bound, then the client is
+                    // answered in the protocol ALPN chose (a browser or curl
+                    // shows the 429 and its reason instead of a reset).
+                    let handshake = tls.acceptor().accept(tcp);
+                    if let Ok(Ok(io)) = tokio::time::timeout(REFUSE_DRAIN.1, handshake).await {
+                        if io.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            refuse_h2(io, e).await
+                        } else {
+                            refuse_raw(io, &e).await
+                        }
+                    }
                 }
             }
             return;
@@ -648,10 +665,13 @@ async fn connection(
 /// of a reset, bounded so a refusal holds nothing.
 const REFUSE_DRAIN: (usize, Duration) = (16 << 10, Duration::from_millis(500));
 
-/// Answer a refused plain-HTTP connection with the error (429 + JSON +
+/// Answer a refused HTTP/1 connection (plain or TLS) with the error (429 + JSON +
 /// `Retry-After` + `Connection: close`) without reading its request, then
 /// close it gracefully.
-async fn refuse_raw(mut tcp: tokio::net::TcpStream, e: &Error) {
+async fn refuse_raw<IO>(mut tcp: IO, e: &Error)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = serde_json::json!({ "error": e.to_string() }).to_string();
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
@@ -678,12 +698,15 @@ async fn refuse_raw(mut tcp: tokio::net::TcpStream, e: &Error) {
     let _ = tokio::time::timeout(REFUSE_DRAIN.1, bye).await;
 }
 
-/// Answer a refused h2c connection in HTTP/2: every request it managed to
+/// Answer a refused HTTP/2 connection (h2c or h2 over TLS) in HTTP/2: every request it managed to
 /// send gets the error (429 + JSON + `Retry-After`), and the first one starts
 /// hyper's graceful shutdown (GOAWAY, RFC 9113 §6.8), after which the
 /// connection closes once those answers are out. The whole refusal is
 /// bounded by [`REFUSE_DRAIN`]'s time, so it holds nothing.
-async fn refuse_h2(tcp: tokio::net::TcpStream, e: Error) {
+async fn refuse_h2<IO>(tcp: IO, e: Error)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let e = Arc::new(e);
     let first = Arc::new(tokio::sync::Notify::new());
