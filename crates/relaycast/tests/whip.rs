@@ -2,7 +2,9 @@
 //! its reason), CORS, a session that never completes ICE (timed out, its
 //! name released, another stream undisturbed), and a real WebRTC publisher:
 //! `str0m` as the client in-process (H.264 from ffmpeg's libx264, Opus)
-//! → the relay → a WebSocket viewer and ffprobe on `/live/NAME.mp4`.
+//! → the relay → a WebSocket viewer and ffprobe on `/live/NAME.mp4`; the
+//! keyframe request after video loss (the client drops video RTP at its
+//! UDP socket); trickle ICE by `PATCH` (RFC 9725 §4.3.1) and its refusals.
 
 mod common;
 
@@ -12,7 +14,7 @@ use relaycast::config::Config;
 use relaycast::server::Running;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -60,15 +62,22 @@ async fn post_offer(
     call(addr, "POST", &format!("/whip/{name}"), &h, sdp).await
 }
 
-/// A WebRTC client (str0m, full ICE) with H.264 video and Opus audio,
-/// send-only, on its own UDP socket: its offer, the pending state.
-async fn client() -> (
+type Client = (
     Rtc,
     UdpSocket,
     String,
     SdpPendingOffer,
     Vec<(Mid, MediaKind)>,
-) {
+);
+
+/// A WebRTC client (str0m, full ICE) with H.264 video and Opus audio,
+/// send-only, on its own UDP socket: its offer, the pending state.
+async fn client() -> Client {
+    client_with(&[MediaKind::Video, MediaKind::Audio]).await
+}
+
+/// A client sending `kinds` (video is H.264, audio Opus).
+async fn client_with(kinds: &[MediaKind]) -> Client {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind client");
     let mut rtc = Rtc::builder()
         .clear_codecs()
@@ -78,9 +87,10 @@ async fn client() -> (
     let c = Candidate::host(socket.local_addr().expect("addr"), "udp").expect("candidate");
     rtc.add_local_candidate(c);
     let mut api = rtc.sdp_api();
-    let mids = [MediaKind::Video, MediaKind::Audio]
-        .map(|k| (api.add_media(k, Direction::SendOnly, None, None, None), k))
-        .to_vec();
+    let mids = kinds
+        .iter()
+        .map(|&k| (api.add_media(k, Direction::SendOnly, None, None, None), k))
+        .collect();
     let (offer, pending) = api.apply().expect("an offer");
     (rtc, socket, offer.to_sdp_string(), pending, mids)
 }
@@ -136,9 +146,9 @@ async fn whip_refusals_say_why_and_cors_lets_browsers_in() {
     let auth = [("authorization", "Bearer sekrit-key-123")];
     let (s, _, b) = call(a, "DELETE", "/whip/cam/nosuchsession", &auth, "").await;
     assert_eq!(s, 404, "{b}");
-    let (s, h, b) = call(a, "PATCH", "/whip/cam/nosuchsession", &auth, "").await;
-    assert_eq!(s, 405, "{b}");
-    assert!(h.get("allow").is_some());
+    let (s, h, b) = call(a, "PATCH", "/whip/cam", &auth, "").await;
+    assert_eq!(s, 405, "PATCH goes to a session, not the endpoint: {b}");
+    assert_eq!(header(&h, "allow"), "POST, OPTIONS");
 
     // CORS preflight, as a browser on another origin sends it.
     let (s, h, _) = call(
@@ -165,6 +175,7 @@ async fn whip_refusals_say_why_and_cors_lets_browsers_in() {
     };
     assert!(hv("access-control-allow-headers").contains("authorization"));
     assert!(hv("access-control-allow-methods").contains("delete"));
+    assert!(hv("access-control-allow-methods").contains("patch"));
     assert_eq!(hv("access-control-allow-origin"), "*");
 
     // Accepted: 201, the answer, a Location; then DELETE ends it (and a second DELETE is 404).
@@ -177,6 +188,7 @@ async fn whip_refusals_say_why_and_cors_lets_browsers_in() {
     assert_eq!(s, 201, "{answer}");
     assert_eq!(hv_of(&h, "content-type"), "application/sdp");
     assert!(hv_of(&h, "access-control-expose-headers").contains("location"));
+    assert!(hv_of(&h, "access-control-expose-headers").contains("accept-patch"));
     let location = header(&h, "location");
     assert!(location.starts_with("/whip/cam/"), "{location}");
     assert!(answer.contains("a=ice-lite"), "{answer}");
@@ -234,13 +246,16 @@ async fn a_session_that_never_completes_ice_times_out_and_releases_its_name() {
 }
 
 /// H.264 access units (Annex B, x264 with AUDs, baseline: no B-frames) from
-/// ffmpeg's test source: 3 s at 30 fps, a keyframe every second.
-async fn h264_access_units() -> Vec<Vec<u8>> {
+/// ffmpeg's test source: `seconds` at 30 fps, a keyframe every `gop` frames
+/// (and no others: no scene-cut keyframes).
+async fn h264_access_units(seconds: u32, gop: u32) -> Vec<Vec<u8>> {
+    let (t, g) = (seconds.to_string(), gop.to_string());
     let out = tokio::process::Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi"])
-        .args(["-i", "testsrc2=size=320x180:rate=30", "-t", "3"])
+        .args(["-i", "testsrc2=size=320x180:rate=30", "-t", &t])
         .args(X264_LIVE)
-        .args(["-profile:v", "baseline", "-pix_fmt", "yuv420p", "-g", "30"])
+        .args(["-profile:v", "baseline", "-pix_fmt", "yuv420p", "-g", &g])
+        .args(["-sc_threshold", "0"])
         .args(["-x264-params", "aud=1", "-f", "h264", "-"])
         .output()
         .await
@@ -265,31 +280,102 @@ async fn h264_access_units() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Whether an access unit (Annex B) holds an IDR slice (NAL type 5).
+fn has_idr(au: &[u8]) -> bool {
+    au.windows(4)
+        .any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
+}
+
+/// The RTP payload type of an (S)RTP datagram, `None` for RTCP, STUN and
+/// DTLS: RFC 7983 (first byte 128..=191 is RTP/RTCP), RFC 5761 §4 (a
+/// second byte 192..=223 is RTCP). SRTP leaves the RTP header in clear.
+fn rtp_pt(d: &[u8]) -> Option<u8> {
+    let (&b0, &b1) = (d.first()?, d.get(1)?);
+    if !(128..=191).contains(&b0) || (192..=223).contains(&b1) {
+        return None;
+    }
+    Some(b1 & 0x7f)
+}
+
+/// What a test steers in, and reads out of, a running [`publish`].
+#[derive(Default)]
+struct Knobs {
+    stop: AtomicBool,
+    /// Video RTP datagrams (H.264 or its retransmission payload type) still
+    /// to drop at the client's socket, as a lossy network would.
+    drop_video: AtomicU32,
+    /// Drop every retransmission (RTX) datagram: NACKs cannot repair a loss.
+    no_rtx: AtomicBool,
+    /// Datagrams dropped so far.
+    dropped: AtomicU32,
+    /// Keyframe requests (PLI/FIR) the relay sent for the video.
+    keyframe_requests: AtomicU32,
+    /// Send the keyframe (the first access unit) only when asked: at
+    /// start and after each keyframe request; the loop over the access
+    /// units skips it. Off: loop over all of them.
+    keyframes_on_request: bool,
+    /// Keyframes sent.
+    keyframes_sent: AtomicU32,
+}
+
+impl Knobs {
+    fn get(&self, n: &AtomicU32) -> u32 {
+        n.load(Ordering::Relaxed)
+    }
+}
+
 /// Drive the client: ICE/DTLS, then 30 fps video and 20 ms Opus frames
-/// (silence) in real time, looping the access units until `stop`.
+/// (silence) in real time, looping the access units until `knobs.stop`.
 async fn publish(
     mut rtc: Rtc,
     socket: UdpSocket,
     mids: Vec<(Mid, MediaKind)>,
     aus: Vec<Vec<u8>>,
-    stop: Arc<AtomicBool>,
+    knobs: Arc<Knobs>,
 ) -> Result<u64, String> {
     let local = socket.local_addr().map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 2048];
     let mut connected = None::<Instant>;
     let (mut vn, mut an) = (0u64, 0u64);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Next access unit when keyframes are sent on request.
+    let mut vi = 0usize;
+    // The video's payload types: H.264's, and their retransmissions'.
+    let (mut video_pts, mut rtx_pts) = (Vec::new(), Vec::new());
+    let video_mid = mids
+        .iter()
+        .find(|(_, k)| *k == MediaKind::Video)
+        .map(|m| m.0);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+        if knobs.stop.load(Ordering::Relaxed) || Instant::now() > deadline {
             return Ok(vn);
         }
         let timeout = loop {
             match rtc.poll_output().map_err(|e| e.to_string())? {
                 Output::Timeout(t) => break t,
                 Output::Transmit(t) => {
-                    let _ = socket.send_to(&t.contents, t.destination).await;
+                    let pt = rtp_pt(&t.contents);
+                    let rtx = pt.is_some_and(|p| rtx_pts.contains(&p));
+                    let video = pt.is_some_and(|p| video_pts.contains(&p)) || rtx;
+                    let lose = (rtx && knobs.no_rtx.load(Ordering::Relaxed))
+                        || (video
+                            && knobs
+                                .drop_video
+                                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                    n.checked_sub(1)
+                                })
+                                .is_ok());
+                    if lose {
+                        knobs.dropped.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let _ = socket.send_to(&t.contents, t.destination).await;
+                    }
                 }
                 Output::Event(Event::Connected) => connected = Some(Instant::now()),
+                Output::Event(Event::KeyframeRequest(r)) if Some(r.mid) == video_mid => {
+                    knobs.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                    vi = 0;
+                }
                 Output::Event(e) => {
                     if std::env::var("WHIP_DEBUG").is_ok() {
                         eprintln!("client event: {e:?}");
@@ -324,11 +410,29 @@ async fn publish(
                 else {
                     return Err(format!("no {codec:?} negotiated"));
                 };
+                if kind == MediaKind::Video && video_pts.is_empty() {
+                    for p in w.payload_params().filter(|p| p.spec().codec == codec) {
+                        video_pts.push(*p.pt());
+                        rtx_pts.extend(p.resend().map(|r| *r));
+                    }
+                }
                 let (time, data) = match kind {
-                    MediaKind::Video => (
-                        MediaTime::new(*n * 3000, Frequency::NINETY_KHZ),
-                        aus[(*n as usize) % aus.len()].clone(),
-                    ),
+                    MediaKind::Video => {
+                        let i = if knobs.keyframes_on_request {
+                            let i = vi;
+                            vi = if vi + 1 < aus.len() { vi + 1 } else { 1 };
+                            i
+                        } else {
+                            (*n as usize) % aus.len()
+                        };
+                        if has_idr(&aus[i]) {
+                            knobs.keyframes_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        (
+                            MediaTime::new(*n * 3000, Frequency::NINETY_KHZ),
+                            aus[i].clone(),
+                        )
+                    }
                     MediaKind::Audio => (
                         MediaTime::new(*n * 960, Frequency::FORTY_EIGHT_KHZ),
                         vec![0xf8, 0xff, 0xfe],
@@ -373,7 +477,7 @@ async fn a_webrtc_client_publishes_h264_and_opus_to_viewers_and_ffprobe() {
     }
     let relay = whip_relay(config()).await;
     let a = relay.addr;
-    let aus = h264_access_units().await;
+    let aus = h264_access_units(3, 30).await;
     assert!(aus.len() >= 60, "{} access units", aus.len());
     let mut viewer = ws_connect(&format!("ws://{a}/live/webcam?wait=15")).await;
     let (mut rtc, socket, offer, pending, mids) = client().await;
@@ -383,12 +487,12 @@ async fn a_webrtc_client_publishes_h264_and_opus_to_viewers_and_ffprobe() {
     rtc.sdp_api()
         .accept_answer(pending, answer)
         .expect("answer accepted");
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = tokio::spawn(publish(rtc, socket, mids, aus, stop.clone()));
+    let knobs = Arc::new(Knobs::default());
+    let client = tokio::spawn(publish(rtc, socket, mids, aus, knobs.clone()));
 
     let got = ws_read(&mut viewer, 10, Duration::from_secs(15)).await;
     if got.seqs.len() < 10 {
-        stop.store(true, Ordering::Relaxed);
+        knobs.stop.store(true, Ordering::Relaxed);
         panic!(
             "viewer got {:?} {:?}; client: {:?}",
             got.seqs,
@@ -417,8 +521,238 @@ async fn a_webrtc_client_publishes_h264_and_opus_to_viewers_and_ffprobe() {
     // DELETE ends the session: the viewer is told the publisher is gone.
     let (s, _, b) = call(a, "DELETE", &header(&h, "location"), &[], "").await;
     assert_eq!(s, 200, "{b}");
-    stop.store(true, Ordering::Relaxed);
+    knobs.stop.store(true, Ordering::Relaxed);
     let sent = client.await.expect("join").expect("client ran");
     assert!(sent >= 60, "{sent} frames sent");
+    relay.shutdown().await;
+}
+
+/// Poll `done` every 20 ms for at most `limit`; false if it never held.
+async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// The `fragment` control messages' `key` flags, in order.
+fn keys(r: &common::Received) -> Vec<bool> {
+    r.of_type("fragment")
+        .iter()
+        .map(|v| v["key"].as_bool().expect("fragment key"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_video_loss_the_relay_asks_for_a_keyframe_and_viewers_go_on() {
+    if !have("ffmpeg") {
+        return;
+    }
+    let relay = whip_relay(config()).await;
+    let a = relay.addr;
+    // 10 s with one keyframe, at the start: the client sends a keyframe
+    // only when the relay asks (at start, and after loss, or never again).
+    let aus = h264_access_units(10, 1000).await;
+    assert!(aus.len() >= 250, "{} access units", aus.len());
+    let idrs: Vec<usize> = (0..aus.len()).filter(|&i| has_idr(&aus[i])).collect();
+    assert_eq!(idrs, vec![0], "one keyframe, the first access unit");
+    let mut viewer = ws_connect(&format!("ws://{a}/live/lossy?wait=15")).await;
+    // Video only: a fragment out of the relay is video that got through.
+    let (mut rtc, socket, offer, pending, mids) = client_with(&[MediaKind::Video]).await;
+    let (s, _, answer) = post_offer(a, "lossy", None, &offer).await;
+    assert_eq!(s, 201, "{answer}");
+    let answer = SdpAnswer::from_sdp_string(&answer).expect("answer parses");
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .expect("answer accepted");
+    let knobs = Arc::new(Knobs {
+        keyframes_on_request: true,
+        ..Knobs::default()
+    });
+    let client = tokio::spawn(publish(rtc, socket, mids, aus, knobs.clone()));
+    let fail = |what: String| {
+        knobs.stop.store(true, Ordering::Relaxed);
+        panic!("{what}");
+    };
+
+    let before = ws_read(&mut viewer, 5, Duration::from_secs(15)).await;
+    if before.seqs.len() < 5 {
+        fail(format!("viewer got {:?} {:?}", before.seqs, before.texts));
+    }
+    assert_eq!(keys(&before).first(), Some(&true), "starts at the keyframe");
+    // Mid-GOP now (the next keyframe is whenever the relay asks): lose a
+    // run of video packets, retransmissions included.
+    let asked = knobs.get(&knobs.keyframe_requests);
+    let sent = knobs.get(&knobs.keyframes_sent);
+    knobs.no_rtx.store(true, Ordering::Relaxed);
+    knobs.drop_video.store(12, Ordering::Relaxed);
+    let requested = wait_until(Duration::from_secs(10), || {
+        knobs.get(&knobs.keyframe_requests) > asked
+    })
+    .await;
+    if !requested {
+        fail(format!(
+            "no keyframe request within 10 s after the loss ({} datagrams dropped, {} left to drop; {asked} requests before)",
+            knobs.get(&knobs.dropped),
+            knobs.get(&knobs.drop_video),
+        ));
+    }
+    assert_eq!(knobs.get(&knobs.drop_video), 0, "the whole run was lost");
+    let answered = wait_until(Duration::from_secs(5), || {
+        knobs.get(&knobs.keyframes_sent) > sent
+    })
+    .await;
+    assert!(answered, "the client sent the keyframe asked for");
+
+    // Viewers go on: a keyframe fragment, then more video.
+    let mut after = common::Received::default();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let resumed = |r: &common::Received| {
+        let k = keys(r);
+        k.iter().position(|&k| k).is_some_and(|i| k.len() >= i + 6)
+    };
+    while !resumed(&after) && Instant::now() < deadline {
+        let r = ws_read(&mut viewer, 1, Duration::from_secs(2)).await;
+        if r.close.is_some() {
+            fail(format!("viewer closed: {:?}", r.close));
+        }
+        after.texts.extend(r.texts);
+        after.seqs.extend(r.seqs);
+    }
+    if !resumed(&after) {
+        fail(format!(
+            "after the keyframe request the viewer got fragments with keys {:?}",
+            keys(&after)
+        ));
+    }
+    knobs.stop.store(true, Ordering::Relaxed);
+    client.await.expect("join").expect("client ran");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickle_ice_patch_adds_candidates_and_refuses_what_it_should() {
+    if !have("ffmpeg") {
+        return;
+    }
+    let mut cfg = config();
+    cfg.ingest.publish_key = Some("sekrit-key-123".into());
+    let relay = whip_relay(cfg).await;
+    let a = relay.addr;
+    let key = Some("sekrit-key-123");
+    let auth = ("authorization", "Bearer sekrit-key-123");
+    let frag_type = ("content-type", "application/trickle-ice-sdpfrag");
+    let aus = h264_access_units(3, 30).await;
+    let mut viewer = ws_connect(&format!("ws://{a}/live/trickled?wait=15")).await;
+    let (mut rtc, socket, offer, pending, mids) = client().await;
+
+    // The offer goes without its candidate; the client trickles it after.
+    let line = |prefix: &str| {
+        offer
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} in the offer"))
+            .to_string()
+    };
+    let candidate = line("a=candidate:");
+    let bare: String = offer
+        .lines()
+        .filter(|l| !l.starts_with("a=candidate:") && *l != "a=end-of-candidates")
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    assert!(!bare.contains("a=candidate"));
+    let (s, h, answer) = post_offer(a, "trickled", key, &bare).await;
+    assert_eq!(s, 201, "{answer}");
+    assert_eq!(
+        header(&h, "accept-patch"),
+        "application/trickle-ice-sdpfrag"
+    );
+    let location = header(&h, "location");
+    let etag = header(&h, "etag");
+    assert!(etag.starts_with('"') && etag.len() > 2, "{etag}");
+    // RFC 9725 §4.3.1's fragment: credentials, the bundle's first m-line, candidates.
+    let (ufrag, pwd) = (line("a=ice-ufrag:"), line("a=ice-pwd:"));
+    let (m, mid) = (line("m="), line("a=mid:"));
+    let frag =
+        format!("{ufrag}\r\n{pwd}\r\n{m}\r\n{mid}\r\n{candidate}\r\na=end-of-candidates\r\n");
+
+    // Refusals, each with the reason; the session is untouched by them.
+    let patch = |path: String, headers: Vec<(&'static str, String)>, body: String| async move {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        call(a, "PATCH", &path, &h, &body).await
+    };
+    let hdr = |hs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        hs.iter().map(|(n, v)| (*n, v.to_string())).collect()
+    };
+    let (s, _, b) = patch(location.clone(), hdr(&[frag_type]), frag.clone()).await;
+    assert_eq!(s, 401, "no key: {b}");
+    let wrong = ("authorization", "Bearer wrong-key-456");
+    let (s, _, b) = patch(location.clone(), hdr(&[frag_type, wrong]), frag.clone()).await;
+    assert_eq!(s, 403, "wrong key: {b}");
+    let sdp_type = ("content-type", "application/sdp");
+    let (s, _, b) = patch(location.clone(), hdr(&[sdp_type, auth]), frag.clone()).await;
+    assert_eq!(s, 415, "{b}");
+    assert!(b.contains("application/trickle-ice-sdpfrag"), "{b}");
+    let (s, _, b) = patch(location.clone(), hdr(&[auth]), frag.clone()).await;
+    assert_eq!(s, 415, "no content type: {b}");
+    let nosuch = "/whip/trickled/nosuchsession".to_string();
+    let (s, _, b) = patch(nosuch, hdr(&[frag_type, auth]), frag.clone()).await;
+    assert_eq!(s, 404, "{b}");
+    let (s, _, b) = patch(location.clone(), hdr(&[frag_type, auth]), "hello".into()).await;
+    assert_eq!(s, 400, "{b}");
+    let big = "a=end-of-candidates\r\n".repeat(1000);
+    let (s, _, b) = patch(location.clone(), hdr(&[frag_type, auth]), big).await;
+    assert_eq!(s, 413, "{b}");
+    let other = ("if-match", "\"another-ice-session\"");
+    let (s, _, b) = patch(
+        location.clone(),
+        hdr(&[frag_type, auth, other]),
+        frag.clone(),
+    )
+    .await;
+    assert_eq!(s, 412, "{b}");
+    let restart = format!(
+        "a=ice-ufrag:newU\r\na=ice-pwd:aNewPasswordOf24CharsXYZ\r\n{m}\r\n{mid}\r\n{candidate}\r\n"
+    );
+    let any = ("if-match", "*");
+    let (s, _, b) = patch(location.clone(), hdr(&[frag_type, auth, any]), restart).await;
+    assert_eq!(s, 422, "{b}");
+    assert!(b.contains("ICE restart"), "{b}");
+    let (s, h, b) = call(a, "POST", &location, &[auth], "").await;
+    assert_eq!(s, 405, "{b}");
+    assert!(header(&h, "allow").contains("PATCH"));
+
+    // The candidate, trickled: 204, no body.
+    let ok = hdr(&[frag_type, auth, ("if-match", &etag)]);
+    let (s, _, b) = patch(location.clone(), ok, frag.clone()).await;
+    assert_eq!((s, b.as_str()), (204, ""));
+
+    // And the session publishes.
+    let answer = SdpAnswer::from_sdp_string(&answer).expect("answer parses");
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .expect("answer accepted");
+    let knobs = Arc::new(Knobs::default());
+    let client = tokio::spawn(publish(rtc, socket, mids, aus, knobs.clone()));
+    let got = ws_read(&mut viewer, 10, Duration::from_secs(15)).await;
+    if got.seqs.len() < 10 {
+        knobs.stop.store(true, Ordering::Relaxed);
+        panic!(
+            "viewer got {:?} {:?}; client: {:?}",
+            got.seqs,
+            got.texts,
+            client.await
+        );
+    }
+    let (s, _, b) = call(a, "DELETE", &location, &[auth], "").await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, b) = patch(location.clone(), hdr(&[frag_type, auth]), frag).await;
+    assert_eq!(s, 404, "ended: {b}");
+    knobs.stop.store(true, Ordering::Relaxed);
+    client.await.expect("join").expect("client ran");
     relay.shutdown().await;
 }

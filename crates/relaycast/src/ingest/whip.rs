@@ -2,11 +2,18 @@
 //!
 //! `POST /whip/{name}` with an `application/sdp` offer (publish key as
 //! `Authorization: Bearer KEY`, checked by the one [`super::authorize`])
-//! answers `201 Created` with the SDP answer and `Location:
-//! /whip/{name}/{session}`; `DELETE` on that location ends the session;
-//! `PATCH` (trickle ICE) is `405`: the relay is ICE-lite with one host
-//! candidate, so there is nothing to trickle, as the RFC allows. When
-//! `--webrtc` is not given every `/whip/` request is `503` with the reason.
+//! answers `201 Created` with the SDP answer, `Location:
+//! /whip/{name}/{session}`, an `ETag` and `Accept-Patch:
+//! application/trickle-ice-sdpfrag`; `DELETE` on that location ends the
+//! session. `PATCH` on it with an `application/trickle-ice-sdpfrag` body is
+//! trickle ICE (RFC 9725 §4.3.1): the client's late `a=candidate` lines go
+//! to the session's `Rtc`, `204 No Content`. The relay itself has nothing
+//! to trickle (ICE-lite, one host candidate, all in the answer). An ICE
+//! restart (a new `a=ice-ufrag`/`a=ice-pwd`) is `422`: a session that
+//! supports trickle ICE but not restarts says so (§4.3.1), and str0m 0.24
+//! restarts ICE only inside a full SDP offer/answer, which WHIP does not
+//! renegotiate. When `--webrtc` is not given every `/whip/` request is
+//! `503` with the reason.
 //!
 //! Media arrive on one UDP socket for every session (`serve --webrtc
 //! ADDR`), demultiplexed by asking each session's `Rtc` whether it
@@ -40,7 +47,7 @@ use crate::media::remux::rtp::{OPUS_CLOCK, RtpRemuxer, VIDEO_CLOCK};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +74,12 @@ const PLI_EVERY: Duration = Duration::from_millis(500);
 /// Longest wait of the driver between two looks at its sessions (handshake
 /// timeouts, ended ingest loops).
 const TICK: Duration = Duration::from_millis(100);
+/// Most candidates a session takes by trickle ICE (a host, a reflexive and
+/// a relay candidate per interface fit; each costs ICE candidate pairs in
+/// the one driver task that serves every session). Later ones are dropped.
+const MAX_TRICKLED: usize = 32;
+/// Largest trickle-ICE `PATCH` body (a few candidate lines fit many times).
+const MAX_SDPFRAG: usize = 16 * 1024;
 
 /// The running WHIP ingest: the UDP driver's mailbox and what every answer needs.
 pub struct Whip {
@@ -93,6 +106,40 @@ enum Command {
         id: String,
         done: oneshot::Sender<bool>,
     },
+    /// Trickle ICE: candidates a client found after its offer.
+    Trickle {
+        name: String,
+        id: String,
+        patch: Box<SdpFrag>,
+        done: oneshot::Sender<Trickled>,
+    },
+}
+
+/// What a trickle-ICE `PATCH` body (RFC 8840 `application/trickle-ice-sdpfrag`) says.
+#[derive(Debug, Default, PartialEq)]
+struct SdpFrag {
+    /// `If-Match` of the request (the entity-tags listed, or `*`), if any.
+    if_match: Option<String>,
+    ufrag: Option<String>,
+    pwd: Option<String>,
+    /// The candidates the relay can use (UDP, with an IP address).
+    candidates: Vec<Candidate>,
+    /// Candidates left aside: another transport, or an address the relay
+    /// cannot resolve (mDNS `.local` names), as RFC 9725 §4.3.1 asks.
+    discarded: usize,
+    end_of_candidates: bool,
+}
+
+/// The driver's answer to a [`Command::Trickle`].
+#[derive(Debug, PartialEq)]
+enum Trickled {
+    /// Candidates added (how many).
+    Added(usize),
+    NoSession,
+    /// `If-Match` names another ICE session.
+    EtagMismatch,
+    /// New ICE credentials: an ICE restart, not offered.
+    Restart,
 }
 
 /// Bind the WebRTC UDP socket on `listen` and start its driver; returns the
@@ -151,16 +198,19 @@ pub fn router(app: AppState, whip: Option<Arc<Whip>>) -> Router {
             header::CONTENT_TYPE,
             header::IF_MATCH,
         ])
-        .expose_headers([header::LOCATION, header::ETAG, header::LINK])
+        .expose_headers([
+            header::LOCATION,
+            header::ETAG,
+            header::LINK,
+            HeaderName::from_static("accept-patch"),
+        ])
         .allow_origin(tower_http::cors::Any)
         .max_age(Duration::from_secs(600));
     Router::new()
-        .route("/whip/{name}", post(offer).patch(not_allowed))
+        .route("/whip/{name}", post(offer).patch(patch_endpoint))
         .route(
             "/whip/{name}/{session}",
-            axum::routing::delete(end)
-                .patch(not_allowed)
-                .post(not_allowed),
+            axum::routing::delete(end).patch(trickle).post(post_session),
         )
         .layer(cors)
         .with_state(Routes { app, whip })
@@ -170,23 +220,41 @@ fn off() -> Response {
     error_response(&Error::Off(OFF.into()))
 }
 
-/// `PATCH` (trickle ICE / ICE restart) is not offered: 405 with `Allow`.
-async fn not_allowed(State(r): State<Routes>) -> Response {
+/// The media type of a trickle-ICE `PATCH` body (RFC 8840).
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+
+/// A status with a JSON `{"error": …}` body.
+fn status(code: StatusCode, error: String) -> Response {
+    (code, axum::Json(serde_json::json!({ "error": error }))).into_response()
+}
+
+/// 405 with `Allow`.
+fn not_allowed(r: &Routes, allow: &'static str, error: &str) -> Response {
     if r.whip.is_none() {
         return off();
     }
-    let mut resp = (
-        StatusCode::METHOD_NOT_ALLOWED,
-        axum::Json(serde_json::json!({
-            "error": "trickle ICE is not offered: the relay is ICE-lite with one host candidate; put every candidate in the offer"
-        })),
-    )
-        .into_response();
-    resp.headers_mut().insert(
-        header::ALLOW,
-        HeaderValue::from_static("POST, DELETE, OPTIONS"),
-    );
+    let mut resp = status(StatusCode::METHOD_NOT_ALLOWED, error.to_string());
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     resp
+}
+
+/// `PATCH /whip/{name}`: the endpoint is not a session.
+async fn patch_endpoint(State(r): State<Routes>) -> Response {
+    not_allowed(
+        &r,
+        "POST, OPTIONS",
+        "PATCH (trickle ICE) goes to the session URL, the Location of the 201",
+    )
+}
+
+/// `POST /whip/{name}/{session}`: a session takes PATCH and DELETE.
+async fn post_session(State(r): State<Routes>) -> Response {
+    not_allowed(
+        &r,
+        "PATCH, DELETE, OPTIONS",
+        "a WHIP session takes PATCH (trickle ICE) and DELETE; offers go to /whip/{name}",
+    )
 }
 
 /// `POST /whip/{name}`: an offer in, the answer out.
@@ -225,9 +293,14 @@ async fn offer(
             if let Ok(v) = HeaderValue::from_str(&location) {
                 h.insert(header::LOCATION, v);
             }
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{id}\"")) {
+            if let Ok(v) = HeaderValue::from_str(&etag(&id)) {
                 h.insert(header::ETAG, v);
             }
+            // RFC 5789 §3.1: PATCH is allowed on the session, with this type.
+            h.insert(
+                HeaderName::from_static("accept-patch"),
+                HeaderValue::from_static(SDPFRAG),
+            );
             resp
         }
         Err(e) => {
@@ -259,6 +332,7 @@ async fn publish(
                 .into(),
         ));
     }
+    let (ice_ufrag, ice_pwd) = ice_creds(text);
     let mut rtc = Rtc::builder()
         .set_ice_lite(true)
         .set_dtls_cert(whip.cert.clone())
@@ -300,6 +374,9 @@ async fn publish(
         deadline: Instant::now(),
         last_pli: None,
         video_mid: None,
+        ice_ufrag,
+        ice_pwd,
+        trickled: 0,
     };
     let span = tracing::info_span!("ingest", stream = %name, ?peer, transport = "whip");
     tokio::spawn(run_ingest(ingest, rx, app.clone(), name.to_string(), peer).instrument(span));
@@ -309,6 +386,78 @@ async fn publish(
         .map_err(|_| Error::Shutdown)?;
     tracing::info!(stream = %name, ?peer, session = %id, "WHIP session created; waiting for ICE/DTLS");
     Ok((id, answer.to_sdp_string()))
+}
+
+/// The entity-tag of a session's ICE session (RFC 9725 §4.3.1). It never
+/// changes: the relay does not restart ICE.
+fn etag(id: &str) -> String {
+    format!("\"{id}\"")
+}
+
+/// The offer's ICE credentials (the first `a=ice-ufrag`/`a=ice-pwd`: one
+/// BUNDLE transport), to tell a trickle `PATCH` from an ICE restart.
+fn ice_creds(sdp: &str) -> (Option<String>, Option<String>) {
+    let attr = |name: &str| {
+        sdp.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    (attr("a=ice-ufrag:"), attr("a=ice-pwd:"))
+}
+
+/// Parse a trickle-ICE SDP fragment (RFC 8840 §9: `a=ice-ufrag`,
+/// `a=ice-pwd`, `a=candidate`, `a=end-of-candidates`, with `m=`/`a=mid`
+/// lines that a BUNDLEd session does not need). A line that is not a
+/// candidate at all is `Err`; a candidate the relay cannot use (TCP, an
+/// mDNS name instead of an IP) is counted and left out (RFC 9725 §4.3.1:
+/// "silently discard the candidate").
+fn parse_sdpfrag(body: &str) -> Result<SdpFrag, String> {
+    let mut frag = SdpFrag::default();
+    for line in body.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(v) = line.strip_prefix("a=ice-ufrag:") {
+            frag.ufrag = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("a=ice-pwd:") {
+            frag.pwd = Some(v.trim().to_string());
+        } else if line == "a=end-of-candidates" {
+            frag.end_of_candidates = true;
+        } else if let Some(c) = line.strip_prefix("a=") {
+            if !c.starts_with("candidate:") {
+                continue;
+            }
+            // candidate:FOUNDATION COMPONENT TRANSPORT PRIORITY ADDRESS PORT typ KIND …
+            let fields: Vec<&str> = c.split_whitespace().collect();
+            if fields.len() < 8 || fields[6] != "typ" {
+                return Err(format!("not an ICE candidate: {line:?}"));
+            }
+            let udp = fields[2].eq_ignore_ascii_case("udp");
+            if !udp || fields[4].parse::<std::net::IpAddr>().is_err() {
+                frag.discarded += 1;
+                continue;
+            }
+            let cand = Candidate::from_sdp_string(c)
+                .map_err(|e| format!("bad ICE candidate {line:?}: {e}"))?;
+            frag.candidates.push(cand);
+        } else if !is_sdp_line(line) {
+            return Err(format!("not an SDP line (x=…): {line:?}"));
+        }
+    }
+    if frag.candidates.is_empty()
+        && frag.discarded == 0
+        && !frag.end_of_candidates
+        && frag.ufrag.is_none()
+    {
+        return Err(
+            "the SDP fragment has no a=candidate, a=end-of-candidates or a=ice-ufrag line".into(),
+        );
+    }
+    Ok(frag)
+}
+
+/// `x=…`: an SDP line of any type (RFC 8866 §5); those a trickle fragment
+/// does not need (`m=`, `a=mid`, `a=ice-options`, …) are skipped.
+fn is_sdp_line(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() >= 2 && b[0].is_ascii_lowercase() && b[1] == b'='
 }
 
 /// Which of the codecs the relay carries an offer lists (H.264, Opus).
@@ -350,6 +499,104 @@ async fn run_ingest(
     }
 }
 
+/// A request on a session (`DELETE`, `PATCH`) carries the publish key of
+/// its offer where keys are configured: 401 without, 403 with another.
+fn check_session_key(app: &AppState, name: &str, headers: &HeaderMap) -> Result<(), Error> {
+    let key = key_from(None, headers);
+    crate::auth::check_key(
+        app.config.ingest.key_for(name),
+        &app.limits.refused,
+        name,
+        key.as_deref(),
+    )
+}
+
+fn no_session(name: &str, id: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        format!("no WHIP session /whip/{name}/{id} (ended, timed out, or never created)"),
+    )
+}
+
+/// `PATCH /whip/{name}/{session}`: trickle ICE (RFC 9725 §4.3.1). The
+/// candidates go to the session's `Rtc`: `204`. Refused: another content
+/// type `415`, a body that is not an SDP fragment `400`, no such session
+/// `404`, an `If-Match` that is not the session's `ETag` (nor `*`) `412`,
+/// an ICE restart `422` (supported: trickle ICE only; the session and its
+/// ICE go on untouched, as §4.3.2 asks of a refused restart).
+async fn trickle(
+    State(r): State<Routes>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(whip) = r.whip else {
+        return off();
+    };
+    if let Err(e) = check_session_key(&r.app, &name, &headers) {
+        return error_response(&e);
+    }
+    let is_frag = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(SDPFRAG));
+    if !is_frag {
+        return status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("a WHIP PATCH (trickle ICE) is sent with Content-Type: {SDPFRAG}"),
+        );
+    }
+    if body.len() > MAX_SDPFRAG {
+        return status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "an SDP fragment of {} bytes is over the {MAX_SDPFRAG}-byte limit",
+                body.len()
+            ),
+        );
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error_response(&Error::BadRequest("the SDP fragment is not UTF-8".into()));
+    };
+    let mut patch = match parse_sdpfrag(text) {
+        Ok(f) => f,
+        Err(e) => return error_response(&Error::BadRequest(e)),
+    };
+    patch.if_match = headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (done, answer) = oneshot::channel();
+    let cmd = Command::Trickle {
+        name: name.clone(),
+        id: id.clone(),
+        patch: Box::new(patch),
+        done,
+    };
+    if whip.commands.send(cmd).await.is_err() {
+        return error_response(&Error::Shutdown);
+    }
+    match answer.await {
+        Ok(Trickled::Added(_)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Trickled::NoSession) => no_session(&name, &id),
+        Ok(Trickled::EtagMismatch) => status(
+            StatusCode::PRECONDITION_FAILED,
+            format!(
+                "If-Match does not name this ICE session: its ETag is {}",
+                etag(&id)
+            ),
+        ),
+        Ok(Trickled::Restart) => status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ICE restart is not supported (trickle ICE is): the session keeps its ICE; \
+             to change networks, DELETE it and POST a new offer"
+                .into(),
+        ),
+        Err(_) => error_response(&Error::Shutdown),
+    }
+}
+
 /// `DELETE /whip/{name}/{session}`: end it (the publish key is checked as for the offer).
 async fn end(
     State(r): State<Routes>,
@@ -359,14 +606,7 @@ async fn end(
     let Some(whip) = r.whip else {
         return off();
     };
-    let app = r.app;
-    let key = key_from(None, &headers);
-    if let Err(e) = crate::auth::check_key(
-        app.config.ingest.key_for(&name),
-        &app.limits.refused,
-        &name,
-        key.as_deref(),
-    ) {
+    if let Err(e) = check_session_key(&r.app, &name, &headers) {
         return error_response(&e);
     }
     let (done, removed) = oneshot::channel();
@@ -380,13 +620,7 @@ async fn end(
     }
     match removed.await {
         Ok(true) => StatusCode::OK.into_response(),
-        Ok(false) => (
-            StatusCode::NOT_FOUND,
-            axum::Json(serde_json::json!({
-                "error": format!("no WHIP session /whip/{name}/{id} (ended, timed out, or never created)")
-            })),
-        )
-            .into_response(),
+        Ok(false) => no_session(&name, &id),
         Err(_) => error_response(&Error::Shutdown),
     }
 }
@@ -407,6 +641,11 @@ struct Session {
     deadline: Instant,
     last_pli: Option<Instant>,
     video_mid: Option<Mid>,
+    /// The offer's ICE credentials (a trickle `PATCH` repeats them; new ones are a restart).
+    ice_ufrag: Option<String>,
+    ice_pwd: Option<String>,
+    /// Candidates taken by trickle ICE so far (at most [`MAX_TRICKLED`]).
+    trickled: usize,
 }
 
 impl Session {
@@ -508,6 +747,39 @@ impl Session {
         }
     }
 
+    /// Apply a trickle-ICE `PATCH` (RFC 9725 §4.3.1); `Err(reason)` (from
+    /// draining the `Rtc`) ends the session.
+    fn trickle(&mut self, patch: SdpFrag, socket: &UdpSocket) -> (Trickled, Result<(), String>) {
+        if let Some(tags) = &patch.if_match {
+            let mine = etag(&self.id);
+            let matches = tags
+                .split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t == mine);
+            if !matches {
+                return (Trickled::EtagMismatch, Ok(()));
+            }
+        }
+        let differs = |given: &Option<String>, ours: &Option<String>| {
+            given.as_ref().is_some_and(|g| Some(g) != ours.as_ref())
+        };
+        if differs(&patch.ufrag, &self.ice_ufrag) || differs(&patch.pwd, &self.ice_pwd) {
+            return (Trickled::Restart, Ok(()));
+        }
+        let room = MAX_TRICKLED.saturating_sub(self.trickled);
+        let n = patch.candidates.len().min(room);
+        let over = patch.candidates.len() - n;
+        for c in patch.candidates.into_iter().take(n) {
+            self.rtc.add_remote_candidate(c);
+        }
+        self.trickled += n;
+        if over > 0 {
+            tracing::debug!(stream = %self.name, session = %self.id, over, "WHIP trickle ICE: over {MAX_TRICKLED} candidates, dropped");
+        }
+        tracing::debug!(stream = %self.name, session = %self.id, added = n, discarded = patch.discarded, end = patch.end_of_candidates, "WHIP trickle ICE");
+        (Trickled::Added(n), self.drain(socket))
+    }
+
     /// Hand the remuxer's output to the ingest loop.
     fn forward(&mut self) -> Result<(), String> {
         while let Some(o) = self.remux.poll() {
@@ -597,6 +869,22 @@ impl Driver {
                         }
                         let _ = done.send(found.is_some());
                     }
+                    Some(Command::Trickle { name, id, patch, done }) => {
+                        let found = self.sessions.iter().position(|s| s.id == id && s.name == name);
+                        let answer = match found {
+                            Some(i) => {
+                                let (answer, result) = self.sessions[i].trickle(*patch, &self.socket);
+                                if let Err(reason) = result {
+                                    let s = self.sessions.swap_remove(i);
+                                    tracing::warn!(stream = %s.name, peer = ?s.peer, session = %s.id, %reason, "WHIP session ended");
+                                    s.close(&self.socket);
+                                }
+                                answer
+                            }
+                            None => Trickled::NoSession,
+                        };
+                        let _ = done.send(answer);
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep_until(next.into()) => {}
@@ -676,5 +964,45 @@ mod tests {
         let vp8 = "a=rtpmap:96 VP8/90000\r\na=rtpmap:0 PCMU/8000\r\n";
         assert_eq!(offered_codecs(vp8), (false, false));
         assert_eq!(offered_codecs("a=rtpmap:\r\n"), (false, false));
+    }
+
+    #[test]
+    fn trickle_fragments() {
+        // RFC 9725 §4.3.1's example, shortened: one UDP host candidate used,
+        // a TCP one and an mDNS one left aside.
+        let body = "a=group:BUNDLE 0 1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+            a=ice-ufrag:EsAw\r\na=ice-pwd:P2uYro0UCOQ4zxjKXaWCBui1\r\n\
+            a=candidate:1387637174 1 udp 2122260223 192.0.2.1 61764 typ host generation 0 ufrag EsAw network-id 1\r\n\
+            a=candidate:473322822 1 tcp 1518280447 192.0.2.1 9 typ host tcptype active generation 0\r\n\
+            a=candidate:99 1 udp 2122260223 4b1c2d3e-aaaa.local 50000 typ host\r\n\
+            a=end-of-candidates\r\n";
+        let f = parse_sdpfrag(body).expect("parses");
+        assert_eq!(f.ufrag.as_deref(), Some("EsAw"));
+        assert_eq!(f.pwd.as_deref(), Some("P2uYro0UCOQ4zxjKXaWCBui1"));
+        assert_eq!(f.candidates.len(), 1);
+        assert_eq!(
+            f.candidates[0].addr(),
+            "192.0.2.1:61764".parse().expect("addr")
+        );
+        assert_eq!(f.discarded, 2);
+        assert!(f.end_of_candidates);
+        assert!(parse_sdpfrag("a=end-of-candidates").is_ok_and(|f| f.candidates.is_empty()));
+        assert!(parse_sdpfrag("").is_err(), "empty");
+        assert!(parse_sdpfrag("hello").is_err(), "not SDP");
+        let other_lines = "v=0\r\na=ice-options:trickle\r\na=end-of-candidates\r\n";
+        assert!(
+            parse_sdpfrag(other_lines).is_ok(),
+            "other SDP lines are skipped"
+        );
+        assert!(
+            parse_sdpfrag("a=candidate:1 1 udp").is_err(),
+            "short candidate"
+        );
+        let bad_port = "a=candidate:1 1 udp 5 192.0.2.1 notaport typ host";
+        assert!(parse_sdpfrag(bad_port).is_err(), "{bad_port}");
+        assert_eq!(
+            ice_creds("v=0\r\na=ice-ufrag:ab\r\na=ice-pwd:cd\r\n"),
+            (Some("ab".into()), Some("cd".into()))
+        );
     }
 }
