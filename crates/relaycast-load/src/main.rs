@@ -544,11 +544,12 @@ pub async fn run(mut args: LoadArgs) -> anyhow::Result<Report> {
         cmd.args(args.spawn_args.split_whitespace());
         // Limits meant for the public internet, lifted for a load test
         // (unless the environment sets them): every viewer comes from
-        // 127.0.0.1, which the per-IP connection limit (200) would refuse
-        // after the first few, and the saturation ramps publish above the
-        // ingest bitrate cap (50 Mbit/s).
+        // 127.0.0.1, which the per-IP connection and Socket.IO session
+        // limits (200) would refuse after the first few, and the saturation
+        // ramps publish above the ingest bitrate cap (50 Mbit/s).
         for var in [
             "RELAYCAST_LIMITS__MAX_CONNECTIONS_PER_IP",
+            "RELAYCAST_LIMITS__MAX_SESSIONS_PER_IP",
             "RELAYCAST_LIMITS__MAX_INGEST_BITRATE",
         ] {
             if std::env::var_os(var).is_none() {
