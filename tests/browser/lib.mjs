@@ -1,6 +1,7 @@
 // Shared helpers for the browser tests: start/stop the relay binary, launch
-// headless Chromium (playwright-core driving /usr/bin/chromium), spawn ffmpeg
-// publishers, poll for conditions, save screenshots. Every child process is
+// headless Chromium (playwright-core driving /usr/bin/chromium) or Firefox
+// (puppeteer-core over WebDriver BiDi driving /usr/bin/firefox-esr), spawn
+// ffmpeg publishers, poll for conditions, save screenshots. Every child process is
 // tracked and killed when the test process exits, even on failure.
 
 import { spawn } from 'node:child_process';
@@ -12,11 +13,15 @@ import { chromium } from 'playwright-core';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, '..', '..');
+// RELAYCAST_BIN, else `cargo build`'s output: $CARGO_TARGET_DIR/debug (a
+// relative CARGO_TARGET_DIR taken from the repository root, where cargo runs),
+// else target/debug.
 export const relayBin = process.env.RELAYCAST_BIN
   ? path.resolve(process.env.RELAYCAST_BIN)
-  : path.resolve(here, '../../target/debug/relaycast');
+  : path.resolve(repoRoot, process.env.CARGO_TARGET_DIR || 'target', 'debug', 'relaycast');
 export const shotsDir = path.join(repoRoot, 'artifacts', 'screenshots');
 const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
+export const firefoxPath = process.env.FIREFOX || '/usr/bin/firefox-esr';
 
 const children = new Set();
 function track(p) {
@@ -130,6 +135,51 @@ export async function launchBrowser(extraArgs = []) {
   return chromium.launch({ executablePath: chromiumPath, headless: true, args: [...CHROMIUM_ARGS, ...extraArgs], timeout: 30000 });
 }
 
+/**
+ * Headless Firefox ESR driven by puppeteer-core over WebDriver BiDi, with a
+ * fresh profile puppeteer makes (and removes on close). It runs as root here
+ * as it is (HOME writable). Prefs: autoplay allowed (the player's <video> is
+ * muted, but a test may unmute it), and nothing that phones home.
+ * Pages from it work with stats(), waitPlaying(), watchAdvance(), diagnose()
+ * and screenshot() below, as Playwright's do.
+ */
+export async function launchFirefox() {
+  const { default: puppeteer } = await import('puppeteer-core');
+  return puppeteer.launch({
+    browser: 'firefox',
+    protocol: 'webDriverBiDi',
+    executablePath: firefoxPath,
+    headless: true,
+    timeout: 30000,
+    env: { ...process.env, MOZ_HEADLESS: '1' },
+    extraPrefsFirefox: {
+      'media.autoplay.default': 0, // allowed
+      'media.autoplay.blocking_policy': 0,
+      'media.track.enabled': true, // HTMLMediaElement.audioTracks / videoTracks
+      'app.update.enabled': false,
+      'browser.shell.checkDefaultBrowser': false,
+      'datareporting.policy.dataSubmissionEnabled': false,
+      'toolkit.telemetry.enabled': false,
+      'network.captive-portal-service.enabled': false,
+      'network.connectivity-service.enabled': false,
+    },
+  });
+}
+
+/** A puppeteer (Firefox) page whose console errors and page errors are collected, as newPage's. */
+export async function newFirefoxPage(browser) {
+  const page = await browser.newPage();
+  await page.setViewport({ width: 1280, height: 800 });
+  page.errorsSeen = [];
+  page.consoleLines = [];
+  page.on('pageerror', (e) => page.errorsSeen.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => {
+    page.consoleLines.push(`${m.type()}: ${m.text()}`);
+    if (page.consoleLines.length > 500) page.consoleLines.shift();
+  });
+  return page;
+}
+
 /** A page whose console errors, page errors and player log lines are collected. */
 export async function newPage(browser, { viewport = { width: 1280, height: 800 } } = {}) {
   const context = await browser.newContext({ viewport });
@@ -222,14 +272,19 @@ export async function diagnose(page) {
 /**
  * Publishes a live ffmpeg test source to `base`/publish/`name` with HTTP PUT
  * (chunked), or, with `rtmp`, as FLV to that RTMP URL (`base`/`name` unused).
- * codec: 'h264' (H.264/AAC) or 'vp9' (VP9/Opus; not over RTMP).
+ * codec: 'h264' (H.264/AAC), 'h264-opus' (H.264/Opus) or 'vp9' (VP9/Opus);
+ * the Opus ones not over RTMP.
  */
 export function ffmpegPublish(base, name, { codec = 'h264', size = '640x360', fragMs = 200, extra = [], rtmp = null } = {}) {
   const src = ['-re', '-f', 'lavfi', '-i', `testsrc2=size=${size}:rate=30`, '-re', '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=48000'];
+  const h264 = ['-c:v', 'libx264', '-preset', 'veryfast', '-tune', 'zerolatency', '-profile:v', 'high', '-level', '3.1', '-pix_fmt', 'yuv420p',
+    '-g', '30', '-keyint_min', '30', '-sc_threshold', '0'];
+  const opus = ['-c:a', 'libopus', '-b:a', '96k'];
   const enc = codec === 'vp9'
-    ? ['-c:v', 'libvpx-vp9', '-deadline', 'realtime', '-cpu-used', '8', '-row-mt', '1', '-b:v', '1M', '-g', '30', '-keyint_min', '30', '-pix_fmt', 'yuv420p', '-c:a', 'libopus', '-b:a', '96k']
-    : ['-c:v', 'libx264', '-preset', 'veryfast', '-tune', 'zerolatency', '-profile:v', 'high', '-level', '3.1', '-pix_fmt', 'yuv420p',
-      '-g', '30', '-keyint_min', '30', '-sc_threshold', '0', '-c:a', 'aac', '-b:a', '128k', '-ac', '2'];
+    ? ['-c:v', 'libvpx-vp9', '-deadline', 'realtime', '-cpu-used', '8', '-row-mt', '1', '-b:v', '1M', '-g', '30', '-keyint_min', '30', '-pix_fmt', 'yuv420p', ...opus]
+    : codec === 'h264-opus'
+      ? [...h264, ...opus]
+      : [...h264, '-c:a', 'aac', '-b:a', '128k', '-ac', '2'];
   const mux = rtmp ? ['-f', 'flv', rtmp] : ['-f', 'mp4', '-movflags', 'empty_moov+default_base_moof+frag_keyframe', '-frag_duration', String(fragMs * 1000),
     '-method', 'PUT', '-chunked_post', '1', `${base}/publish/${name}`];
   const proc = track(spawn('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-nostdin', ...src, ...enc, ...extra, ...mux], { stdio: ['ignore', 'ignore', 'pipe'] }));
