@@ -249,6 +249,12 @@ pub struct WhipConfig {
     pub handshake_timeout: Duration,
     /// Longest fragment the remux cuts, in milliseconds.
     pub fragment_ms: u64,
+    /// Longest group a publisher may send before the relay asks for a
+    /// keyframe (PLI): WebRTC encoders send one only when asked, and a
+    /// stream of one endless group makes viewers join far back and HLS
+    /// segments never end. 0 = ask only at the start and after loss.
+    #[serde(with = "serde_secs")]
+    pub keyframe_interval: Duration,
 }
 
 impl Default for WhipConfig {
@@ -258,6 +264,7 @@ impl Default for WhipConfig {
             public_ip: None,
             handshake_timeout: Duration::from_secs(15),
             fragment_ms: 100,
+            keyframe_interval: Duration::from_secs(2),
         }
     }
 }

@@ -552,7 +552,10 @@ async fn after_video_loss_the_relay_asks_for_a_keyframe_and_viewers_go_on() {
     if !have("ffmpeg") {
         return;
     }
-    let relay = whip_relay(config()).await;
+    // Keyframes asked for only at the start and after loss (not by age).
+    let mut cfg = config();
+    cfg.ingest.whip.keyframe_interval = Duration::ZERO;
+    let relay = whip_relay(cfg).await;
     let a = relay.addr;
     // 10 s with one keyframe, at the start: the client sends a keyframe
     // only when the relay asks (at start, and after loss, or never again).
@@ -630,6 +633,59 @@ async fn after_video_loss_the_relay_asks_for_a_keyframe_and_viewers_go_on() {
         ));
     }
     knobs.stop.store(true, Ordering::Relaxed);
+    client.await.expect("join").expect("client ran");
+    relay.shutdown().await;
+}
+
+/// A WebRTC encoder (a browser's) sends a keyframe only when asked: the
+/// relay asks whenever the last one is older than `keyframe_interval`, so
+/// the stream has bounded groups (viewers join near live, HLS segments end)
+/// with no loss at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_never_sends_keyframes_unasked_is_asked_every_interval() {
+    if !have("ffmpeg") {
+        return;
+    }
+    let mut cfg = config();
+    cfg.ingest.whip.keyframe_interval = Duration::from_secs(1);
+    let relay = whip_relay(cfg).await;
+    let a = relay.addr;
+    let aus = h264_access_units(10, 1000).await;
+    let mut viewer = ws_connect(&format!("ws://{a}/live/groups?wait=15")).await;
+    let (mut rtc, socket, offer, pending, mids) = client_with(&[MediaKind::Video]).await;
+    let (s, _, answer) = post_offer(a, "groups", None, &offer).await;
+    assert_eq!(s, 201, "{answer}");
+    let answer = SdpAnswer::from_sdp_string(&answer).expect("answer parses");
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .expect("answer accepted");
+    let knobs = Arc::new(Knobs {
+        keyframes_on_request: true,
+        ..Knobs::default()
+    });
+    let client = tokio::spawn(publish(rtc, socket, mids, aus, knobs.clone()));
+    // Three groups after the first: three keyframe fragments more.
+    let mut got = common::Received::default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let groups = |r: &common::Received| keys(r).iter().filter(|&&k| k).count();
+    while groups(&got) < 4 && Instant::now() < deadline {
+        let r = ws_read(&mut viewer, 1, Duration::from_secs(2)).await;
+        if r.close.is_some() {
+            break;
+        }
+        got.texts.extend(r.texts);
+        got.seqs.extend(r.seqs);
+    }
+    knobs.stop.store(true, Ordering::Relaxed);
+    assert_eq!(knobs.get(&knobs.dropped), 0, "no loss in this test");
+    assert!(
+        groups(&got) >= 4,
+        "keyframe fragments {} of {} ({} keyframe requests, {} keyframes sent)",
+        groups(&got),
+        keys(&got).len(),
+        knobs.get(&knobs.keyframe_requests),
+        knobs.get(&knobs.keyframes_sent)
+    );
     client.await.expect("join").expect("client ran");
     relay.shutdown().await;
 }

@@ -31,6 +31,8 @@ pub struct RtpRemuxer {
     opus: bool,
     /// A video keyframe went into the muxer since the start or the last loss.
     have_keyframe: bool,
+    /// Arrival (µs, the caller's clock) of the last video keyframe taken.
+    last_keyframe_us: Option<u64>,
     /// Per track: (first RTP time, the timeline time it maps to), in track ticks.
     video_base: Option<(i64, i64)>,
     audio_base: Option<(i64, i64)>,
@@ -58,6 +60,7 @@ impl RtpRemuxer {
             params: ParamSets::default(),
             opus: false,
             have_keyframe: false,
+            last_keyframe_us: None,
             video_base: None,
             audio_base: None,
         }
@@ -67,6 +70,18 @@ impl RtpRemuxer {
     /// after [`lost`](Self::lost)): the caller asks the sender for one (PLI).
     pub fn needs_keyframe(&self) -> bool {
         !self.have_keyframe
+    }
+
+    /// True when the video track waits for a keyframe, or its last one
+    /// arrived more than `interval_us` before `now_us` (the caller's clock,
+    /// as the arrivals): WebRTC encoders send keyframes only when asked, so
+    /// the caller asks at this interval to keep groups bounded (a viewer's
+    /// join point, an HLS segment, the ring's window are all whole groups).
+    pub fn wants_keyframe(&self, now_us: u64, interval_us: u64) -> bool {
+        !self.have_keyframe
+            || self
+                .last_keyframe_us
+                .is_some_and(|at| now_us.saturating_sub(at) > interval_us)
     }
 
     /// Packets were lost before the next frame: what follows is not
@@ -88,6 +103,7 @@ impl RtpRemuxer {
         };
         if keyframe {
             self.have_keyframe = true;
+            self.last_keyframe_us = Some(arrival_us);
         } else if !self.have_keyframe {
             return false;
         }

@@ -26,7 +26,9 @@
 //! through the one ingest loop [`super::IngestSession::run`] (admission,
 //! limits, idle timeout, metrics `transport="whip"`, grace period) in a
 //! task per session, exactly as RTMP and SRT do. A keyframe is asked for
-//! (PLI) at the start and after loss; a session that has not completed ICE
+//! (PLI) at the start, after loss, and when the last one is older than
+//! `ingest.whip.keyframe_interval` (2 s; WebRTC encoders send one only when
+//! asked); a session that has not completed ICE
 //! and DTLS within `ingest.whip.handshake_timeout` is closed with the
 //! reason logged, which releases the stream name.
 //!
@@ -373,6 +375,10 @@ async fn publish(
         connected: false,
         deadline: Instant::now(),
         last_pli: None,
+        keyframe_every_us: match cfg.keyframe_interval.as_micros() {
+            0 => u64::MAX,
+            us => u64::try_from(us).unwrap_or(u64::MAX),
+        },
         video_mid: None,
         ice_ufrag,
         ice_pwd,
@@ -640,6 +646,13 @@ struct Session {
     /// When the `Rtc` wants time next.
     deadline: Instant,
     last_pli: Option<Instant>,
+    /// Longest group before a keyframe is asked for (µs; `u64::MAX`: never
+    /// by age). WebRTC encoders (a browser's above all) send a keyframe only
+    /// when asked: without this a stream is one endless group, a new viewer
+    /// joins far back (or at a picture frozen by a loss it never saw) and an
+    /// HLS segment never ends. An encoder with a shorter keyframe interval
+    /// of its own (OBS's setting) is never asked.
+    keyframe_every_us: u64,
     video_mid: Option<Mid>,
     /// The offer's ICE credentials (a trickle `PATCH` repeats them; new ones are a restart).
     ice_ufrag: Option<String>,
@@ -706,7 +719,7 @@ impl Session {
                             self.remux.lost();
                         }
                         self.remux.push_h264(time(VIDEO_CLOCK), arrival, &d.data);
-                        if self.remux.needs_keyframe() {
+                        if self.remux.wants_keyframe(arrival, self.keyframe_every_us) {
                             self.keyframe();
                         }
                     }
