@@ -1,7 +1,8 @@
 //! WHIP ingest (#16): the endpoint's refusals (each a clear 4xx/503 with
 //! its reason), CORS, a session that never completes ICE (timed out, its
 //! name released, another stream undisturbed), and a real WebRTC publisher:
-//! `str0m` as the client in-process (H.264 from ffmpeg's libx264, Opus)
+//! `str0m` as the client in-process (H.264 from ffmpeg's libx264 or VP9
+//! from its libvpx-vp9, Opus; H.264 preferred when both are offered)
 //! → the relay → a WebSocket viewer and ffprobe on `/live/NAME.mp4`; the
 //! keyframe request after video loss (the client drops video RTP at its
 //! UDP socket); trickle ICE by `PATCH` (RFC 9725 §4.3.1) and its refusals.
@@ -78,10 +79,16 @@ async fn client() -> Client {
 
 /// A client sending `kinds` (video is H.264, audio Opus).
 async fn client_with(kinds: &[MediaKind]) -> Client {
+    client_offering(&[Codec::H264], kinds).await
+}
+
+/// A client offering the video codecs `video` (H.264, VP9), audio Opus.
+async fn client_offering(video: &[Codec], kinds: &[MediaKind]) -> Client {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind client");
     let mut rtc = Rtc::builder()
         .clear_codecs()
-        .enable_h264(true)
+        .enable_h264(video.contains(&Codec::H264))
+        .enable_vp9(video.contains(&Codec::Vp9))
         .enable_opus(true, false)
         .build(Instant::now());
     let c = Candidate::host(socket.local_addr().expect("addr"), "udp").expect("candidate");
@@ -129,7 +136,7 @@ async fn whip_refusals_say_why_and_cors_lets_browsers_in() {
     assert_ne!(vp8_only, offer);
     let (s, _, b) = post_offer(a, "cam", key, &vp8_only).await;
     assert_eq!(s, 400, "{b}");
-    assert!(b.contains("neither H.264"), "{b}");
+    assert!(b.contains("H.264 or VP9"), "{b}");
     let (s, _, b) = call(
         a,
         "POST",
@@ -286,6 +293,53 @@ fn has_idr(au: &[u8]) -> bool {
         .any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
 }
 
+/// VP9 frames (a superframe as one) from ffmpeg's libvpx-vp9 in realtime
+/// mode, through IVF: `seconds` at 30 fps, a keyframe every `gop` frames.
+async fn vp9_frames(seconds: u32, gop: u32) -> Vec<Vec<u8>> {
+    let (t, g) = (seconds.to_string(), gop.to_string());
+    let out = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi"])
+        .args(["-i", "testsrc2=size=320x180:rate=30", "-t", &t])
+        .args([
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+        ])
+        .args(["-b:v", "500k", "-pix_fmt", "yuv420p", "-g", &g])
+        .args(["-keyint_min", &g, "-f", "ivf", "-"])
+        .output()
+        .await
+        .expect("run ffmpeg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // IVF: a 32-byte file header, then per frame a 12-byte header (size
+    // u32 LE, pts u64) and the frame.
+    let data = out.stdout;
+    assert_eq!(data.get(..4), Some(&b"DKIF"[..]), "IVF");
+    let mut frames = Vec::new();
+    let mut at = 32;
+    while let Some(h) = data.get(at..at + 12) {
+        let size = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let frame = data.get(at + 12..at + 12 + size).expect("whole IVF frame");
+        frames.push(frame.to_vec());
+        at += 12 + size;
+    }
+    frames
+}
+
+/// Whether a VP9 frame (or superframe, whose first frame decides) is a key
+/// frame: profile 0 uncompressed header `10 0 0 0 0 …` (marker, profile,
+/// show_existing_frame 0, frame_type KEY).
+fn vp9_key(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|b| b & 0xfc == 0x80)
+}
+
 /// The RTP payload type of an (S)RTP datagram, `None` for RTCP, STUN and
 /// DTLS: RFC 7983 (first byte 128..=191 is RTP/RTCP), RFC 5761 §4 (a
 /// second byte 192..=223 is RTCP). SRTP leaves the RTP header in clear.
@@ -316,6 +370,8 @@ struct Knobs {
     keyframes_on_request: bool,
     /// Keyframes sent.
     keyframes_sent: AtomicU32,
+    /// The video frames are VP9 (default: H.264 access units).
+    vp9: bool,
 }
 
 impl Knobs {
@@ -398,7 +454,9 @@ async fn publish(
                     continue;
                 }
                 let Some(w) = rtc.writer(mid) else { continue };
-                let codec = if kind == MediaKind::Video {
+                let codec = if kind == MediaKind::Video && knobs.vp9 {
+                    Codec::Vp9
+                } else if kind == MediaKind::Video {
                     Codec::H264
                 } else {
                     Codec::Opus
@@ -425,7 +483,12 @@ async fn publish(
                         } else {
                             (*n as usize) % aus.len()
                         };
-                        if has_idr(&aus[i]) {
+                        let key = if knobs.vp9 {
+                            vp9_key(&aus[i])
+                        } else {
+                            has_idr(&aus[i])
+                        };
+                        if key {
                             knobs.keyframes_sent.fetch_add(1, Ordering::Relaxed);
                         }
                         (
@@ -519,6 +582,83 @@ async fn a_webrtc_client_publishes_h264_and_opus_to_viewers_and_ffprobe() {
         "{m}"
     );
     // DELETE ends the session: the viewer is told the publisher is gone.
+    let (s, _, b) = call(a, "DELETE", &header(&h, "location"), &[], "").await;
+    assert_eq!(s, 200, "{b}");
+    knobs.stop.store(true, Ordering::Relaxed);
+    let sent = client.await.expect("join").expect("client ran");
+    assert!(sent >= 60, "{sent} frames sent");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webrtc_client_publishes_vp9_and_opus_to_viewers_and_ffprobe() {
+    if !have("ffmpeg") || !have("ffprobe") {
+        return;
+    }
+    let relay = whip_relay(config()).await;
+    let a = relay.addr;
+    let frames = vp9_frames(3, 30).await;
+    assert!(frames.len() >= 60, "{} VP9 frames", frames.len());
+    assert!(vp9_key(&frames[0]), "starts with a key frame");
+
+    // Offered both, the relay answers H.264 alone (its preference).
+    let both = [Codec::H264, Codec::Vp9];
+    let (_rtc, _sock, offer, _, _) = client_offering(&both, &[MediaKind::Video]).await;
+    assert!(offer.contains("VP9/90000") && offer.contains("H264/90000"));
+    let (s, h, answer) = post_offer(a, "both", None, &offer).await;
+    assert_eq!(s, 201, "{answer}");
+    assert!(
+        answer.contains("H264/90000") && !answer.contains("VP9"),
+        "{answer}"
+    );
+    let (s, _, b) = call(a, "DELETE", &header(&h, "location"), &[], "").await;
+    assert_eq!(s, 200, "{b}");
+
+    // VP9 only: VP9 it is.
+    let mut viewer = ws_connect(&format!("ws://{a}/live/vp9cam?wait=15")).await;
+    let kinds = [MediaKind::Video, MediaKind::Audio];
+    let (mut rtc, socket, offer, pending, mids) = client_offering(&[Codec::Vp9], &kinds).await;
+    let (s, h, answer) = post_offer(a, "vp9cam", None, &offer).await;
+    assert_eq!(s, 201, "{answer}");
+    assert!(
+        answer.contains("VP9/90000") && !answer.contains("H264"),
+        "{answer}"
+    );
+    let answer = SdpAnswer::from_sdp_string(&answer).expect("answer parses");
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .expect("answer accepted");
+    let knobs = Arc::new(Knobs {
+        vp9: true,
+        ..Knobs::default()
+    });
+    let client = tokio::spawn(publish(rtc, socket, mids, frames, knobs.clone()));
+
+    let got = ws_read(&mut viewer, 10, Duration::from_secs(15)).await;
+    if got.seqs.len() < 10 {
+        knobs.stop.store(true, Ordering::Relaxed);
+        panic!(
+            "viewer got {:?} {:?}; client: {:?}",
+            got.seqs,
+            got.texts,
+            client.await
+        );
+    }
+    // The fan-out's bytes are fMP4 the splitter takes, as from fMP4 ingest.
+    let (init, frags) = split(&got.bytes);
+    assert!(frags.len() >= 9, "{} fragments", frags.len());
+    assert!(
+        init.codecs.starts_with("vp09.00.11.08") && init.codecs.ends_with(",opus"),
+        "{}",
+        init.codecs
+    );
+    assert_eq!(keys(&got).first(), Some(&true), "starts at a key frame");
+    let (codecs, decoded, audio) = ffprobe_live(&format!("http://{a}/live/vp9cam.mp4")).await;
+    assert_eq!(codecs, vec!["vp9".to_string(), "opus".to_string()]);
+    assert!(
+        decoded >= 30 && audio >= 50,
+        "{decoded} video, {audio} audio frames"
+    );
     let (s, _, b) = call(a, "DELETE", &header(&h, "location"), &[], "").await;
     assert_eq!(s, 200, "{b}");
     knobs.stop.store(true, Ordering::Relaxed);

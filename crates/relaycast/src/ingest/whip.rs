@@ -21,7 +21,7 @@
 //! remote address ICE nominated). One task ([`Driver`]) owns the socket
 //! and every session's `Rtc` and drives them sans-IO: datagrams and time
 //! in, datagrams and events out. Depacketized frames (H.264 access units
-//! in Annex B, Opus packets, on their RTP clocks) go through the sans-IO
+//! in Annex B or VP9 frames, Opus packets, on their RTP clocks) go through the sans-IO
 //! [`crate::media::remux::rtp::RtpRemuxer`] to CMAF, and those fMP4 bytes
 //! through the one ingest loop [`super::IngestSession::run`] (admission,
 //! limits, idle timeout, metrics `transport="whip"`, grace period) in a
@@ -29,6 +29,18 @@
 //! (PLI) at the start and after loss; a session that has not completed ICE
 //! and DTLS within `ingest.whip.handshake_timeout` is closed with the
 //! reason logged, which releases the stream name.
+//!
+//! Video codecs: H.264 or VP9, whichever the offer carries; when it
+//! carries both (browsers offer VP8, VP9, H.264 and more; OBS offers
+//! H.264 and may add others), H.264. Only the chosen codec is enabled in
+//! the session's `Rtc`, so the answer lists that one alone and the
+//! publisher cannot send another. H.264 first because it is what every
+//! viewer plays: MSE in every browser (Safari and iOS included, where VP9
+//! in MP4 is not a given), hardware decoding on phones, and the HLS
+//! players that take `avc1` everywhere; it is also what OBS sends by
+//! default. VP9 when H.264 is missing (a browser built without it, a
+//! publisher that prefers it): `vp09` in fMP4 plays in Chromium and
+//! Firefox MSE. Other video codecs are not negotiated.
 //!
 //! Why `str0m` and not `webrtc-rs`: `str0m` is sans-IO like the rest of
 //! the relay (the caller owns sockets and clocks, one task can drive every
@@ -326,9 +338,9 @@ async fn publish(
     let (video, audio) = offered_codecs(text);
     let offer = SdpOffer::from_sdp_string(text)
         .map_err(|e| Error::BadRequest(format!("bad SDP offer: {e}")))?;
-    if !video && !audio {
+    if video.is_none() && !audio {
         return Err(Error::BadRequest(
-            "the offer has neither H.264 video nor Opus audio: this relay takes H.264 and Opus"
+            "the offer has neither H.264 or VP9 video nor Opus audio: this relay takes those"
                 .into(),
         ));
     }
@@ -337,7 +349,8 @@ async fn publish(
         .set_ice_lite(true)
         .set_dtls_cert(whip.cert.clone())
         .clear_codecs()
-        .enable_h264(true)
+        .enable_h264(video == Some(Video::H264))
+        .enable_vp9(video == Some(Video::Vp9))
         .enable_opus(true, false)
         .build(Instant::now());
     let candidate = Candidate::host(whip.candidate, "udp")
@@ -365,7 +378,7 @@ async fn publish(
                 max_fragment_us: cfg.fragment_ms.saturating_mul(1000),
                 ..MuxerConfig::default()
             },
-            video,
+            video.is_some(),
             audio,
         ),
         tx,
@@ -460,9 +473,18 @@ fn is_sdp_line(line: &str) -> bool {
     b.len() >= 2 && b[0].is_ascii_lowercase() && b[1] == b'='
 }
 
-/// Which of the codecs the relay carries an offer lists (H.264, Opus).
-fn offered_codecs(sdp: &str) -> (bool, bool) {
-    let mut video = false;
+/// A video codec the relay takes over WHIP, in order of preference (see
+/// the module comment: H.264 first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Video {
+    H264,
+    Vp9,
+}
+
+/// Which of the codecs the relay carries an offer lists: the preferred
+/// video codec among them, and whether Opus is there.
+fn offered_codecs(sdp: &str) -> (Option<Video>, bool) {
+    let mut video: Option<Video> = None;
     let mut audio = false;
     for line in sdp.lines() {
         let Some(map) = line.trim().strip_prefix("a=rtpmap:") else {
@@ -470,7 +492,17 @@ fn offered_codecs(sdp: &str) -> (bool, bool) {
         };
         let codec = map.split_whitespace().nth(1).unwrap_or_default();
         let codec = codec.split('/').next().unwrap_or_default();
-        video |= codec.eq_ignore_ascii_case("h264");
+        let this = if codec.eq_ignore_ascii_case("h264") {
+            Some(Video::H264)
+        } else if codec.eq_ignore_ascii_case("vp9") {
+            Some(Video::Vp9)
+        } else {
+            None
+        };
+        video = match (video, this) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         audio |= codec.eq_ignore_ascii_case("opus");
     }
     (video, audio)
@@ -706,6 +738,20 @@ impl Session {
                             self.remux.lost();
                         }
                         self.remux.push_h264(time(VIDEO_CLOCK), arrival, &d.data);
+                        if self.remux.needs_keyframe() {
+                            self.keyframe();
+                        }
+                    }
+                    RtcCodec::Vp9 => {
+                        // A whole frame (or superframe): str0m's frame mode
+                        // assembles a picture's packets up to the marker bit.
+                        self.video_mid = Some(d.mid);
+                        if !d.contiguous {
+                            tracing::debug!(stream = %self.name, session = %self.id, "WHIP video loss: waiting for a keyframe");
+                            self.remux.lost();
+                        }
+                        let frame = Bytes::copy_from_slice(&d.data);
+                        self.remux.push_vp9(time(VIDEO_CLOCK), arrival, frame);
                         if self.remux.needs_keyframe() {
                             self.keyframe();
                         }
@@ -960,10 +1006,16 @@ mod tests {
     #[test]
     fn codecs_in_offers() {
         let both = "v=0\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:102 H264/90000\r\n";
-        assert_eq!(offered_codecs(both), (true, true));
+        assert_eq!(offered_codecs(both), (Some(Video::H264), true));
         let vp8 = "a=rtpmap:96 VP8/90000\r\na=rtpmap:0 PCMU/8000\r\n";
-        assert_eq!(offered_codecs(vp8), (false, false));
-        assert_eq!(offered_codecs("a=rtpmap:\r\n"), (false, false));
+        assert_eq!(offered_codecs(vp8), (None, false));
+        assert_eq!(offered_codecs("a=rtpmap:\r\n"), (None, false));
+        // A browser's list: VP8, VP9, H.264 (in its order): H.264 wins.
+        let browser = "a=rtpmap:96 VP8/90000\r\na=rtpmap:98 VP9/90000\r\n\
+            a=rtpmap:102 H264/90000\r\na=rtpmap:45 AV1/90000\r\n";
+        assert_eq!(offered_codecs(browser), (Some(Video::H264), false));
+        let vp9 = "a=rtpmap:98 VP9/90000\r\na=rtpmap:100 vp9/90000\r\n";
+        assert_eq!(offered_codecs(vp9), (Some(Video::Vp9), false));
     }
 
     #[test]
