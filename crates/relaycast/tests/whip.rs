@@ -1,8 +1,9 @@
 //! WHIP ingest (#16): the endpoint's refusals (each a clear 4xx/503 with
 //! its reason), CORS, a session that never completes ICE (timed out, its
 //! name released, another stream undisturbed), and a real WebRTC publisher:
-//! `str0m` as the client in-process (H.264 from ffmpeg's libx264 or VP9
-//! from its libvpx-vp9, Opus; H.264 preferred when both are offered)
+//! `str0m` as the client in-process (H.264 from ffmpeg's libx264, VP9 from
+//! its libvpx-vp9 or AV1 from its libaom-av1, Opus; H.264, then VP9, then
+//! AV1 chosen when several are offered)
 //! → the relay → a WebSocket viewer and ffprobe on `/live/NAME.mp4`; the
 //! keyframe request after video loss (the client drops video RTP at its
 //! UDP socket); trickle ICE by `PATCH` (RFC 9725 §4.3.1) and its refusals.
@@ -82,13 +83,14 @@ async fn client_with(kinds: &[MediaKind]) -> Client {
     client_offering(&[Codec::H264], kinds).await
 }
 
-/// A client offering the video codecs `video` (H.264, VP9), audio Opus.
+/// A client offering the video codecs `video` (H.264, VP9, AV1), audio Opus.
 async fn client_offering(video: &[Codec], kinds: &[MediaKind]) -> Client {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind client");
     let mut rtc = Rtc::builder()
         .clear_codecs()
         .enable_h264(video.contains(&Codec::H264))
         .enable_vp9(video.contains(&Codec::Vp9))
+        .enable_av1(video.contains(&Codec::Av1))
         .enable_opus(true, false)
         .build(Instant::now());
     let c = Candidate::host(socket.local_addr().expect("addr"), "udp").expect("candidate");
@@ -136,7 +138,7 @@ async fn whip_refusals_say_why_and_cors_lets_browsers_in() {
     assert_ne!(vp8_only, offer);
     let (s, _, b) = post_offer(a, "cam", key, &vp8_only).await;
     assert_eq!(s, 400, "{b}");
-    assert!(b.contains("H.264 or VP9"), "{b}");
+    assert!(b.contains("H.264, VP9 or AV1"), "{b}");
     let (s, _, b) = call(
         a,
         "POST",
@@ -293,22 +295,16 @@ fn has_idr(au: &[u8]) -> bool {
         .any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
 }
 
-/// VP9 frames (a superframe as one) from ffmpeg's libvpx-vp9 in realtime
-/// mode, through IVF: `seconds` at 30 fps, a keyframe every `gop` frames.
-async fn vp9_frames(seconds: u32, gop: u32) -> Vec<Vec<u8>> {
+/// Video frames from ffmpeg through IVF (VP9 frames, a superframe as one;
+/// AV1 temporal units): `seconds` of the test source at 30 fps, encoded
+/// with `encoder` (codec and options), a keyframe every `gop` frames.
+async fn ivf_frames(seconds: u32, gop: u32, encoder: &[&str]) -> Vec<Vec<u8>> {
     let (t, g) = (seconds.to_string(), gop.to_string());
     let out = tokio::process::Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi"])
         .args(["-i", "testsrc2=size=320x180:rate=30", "-t", &t])
-        .args([
-            "-c:v",
-            "libvpx-vp9",
-            "-deadline",
-            "realtime",
-            "-cpu-used",
-            "8",
-        ])
-        .args(["-b:v", "500k", "-pix_fmt", "yuv420p", "-g", &g])
+        .args(encoder)
+        .args(["-pix_fmt", "yuv420p", "-g", &g])
         .args(["-keyint_min", &g, "-f", "ivf", "-"])
         .output()
         .await
@@ -333,11 +329,42 @@ async fn vp9_frames(seconds: u32, gop: u32) -> Vec<Vec<u8>> {
     frames
 }
 
-/// Whether a VP9 frame (or superframe, whose first frame decides) is a key
-/// frame: profile 0 uncompressed header `10 0 0 0 0 …` (marker, profile,
-/// show_existing_frame 0, frame_type KEY).
-fn vp9_key(frame: &[u8]) -> bool {
-    frame.first().is_some_and(|b| b & 0xfc == 0x80)
+/// libvpx-vp9 as a browser's realtime encoder runs it.
+const VP9_RT: &[&str] = &[
+    "-c:v",
+    "libvpx-vp9",
+    "-deadline",
+    "realtime",
+    "-cpu-used",
+    "8",
+    "-b:v",
+    "500k",
+];
+/// libaom-av1 in its realtime mode (no lookahead: no hidden frames).
+const AV1_RT: &[&str] = &[
+    "-c:v",
+    "libaom-av1",
+    "-usage",
+    "realtime",
+    "-cpu-used",
+    "8",
+    "-lag-in-frames",
+    "0",
+    "-b:v",
+    "300k",
+];
+
+/// Whether a frame is a keyframe: an H.264 IDR; a VP9 (super)frame whose
+/// first frame's profile-0 header is `10 0 0 0 0 …` (marker, profile,
+/// show_existing_frame 0, frame_type KEY); an AV1 temporal unit with a
+/// sequence header after its temporal delimiter (libaom sends one with
+/// every key frame).
+fn is_key(codec: Codec, frame: &[u8]) -> bool {
+    match codec {
+        Codec::Vp9 => frame.first().is_some_and(|b| b & 0xfc == 0x80),
+        Codec::Av1 => frame.get(..3) == Some(&[0x12, 0x00, 0x0a][..]),
+        _ => has_idr(frame),
+    }
 }
 
 /// The RTP payload type of an (S)RTP datagram, `None` for RTCP, STUN and
@@ -370,8 +397,8 @@ struct Knobs {
     keyframes_on_request: bool,
     /// Keyframes sent.
     keyframes_sent: AtomicU32,
-    /// The video frames are VP9 (default: H.264 access units).
-    vp9: bool,
+    /// The video codec of the frames (`None`: H.264 access units).
+    video: Option<Codec>,
 }
 
 impl Knobs {
@@ -454,10 +481,8 @@ async fn publish(
                     continue;
                 }
                 let Some(w) = rtc.writer(mid) else { continue };
-                let codec = if kind == MediaKind::Video && knobs.vp9 {
-                    Codec::Vp9
-                } else if kind == MediaKind::Video {
-                    Codec::H264
+                let codec = if kind == MediaKind::Video {
+                    knobs.video.unwrap_or(Codec::H264)
                 } else {
                     Codec::Opus
                 };
@@ -483,12 +508,7 @@ async fn publish(
                         } else {
                             (*n as usize) % aus.len()
                         };
-                        let key = if knobs.vp9 {
-                            vp9_key(&aus[i])
-                        } else {
-                            has_idr(&aus[i])
-                        };
-                        if key {
+                        if is_key(codec, &aus[i]) {
                             knobs.keyframes_sent.fetch_add(1, Ordering::Relaxed);
                         }
                         (
@@ -597,11 +617,7 @@ async fn a_webrtc_client_publishes_vp9_and_opus_to_viewers_and_ffprobe() {
     }
     let relay = whip_relay(config()).await;
     let a = relay.addr;
-    let frames = vp9_frames(3, 30).await;
-    assert!(frames.len() >= 60, "{} VP9 frames", frames.len());
-    assert!(vp9_key(&frames[0]), "starts with a key frame");
-
-    // Offered both, the relay answers H.264 alone (its preference).
+    // Offered both H.264 and VP9, the relay answers H.264 alone (its preference).
     let both = [Codec::H264, Codec::Vp9];
     let (_rtc, _sock, offer, _, _) = client_offering(&both, &[MediaKind::Video]).await;
     assert!(offer.contains("VP9/90000") && offer.contains("H264/90000"));
@@ -614,14 +630,61 @@ async fn a_webrtc_client_publishes_vp9_and_opus_to_viewers_and_ffprobe() {
     let (s, _, b) = call(a, "DELETE", &header(&h, "location"), &[], "").await;
     assert_eq!(s, 200, "{b}");
 
-    // VP9 only: VP9 it is.
-    let mut viewer = ws_connect(&format!("ws://{a}/live/vp9cam?wait=15")).await;
-    let kinds = [MediaKind::Video, MediaKind::Audio];
-    let (mut rtc, socket, offer, pending, mids) = client_offering(&[Codec::Vp9], &kinds).await;
-    let (s, h, answer) = post_offer(a, "vp9cam", None, &offer).await;
+    let frames = ivf_frames(3, 30, VP9_RT).await;
+    publishes(&relay, Codec::Vp9, frames, "vp09.00.11.08", "vp9").await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webrtc_client_publishes_av1_and_opus_to_viewers_and_ffprobe() {
+    if !have("ffmpeg") || !have("ffprobe") {
+        return;
+    }
+    let relay = whip_relay(config()).await;
+    let a = relay.addr;
+    // Offered VP9 and AV1, the relay answers VP9 alone.
+    let both = [Codec::Vp9, Codec::Av1];
+    let (_rtc, _sock, offer, _, _) = client_offering(&both, &[MediaKind::Video]).await;
+    assert!(offer.contains("VP9/90000") && offer.contains("AV1/90000"));
+    let (s, h, answer) = post_offer(a, "both", None, &offer).await;
     assert_eq!(s, 201, "{answer}");
     assert!(
-        answer.contains("VP9/90000") && !answer.contains("H264"),
+        answer.contains("VP9/90000") && !answer.contains("AV1"),
+        "{answer}"
+    );
+    let (s, _, b) = call(a, "DELETE", &header(&h, "location"), &[], "").await;
+    assert_eq!(s, 200, "{b}");
+
+    let frames = ivf_frames(3, 30, AV1_RT).await;
+    // libaom's 320x180: seq_profile 0, seq_level_idx 0 (2.0), Main tier, 8-bit.
+    publishes(&relay, Codec::Av1, frames, "av01.0.00M.08", "av1").await;
+    relay.shutdown().await;
+}
+
+/// A client offering `codec` video (alone) and Opus publishes `frames`
+/// (from [`ivf_frames`]) in real time: the answer has that codec alone, a
+/// viewer's fragments are fMP4 the splitter takes (as from fMP4 ingest),
+/// starting at a keyframe, with `codecs` (the video codec string) and
+/// Opus, and ffprobe decodes `probed` video and Opus from `/live/NAME.mp4`.
+async fn publishes(
+    relay: &Running,
+    codec: Codec,
+    frames: Vec<Vec<u8>>,
+    codecs: &str,
+    probed: &str,
+) {
+    let a = relay.addr;
+    assert!(frames.len() >= 60, "{} {codec:?} frames", frames.len());
+    assert!(is_key(codec, &frames[0]), "starts with a keyframe");
+    let name = format!("{probed}cam");
+    let mut viewer = ws_connect(&format!("ws://{a}/live/{name}?wait=15")).await;
+    let kinds = [MediaKind::Video, MediaKind::Audio];
+    let (mut rtc, socket, offer, pending, mids) = client_offering(&[codec], &kinds).await;
+    let (s, h, answer) = post_offer(a, &name, None, &offer).await;
+    assert_eq!(s, 201, "{answer}");
+    let rtpmap = format!("{codec}/90000");
+    assert!(
+        answer.contains(&rtpmap) && !answer.contains("H264"),
         "{answer}"
     );
     let answer = SdpAnswer::from_sdp_string(&answer).expect("answer parses");
@@ -629,7 +692,7 @@ async fn a_webrtc_client_publishes_vp9_and_opus_to_viewers_and_ffprobe() {
         .accept_answer(pending, answer)
         .expect("answer accepted");
     let knobs = Arc::new(Knobs {
-        vp9: true,
+        video: Some(codec),
         ..Knobs::default()
     });
     let client = tokio::spawn(publish(rtc, socket, mids, frames, knobs.clone()));
@@ -647,14 +710,10 @@ async fn a_webrtc_client_publishes_vp9_and_opus_to_viewers_and_ffprobe() {
     // The fan-out's bytes are fMP4 the splitter takes, as from fMP4 ingest.
     let (init, frags) = split(&got.bytes);
     assert!(frags.len() >= 9, "{} fragments", frags.len());
-    assert!(
-        init.codecs.starts_with("vp09.00.11.08") && init.codecs.ends_with(",opus"),
-        "{}",
-        init.codecs
-    );
-    assert_eq!(keys(&got).first(), Some(&true), "starts at a key frame");
-    let (codecs, decoded, audio) = ffprobe_live(&format!("http://{a}/live/vp9cam.mp4")).await;
-    assert_eq!(codecs, vec!["vp9".to_string(), "opus".to_string()]);
+    assert_eq!(init.codecs, format!("{codecs},opus"));
+    assert_eq!(keys(&got).first(), Some(&true), "starts at a keyframe");
+    let (names, decoded, audio) = ffprobe_live(&format!("http://{a}/live/{name}.mp4")).await;
+    assert_eq!(names, vec![probed.to_string(), "opus".to_string()]);
     assert!(
         decoded >= 30 && audio >= 50,
         "{decoded} video, {audio} audio frames"
@@ -664,7 +723,6 @@ async fn a_webrtc_client_publishes_vp9_and_opus_to_viewers_and_ffprobe() {
     knobs.stop.store(true, Ordering::Relaxed);
     let sent = client.await.expect("join").expect("client ran");
     assert!(sent >= 60, "{sent} frames sent");
-    relay.shutdown().await;
 }
 
 /// Poll `done` every 20 ms for at most `limit`; false if it never held.

@@ -16,6 +16,7 @@
 //! and follows its own RTP clock from there: as close as RTP without sender
 //! reports gets to lip sync.
 
+use crate::remux::av1::{self, Av1Config};
 use crate::remux::cmaf::{Codec, Muxer, MuxerConfig, Output, Sample, TrackConfig, TrackKind};
 use crate::remux::nal::ParamSets;
 use crate::remux::vp9::{self, Vp9Config};
@@ -33,6 +34,8 @@ pub struct RtpRemuxer {
     params: ParamSets,
     /// The VP9 stream's configuration, from its last key frame.
     vp9: Option<Vp9Config>,
+    /// The AV1 stream's configuration, from its last sequence header.
+    av1: Option<Av1Config>,
     opus: bool,
     /// A video keyframe went into the muxer since the start or the last loss.
     have_keyframe: bool,
@@ -62,6 +65,7 @@ impl RtpRemuxer {
             muxer,
             params: ParamSets::default(),
             vp9: None,
+            av1: None,
             opus: false,
             have_keyframe: false,
             video_base: None,
@@ -120,6 +124,36 @@ impl RtpRemuxer {
         self.push_video(time, arrival_us, frame, info.keyframe)
     }
 
+    /// One AV1 temporal unit (low-overhead OBUs with sizes, as str0m
+    /// depacketizes them) with RTP time `time` (90 kHz ticks, extended)
+    /// that arrived at `arrival_us`. A sequence header sets the track
+    /// (`av1C` with it, size); a change makes a new init segment. Returns
+    /// true when it went into the muxer (false: not AV1, no sequence header
+    /// yet, or waiting for a key frame).
+    pub fn push_av1(&mut self, time: i64, arrival_us: u64, tu: &[u8]) -> bool {
+        let reduced = self
+            .av1
+            .as_ref()
+            .is_some_and(|c| c.reduced_still_picture_header);
+        let Some(unit) = av1::inspect(tu, reduced) else {
+            return false;
+        };
+        if let Some(config) = unit.config
+            && self.av1.as_ref() != Some(&config)
+        {
+            let mut cfg = TrackConfig::new(Codec::Av1(config.av1c()), VIDEO_CLOCK);
+            (cfg.width, cfg.height) = (config.width, config.height);
+            if self.muxer.set_track(cfg).is_err() {
+                return false;
+            }
+            self.av1 = Some(config);
+        }
+        if self.av1.is_none() {
+            return false;
+        }
+        self.push_video(time, arrival_us, unit.sample, unit.keyframe)
+    }
+
     /// A video sample into the muxer, or dropped while waiting for a keyframe.
     fn push_video(&mut self, time: i64, arrival_us: u64, data: Bytes, keyframe: bool) -> bool {
         if keyframe {
@@ -133,7 +167,8 @@ impl RtpRemuxer {
             Sample {
                 dts,
                 // WebRTC H.264 has no B-frames, VP9 no reordering out of a
-                // (super)frame: decode order is display order.
+                // (super)frame, AV1 none out of a temporal unit: decode
+                // order is display order.
                 cts_offset: 0,
                 keyframe,
                 data,
@@ -355,6 +390,46 @@ mod tests {
             "vp09.00.21.08.01.02.02.05.00",
         ];
         assert_eq!(codecs, want, "one init per configuration");
+        assert!(fragments >= 2, "{fragments} fragments");
+    }
+
+    #[test]
+    fn av1_needs_a_sequence_header_and_a_key_frame() {
+        // libaom's 320x180 sequence header, a key frame OBU and an inter one
+        // (as in `av1`'s tests), each unit led by a temporal delimiter.
+        let seq: &[u8] = &[
+            0x0a, 0x0b, 0x00, 0x00, 0x00, 0x04, 0x3c, 0xfe, 0xcc, 0xda, 0xf9, 0x00, 0x40,
+        ];
+        let key = [
+            &[0x12, 0x00][..],
+            seq,
+            &[0x32, 0x04, 0x10, 0x00, 0x80, 0x20],
+        ]
+        .concat();
+        let inter: &[u8] = &[0x12, 0x00, 0x32, 0x03, 0x30, 0x00, 0x00];
+        let mut r = RtpRemuxer::new(MuxerConfig::default(), true, false);
+        assert!(!r.push_av1(0, 0, inter), "no sequence header yet");
+        assert!(!r.push_av1(0, 0, b"\xff\xff"), "not AV1");
+        assert!(r.push_av1(3000, 33_333, &key));
+        for i in 2..10i64 {
+            assert!(r.push_av1(i * 3000, i as u64 * 33_333, inter));
+        }
+        r.lost();
+        assert!(!r.push_av1(30_000, 333_333, inter), "dropped after loss");
+        assert!(r.push_av1(33_000, 366_666, &key), "same sequence header");
+        r.finish();
+        let mut splitter = crate::Splitter::default();
+        while let Some(o) = r.poll() {
+            splitter.push(o.bytes());
+        }
+        let (mut codecs, mut fragments) = (Vec::new(), 0);
+        while let Some(item) = splitter.next_item().expect("the splitter takes it") {
+            match item {
+                crate::Item::Init(i) => codecs.push(i.codecs.clone()),
+                crate::Item::Fragment(_) => fragments += 1,
+            }
+        }
+        assert_eq!(codecs, ["av01.0.00M.08"], "one init");
         assert!(fragments >= 2, "{fragments} fragments");
     }
 }

@@ -21,7 +21,7 @@
 //! remote address ICE nominated). One task ([`Driver`]) owns the socket
 //! and every session's `Rtc` and drives them sans-IO: datagrams and time
 //! in, datagrams and events out. Depacketized frames (H.264 access units
-//! in Annex B or VP9 frames, Opus packets, on their RTP clocks) go through the sans-IO
+//! in Annex B, VP9 frames, AV1 temporal units, Opus packets, on their RTP clocks) go through the sans-IO
 //! [`crate::media::remux::rtp::RtpRemuxer`] to CMAF, and those fMP4 bytes
 //! through the one ingest loop [`super::IngestSession::run`] (admission,
 //! limits, idle timeout, metrics `transport="whip"`, grace period) in a
@@ -30,17 +30,20 @@
 //! and DTLS within `ingest.whip.handshake_timeout` is closed with the
 //! reason logged, which releases the stream name.
 //!
-//! Video codecs: H.264 or VP9, whichever the offer carries; when it
-//! carries both (browsers offer VP8, VP9, H.264 and more; OBS offers
-//! H.264 and may add others), H.264. Only the chosen codec is enabled in
-//! the session's `Rtc`, so the answer lists that one alone and the
-//! publisher cannot send another. H.264 first because it is what every
-//! viewer plays: MSE in every browser (Safari and iOS included, where VP9
-//! in MP4 is not a given), hardware decoding on phones, and the HLS
-//! players that take `avc1` everywhere; it is also what OBS sends by
-//! default. VP9 when H.264 is missing (a browser built without it, a
-//! publisher that prefers it): `vp09` in fMP4 plays in Chromium and
-//! Firefox MSE. Other video codecs are not negotiated.
+//! Video codecs: H.264, VP9 or AV1, the first of these the offer carries
+//! (browsers offer VP8, VP9, H.264, AV1 and more; OBS offers H.264 and may
+//! add others). Only the chosen codec is enabled in the session's `Rtc`,
+//! so the answer lists that one alone and the publisher cannot send
+//! another. H.264 first because it is what every viewer plays: MSE in
+//! every browser (Safari and iOS included, where VP9 and AV1 in MP4 are
+//! not a given), hardware decoding on phones, and the HLS players that
+//! take `avc1` everywhere; it is also what OBS sends by default. VP9 next
+//! (`vp09` in fMP4 plays in Chromium and Firefox MSE, decodes in software
+//! everywhere), then AV1 (`av01`: the same browsers, but software decoding
+//! costs viewers several times VP9's CPU where there is no AV1 hardware).
+//! VP8 is not negotiated: Chromium's MSE does not take `vp08` in MP4
+//! (`MediaSource.isTypeSupported('video/mp4; codecs="vp08.00.10.08"')` is
+//! false in Chromium 156), so fMP4 viewers could not play it.
 //!
 //! Why `str0m` and not `webrtc-rs`: `str0m` is sans-IO like the rest of
 //! the relay (the caller owns sockets and clocks, one task can drive every
@@ -340,7 +343,7 @@ async fn publish(
         .map_err(|e| Error::BadRequest(format!("bad SDP offer: {e}")))?;
     if video.is_none() && !audio {
         return Err(Error::BadRequest(
-            "the offer has neither H.264 or VP9 video nor Opus audio: this relay takes those"
+            "the offer has neither H.264, VP9 or AV1 video nor Opus audio: this relay takes those"
                 .into(),
         ));
     }
@@ -351,6 +354,7 @@ async fn publish(
         .clear_codecs()
         .enable_h264(video == Some(Video::H264))
         .enable_vp9(video == Some(Video::Vp9))
+        .enable_av1(video == Some(Video::Av1))
         .enable_opus(true, false)
         .build(Instant::now());
     let candidate = Candidate::host(whip.candidate, "udp")
@@ -479,6 +483,7 @@ fn is_sdp_line(line: &str) -> bool {
 enum Video {
     H264,
     Vp9,
+    Av1,
 }
 
 /// Which of the codecs the relay carries an offer lists: the preferred
@@ -496,6 +501,8 @@ fn offered_codecs(sdp: &str) -> (Option<Video>, bool) {
             Some(Video::H264)
         } else if codec.eq_ignore_ascii_case("vp9") {
             Some(Video::Vp9)
+        } else if codec.eq_ignore_ascii_case("av1") {
+            Some(Video::Av1)
         } else {
             None
         };
@@ -730,28 +737,27 @@ impl Session {
                 };
                 let arrival = d.network_time.saturating_duration_since(self.created);
                 let arrival = u64::try_from(arrival.as_micros()).unwrap_or(u64::MAX);
-                match d.params.spec().codec {
-                    RtcCodec::H264 => {
+                let codec = d.params.spec().codec;
+                match codec {
+                    RtcCodec::H264 | RtcCodec::Vp9 | RtcCodec::Av1 => {
                         self.video_mid = Some(d.mid);
                         if !d.contiguous {
                             tracing::debug!(stream = %self.name, session = %self.id, "WHIP video loss: waiting for a keyframe");
                             self.remux.lost();
                         }
-                        self.remux.push_h264(time(VIDEO_CLOCK), arrival, &d.data);
-                        if self.remux.needs_keyframe() {
-                            self.keyframe();
-                        }
-                    }
-                    RtcCodec::Vp9 => {
-                        // A whole frame (or superframe): str0m's frame mode
-                        // assembles a picture's packets up to the marker bit.
-                        self.video_mid = Some(d.mid);
-                        if !d.contiguous {
-                            tracing::debug!(stream = %self.name, session = %self.id, "WHIP video loss: waiting for a keyframe");
-                            self.remux.lost();
-                        }
-                        let frame = Bytes::copy_from_slice(&d.data);
-                        self.remux.push_vp9(time(VIDEO_CLOCK), arrival, frame);
+                        // str0m's frame mode hands out whole pictures (the
+                        // packets up to the marker bit): an H.264 access
+                        // unit, a VP9 frame or superframe, an AV1 temporal
+                        // unit (OBUs with their sizes).
+                        let t = time(VIDEO_CLOCK);
+                        match codec {
+                            RtcCodec::H264 => self.remux.push_h264(t, arrival, &d.data),
+                            RtcCodec::Vp9 => {
+                                let frame = Bytes::copy_from_slice(&d.data);
+                                self.remux.push_vp9(t, arrival, frame)
+                            }
+                            _ => self.remux.push_av1(t, arrival, &d.data),
+                        };
                         if self.remux.needs_keyframe() {
                             self.keyframe();
                         }
@@ -1016,6 +1022,10 @@ mod tests {
         assert_eq!(offered_codecs(browser), (Some(Video::H264), false));
         let vp9 = "a=rtpmap:98 VP9/90000\r\na=rtpmap:100 vp9/90000\r\n";
         assert_eq!(offered_codecs(vp9), (Some(Video::Vp9), false));
+        let av1_vp9 = "a=rtpmap:45 AV1/90000\r\na=rtpmap:98 VP9/90000\r\n";
+        assert_eq!(offered_codecs(av1_vp9), (Some(Video::Vp9), false));
+        let av1 = "a=rtpmap:45 AV1/90000\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert_eq!(offered_codecs(av1), (Some(Video::Av1), true));
     }
 
     #[test]
