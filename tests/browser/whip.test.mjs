@@ -1,10 +1,11 @@
-// WHIP (#16): headless Chromium publishes over WebRTC from /broadcast/{name}
-// (H.264), and from its own RTCPeerConnection with VP9 or AV1 alone offered
-// (fake microphone, and a test picture whose top row codes the publishing
+// WHIP (#16): headless Chromium publishes H.264 over WebRTC from
+// /broadcast/{name} (fake microphone, and a test picture whose top row codes the publishing
 // page's clock); ffprobe decodes /live/NAME.mp4 (h264 + opus); the player
 // plays it over every viewer transport in a second page; the delay from the
 // publishing page's clock to the picture the player shows is measured by
 // reading that clock back out of the played frame (both pages share one clock).
+// Then Chromium's own RTCPeerConnection offers VP9 alone, and AV1 alone: ffprobe
+// decodes them and the player plays `vp09`/`av01` over WebSocket.
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
