@@ -5,8 +5,8 @@
 //! its libvpx-vp9 or AV1 from its libaom-av1, Opus; H.264, then VP9, then
 //! AV1 chosen when several are offered)
 //! → the relay → a WebSocket viewer and ffprobe on `/live/NAME.mp4`; the
-//! keyframe request after video loss (the client drops video RTP at its
-//! UDP socket); trickle ICE by `PATCH` (RFC 9725 §4.3.1) and its refusals.
+//! keyframe request after video loss, for each of the three codecs (the
+//! client drops video RTP at its UDP socket); trickle ICE by `PATCH` (RFC 9725 §4.3.1) and its refusals.
 
 mod common;
 
@@ -750,17 +750,45 @@ async fn after_video_loss_the_relay_asks_for_a_keyframe_and_viewers_go_on() {
     if !have("ffmpeg") {
         return;
     }
-    let relay = whip_relay(config()).await;
-    let a = relay.addr;
     // 10 s with one keyframe, at the start: the client sends a keyframe
     // only when the relay asks (at start, and after loss, or never again).
     let aus = h264_access_units(10, 1000).await;
     assert!(aus.len() >= 250, "{} access units", aus.len());
-    let idrs: Vec<usize> = (0..aus.len()).filter(|&i| has_idr(&aus[i])).collect();
+    loss_then_keyframe(Codec::H264, aus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_vp9_video_loss_the_relay_asks_for_a_keyframe_and_viewers_go_on() {
+    if !have("ffmpeg") {
+        return;
+    }
+    let frames = ivf_frames(10, 1000, VP9_RT).await;
+    assert!(frames.len() >= 250, "{} VP9 frames", frames.len());
+    loss_then_keyframe(Codec::Vp9, frames).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_av1_video_loss_the_relay_asks_for_a_keyframe_and_viewers_go_on() {
+    if !have("ffmpeg") {
+        return;
+    }
+    let frames = ivf_frames(10, 1000, AV1_RT).await;
+    assert!(frames.len() >= 250, "{} AV1 temporal units", frames.len());
+    loss_then_keyframe(Codec::Av1, frames).await;
+}
+
+/// A video-only `codec` client sends `aus` (one keyframe, the first) and a
+/// keyframe only when asked; a run of its video packets is lost: the relay
+/// asks for a keyframe and the viewer goes on from it.
+async fn loss_then_keyframe(codec: Codec, aus: Vec<Vec<u8>>) {
+    let relay = whip_relay(config()).await;
+    let a = relay.addr;
+    let idrs: Vec<usize> = (0..aus.len()).filter(|&i| is_key(codec, &aus[i])).collect();
     assert_eq!(idrs, vec![0], "one keyframe, the first access unit");
     let mut viewer = ws_connect(&format!("ws://{a}/live/lossy?wait=15")).await;
     // Video only: a fragment out of the relay is video that got through.
-    let (mut rtc, socket, offer, pending, mids) = client_with(&[MediaKind::Video]).await;
+    let (mut rtc, socket, offer, pending, mids) =
+        client_offering(&[codec], &[MediaKind::Video]).await;
     let (s, _, answer) = post_offer(a, "lossy", None, &offer).await;
     assert_eq!(s, 201, "{answer}");
     let answer = SdpAnswer::from_sdp_string(&answer).expect("answer parses");
@@ -769,6 +797,7 @@ async fn after_video_loss_the_relay_asks_for_a_keyframe_and_viewers_go_on() {
         .expect("answer accepted");
     let knobs = Arc::new(Knobs {
         keyframes_on_request: true,
+        video: Some(codec),
         ..Knobs::default()
     });
     let client = tokio::spawn(publish(rtc, socket, mids, aus, knobs.clone()));
