@@ -3,12 +3,14 @@
 //!
 //! The WebRTC stack (in the relay) reassembles RTP packets into whole
 //! frames: H.264 access units in Annex-B form (single NAL, STAP-A and FU-A
-//! already undone) or VP9 frames (a superframe as it came) on the 90 kHz
-//! RTP clock, and Opus packets on the 48 kHz clock, all extended to 64
-//! bits. This module takes the parameter sets in band into an `avcC` (a new
-//! init segment when they change, through the same helper as MPEG-TS), or
-//! a VP9 key frame's header into a `vpcC` and the display size (a new init
-//! when they change: see [`crate::remux::vp9`]), writes Opus as an `Opus` sample entry with a
+//! already undone), VP9 frames (a superframe as it came) or AV1 temporal
+//! units (OBUs with their sizes) on the 90 kHz RTP clock, and Opus packets
+//! on the 48 kHz clock, all extended to 64 bits. This module takes the
+//! parameter sets in band into an `avcC` (a new init segment when they
+//! change, through the same helper as MPEG-TS), a VP9 key frame's header
+//! into a `vpcC` (see [`crate::remux::vp9`]) or an AV1 sequence header
+//! into an `av1C` (see [`crate::remux::av1`]), with the display size (a
+//! new init when either changes), writes Opus as an `Opus` sample entry with a
 //! `dOps`, and uses the RTP clocks themselves as decode times: continuous,
 //! and without RTCP sender reports (OBS sends none). Each track's RTP clock
 //! starts at a random value, so a track is placed on the common timeline by
