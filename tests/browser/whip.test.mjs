@@ -1,9 +1,11 @@
-// WHIP (#16): headless Chromium publishes over WebRTC from /broadcast/{name}
-// (fake microphone, and a test picture whose top row codes the publishing
+// WHIP (#16): headless Chromium publishes H.264 over WebRTC from
+// /broadcast/{name} (fake microphone, and a test picture whose top row codes the publishing
 // page's clock); ffprobe decodes /live/NAME.mp4 (h264 + opus); the player
 // plays it over every viewer transport in a second page; the delay from the
 // publishing page's clock to the picture the player shows is measured by
 // reading that clock back out of the played frame (both pages share one clock).
+// Then Chromium's own RTCPeerConnection offers VP9 alone, and AV1 alone: ffprobe
+// decodes them and the player plays `vp09`/`av01` over WebSocket.
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -106,6 +108,71 @@ describe('WHIP ingest from Chromium', () => {
       await viewer.context().close().catch(() => {});
     }
   });
+
+  // Chromium's own WebRTC sender (libvpx VP9 / libaom AV1 as browsers send
+  // them: picture ids, dependency descriptors, its keyframe cadence), its
+  // offer narrowed to one video codec with setCodecPreferences.
+  for (const codec of ['VP9', 'AV1']) {
+    test(`Chromium publishes ${codec} over WHIP; ffprobe decodes it and the player plays it`, { timeout: 90000 }, async () => {
+      const name = `c${codec.toLowerCase()}`;
+      const pub = await newPage(browser);
+      const viewer = await newPage(browser);
+      try {
+        await pub.goto(`${relay.base}/watch/${name}`);
+        const r = await pub.evaluate(async ({ codec, name }) => {
+          const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360 }, audio: true });
+          const pc = new RTCPeerConnection();
+          const vt = pc.addTransceiver(stream.getVideoTracks()[0], { direction: 'sendonly' });
+          pc.addTransceiver(stream.getAudioTracks()[0], { direction: 'sendonly' });
+          const mime = `video/${codec}`.toLowerCase();
+          const caps = RTCRtpSender.getCapabilities('video').codecs.filter((c) => c.mimeType.toLowerCase() === mime);
+          if (!caps.length) return { error: `no ${codec} sender in this Chromium` };
+          vt.setCodecPreferences(caps);
+          await pc.setLocalDescription(await pc.createOffer());
+          await new Promise((done) => {
+            if (pc.iceGatheringState === 'complete') return done();
+            pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && done();
+            setTimeout(done, 3000);
+          });
+          const res = await fetch(`/whip/${name}`, { method: 'POST', headers: { 'content-type': 'application/sdp' }, body: pc.localDescription.sdp });
+          const answer = await res.text();
+          if (res.status !== 201) return { error: `${res.status} ${answer}` };
+          await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+          window.whipPc = pc;
+          const offered = [...pc.localDescription.sdp.matchAll(/a=rtpmap:\d+ ([^/]+)\/90000/g)].map((m) => m[1]);
+          return { offered, answer };
+        }, { codec, name });
+        assert.ok(!r.error, r.error);
+        assert.ok(r.offered.includes(codec) && !r.offered.includes('H264'), r.offered.join(' '));
+        assert.match(r.answer, new RegExp(`${codec}/90000`));
+
+        const { stdout } = await waitFor(async () => run('ffprobe', ['-v', 'error', '-count_frames', '-read_intervals', '%+2',
+          '-show_entries', 'stream=codec_type,codec_name,nb_read_frames', '-of', 'json', `${relay.base}/live/${name}.mp4?wait=15`],
+        { timeout: 30000 }).catch(() => null), { timeout: 30000, interval: 500, what: 'ffprobe of the stream' });
+        const streams = JSON.parse(stdout).streams;
+        const codecs = streams.map((s) => s.codec_name);
+        assert.deepEqual(codecs, [codec.toLowerCase(), 'opus'], stdout);
+        const frames = Object.fromEntries(streams.map((s) => [s.codec_type, Number(s.nb_read_frames)]));
+        assert.ok(frames.video > 10 && frames.audio > 10, stdout);
+        console.log(`# whip ${codec} from Chromium: ffprobe ${codecs.join('+')}, ${frames.video} video / ${frames.audio} audio frames in 2 s`);
+
+        await viewer.goto(`${relay.base}/watch/${name}?transport=ws`);
+        await waitPlaying(viewer, 30000);
+        const { last } = await watchAdvance(viewer, 2, 25000);
+        assert.ok(last.decodedFrames > 0, JSON.stringify(last));
+        assert.equal(last.mseErrors, 0, last.mseError);
+        assert.match(last.mime || '', codec === 'VP9' ? /vp09/ : /av01/);
+        console.log(`# whip ${codec} → ws player: ${last.mime}, ${last.decodedFrames} frames decoded`);
+      } catch (e) {
+        e.message += `\n--- viewer ---\n${await diagnose(viewer)}\n--- relay ---\n${relay.log.slice(-40).join('\n')}`;
+        throw e;
+      } finally {
+        await pub.evaluate(() => window.whipPc && window.whipPc.close()).catch(() => {});
+        await pub.context().close().catch(() => {});
+        await viewer.context().close().catch(() => {});
+      }
+    });
+  }
 
   test('a broadcast page on a relay without WHIP falls back to WebSocket', { timeout: 60000 }, async () => {
     const plain = await startRelay();

@@ -1,8 +1,9 @@
-//! Arbitrary bytes never panic the FLV or TS paths (and the muxer behind them).
+//! Arbitrary bytes never panic the FLV, TS or RTP (WHIP) paths (and the muxer behind them).
 use bytes::Bytes;
 use proptest::prelude::*;
 use relaycast_media::remux::cmaf::MuxerConfig;
 use relaycast_media::remux::flv::FlvRemuxer;
+use relaycast_media::remux::rtp::RtpRemuxer;
 use relaycast_media::remux::ts::TsRemuxer;
 
 mod remux_common;
@@ -33,8 +34,46 @@ fn tag_body() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// Plausible VP9 (key frame with its sync code, inter) and AV1 (temporal
+/// delimiter, sequence header, frame OBU) starts, so the fuzzer reaches the
+/// header parsers, then random bytes; sometimes a superframe-index-like end.
+fn rtp_frame() -> impl Strategy<Value = Vec<u8>> {
+    let heads = prop::sample::select(vec![
+        vec![0x82, 0x49, 0x83, 0x42],
+        vec![0x92, 0x49, 0x83, 0x42],
+        vec![0xa2, 0x49, 0x83, 0x42],
+        vec![0x86],
+        vec![0x12, 0x00, 0x0a],
+        vec![0x0a],
+        vec![0x32],
+        vec![0x12, 0x00, 0x32],
+        vec![],
+    ]);
+    let tails = prop::sample::select(vec![vec![], vec![0xc1, 1, 2, 0xc1], vec![0xd9]]);
+    (heads, prop::collection::vec(any::<u8>(), 0..64), tails).prop_map(|(mut h, t, e)| {
+        h.extend(t);
+        h.extend(e);
+        h
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rtp_vp9_and_av1_never_panic(frames in prop::collection::vec((any::<bool>(), any::<i64>(), rtp_frame()), 0..40)) {
+        let mut m = RtpRemuxer::new(MuxerConfig::default(), true, false);
+        for (av1, time, frame) in frames {
+            if av1 {
+                let _ = m.push_av1(time, 0, &frame);
+            } else {
+                let _ = m.push_vp9(time, 0, Bytes::from(frame));
+            }
+            while m.poll().is_some() {}
+        }
+        m.finish();
+        while m.poll().is_some() {}
+    }
 
     #[test]
     fn flv_never_panics(tags in prop::collection::vec((prop::sample::select(vec![8u8, 9, 18, 0]), any::<u32>(), tag_body()), 0..40)) {

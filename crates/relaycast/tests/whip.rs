@@ -1,10 +1,12 @@
 //! WHIP ingest (#16): the endpoint's refusals (each a clear 4xx/503 with
 //! its reason), CORS, a session that never completes ICE (timed out, its
 //! name released, another stream undisturbed), and a real WebRTC publisher:
-//! `str0m` as the client in-process (H.264 from ffmpeg's libx264, Opus)
+//! `str0m` as the client in-process (H.264 from ffmpeg's libx264, VP9 from
+//! its libvpx-vp9 or AV1 from its libaom-av1, Opus; H.264, then VP9, then
+//! AV1 chosen when several are offered)
 //! → the relay → a WebSocket viewer and ffprobe on `/live/NAME.mp4`; the
-//! keyframe request after video loss (the client drops video RTP at its
-//! UDP socket); trickle ICE by `PATCH` (RFC 9725 §4.3.1) and its refusals.
+//! keyframe request after video loss, for each of the three codecs (the
+//! client drops video RTP at its UDP socket); trickle ICE by `PATCH` (RFC 9725 §4.3.1) and its refusals.
 
 mod common;
 
@@ -78,10 +80,17 @@ async fn client() -> Client {
 
 /// A client sending `kinds` (video is H.264, audio Opus).
 async fn client_with(kinds: &[MediaKind]) -> Client {
+    client_offering(&[Codec::H264], kinds).await
+}
+
+/// A client offering the video codecs `video` (H.264, VP9, AV1), audio Opus.
+async fn client_offering(video: &[Codec], kinds: &[MediaKind]) -> Client {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind client");
     let mut rtc = Rtc::builder()
         .clear_codecs()
-        .enable_h264(true)
+        .enable_h264(video.contains(&Codec::H264))
+        .enable_vp9(video.contains(&Codec::Vp9))
+        .enable_av1(video.contains(&Codec::Av1))
         .enable_opus(true, false)
         .build(Instant::now());
     let c = Candidate::host(socket.local_addr().expect("addr"), "udp").expect("candidate");
@@ -129,7 +138,7 @@ async fn whip_refusals_say_why_and_cors_lets_browsers_in() {
     assert_ne!(vp8_only, offer);
     let (s, _, b) = post_offer(a, "cam", key, &vp8_only).await;
     assert_eq!(s, 400, "{b}");
-    assert!(b.contains("neither H.264"), "{b}");
+    assert!(b.contains("H.264, VP9 or AV1"), "{b}");
     let (s, _, b) = call(
         a,
         "POST",
@@ -286,6 +295,78 @@ fn has_idr(au: &[u8]) -> bool {
         .any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
 }
 
+/// Video frames from ffmpeg through IVF (VP9 frames, a superframe as one;
+/// AV1 temporal units): `seconds` of the test source at 30 fps, encoded
+/// with `encoder` (codec and options), a keyframe every `gop` frames.
+async fn ivf_frames(seconds: u32, gop: u32, encoder: &[&str]) -> Vec<Vec<u8>> {
+    let (t, g) = (seconds.to_string(), gop.to_string());
+    let out = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi"])
+        .args(["-i", "testsrc2=size=320x180:rate=30", "-t", &t])
+        .args(encoder)
+        .args(["-pix_fmt", "yuv420p", "-g", &g])
+        .args(["-keyint_min", &g, "-f", "ivf", "-"])
+        .output()
+        .await
+        .expect("run ffmpeg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // IVF: a 32-byte file header, then per frame a 12-byte header (size
+    // u32 LE, pts u64) and the frame.
+    let data = out.stdout;
+    assert_eq!(data.get(..4), Some(&b"DKIF"[..]), "IVF");
+    let mut frames = Vec::new();
+    let mut at = 32;
+    while let Some(h) = data.get(at..at + 12) {
+        let size = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let frame = data.get(at + 12..at + 12 + size).expect("whole IVF frame");
+        frames.push(frame.to_vec());
+        at += 12 + size;
+    }
+    frames
+}
+
+/// libvpx-vp9 as a browser's realtime encoder runs it.
+const VP9_RT: &[&str] = &[
+    "-c:v",
+    "libvpx-vp9",
+    "-deadline",
+    "realtime",
+    "-cpu-used",
+    "8",
+    "-b:v",
+    "500k",
+];
+/// libaom-av1 in its realtime mode (no lookahead: no hidden frames).
+const AV1_RT: &[&str] = &[
+    "-c:v",
+    "libaom-av1",
+    "-usage",
+    "realtime",
+    "-cpu-used",
+    "8",
+    "-lag-in-frames",
+    "0",
+    "-b:v",
+    "300k",
+];
+
+/// Whether a frame is a keyframe: an H.264 IDR; a VP9 (super)frame whose
+/// first frame's profile-0 header is `10 0 0 0 0 …` (marker, profile,
+/// show_existing_frame 0, frame_type KEY); an AV1 temporal unit with a
+/// sequence header after its temporal delimiter (libaom sends one with
+/// every key frame).
+fn is_key(codec: Codec, frame: &[u8]) -> bool {
+    match codec {
+        Codec::Vp9 => frame.first().is_some_and(|b| b & 0xfc == 0x80),
+        Codec::Av1 => frame.get(..3) == Some(&[0x12, 0x00, 0x0a][..]),
+        _ => has_idr(frame),
+    }
+}
+
 /// The RTP payload type of an (S)RTP datagram, `None` for RTCP, STUN and
 /// DTLS: RFC 7983 (first byte 128..=191 is RTP/RTCP), RFC 5761 §4 (a
 /// second byte 192..=223 is RTCP). SRTP leaves the RTP header in clear.
@@ -316,6 +397,8 @@ struct Knobs {
     keyframes_on_request: bool,
     /// Keyframes sent.
     keyframes_sent: AtomicU32,
+    /// The video codec of the frames (`None`: H.264 access units).
+    video: Option<Codec>,
 }
 
 impl Knobs {
@@ -399,7 +482,7 @@ async fn publish(
                 }
                 let Some(w) = rtc.writer(mid) else { continue };
                 let codec = if kind == MediaKind::Video {
-                    Codec::H264
+                    knobs.video.unwrap_or(Codec::H264)
                 } else {
                     Codec::Opus
                 };
@@ -425,7 +508,7 @@ async fn publish(
                         } else {
                             (*n as usize) % aus.len()
                         };
-                        if has_idr(&aus[i]) {
+                        if is_key(codec, &aus[i]) {
                             knobs.keyframes_sent.fetch_add(1, Ordering::Relaxed);
                         }
                         (
@@ -527,6 +610,121 @@ async fn a_webrtc_client_publishes_h264_and_opus_to_viewers_and_ffprobe() {
     relay.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webrtc_client_publishes_vp9_and_opus_to_viewers_and_ffprobe() {
+    if !have("ffmpeg") || !have("ffprobe") {
+        return;
+    }
+    let relay = whip_relay(config()).await;
+    let a = relay.addr;
+    // Offered both H.264 and VP9, the relay answers H.264 alone (its preference).
+    let both = [Codec::H264, Codec::Vp9];
+    let (_rtc, _sock, offer, _, _) = client_offering(&both, &[MediaKind::Video]).await;
+    assert!(offer.contains("VP9/90000") && offer.contains("H264/90000"));
+    let (s, h, answer) = post_offer(a, "both", None, &offer).await;
+    assert_eq!(s, 201, "{answer}");
+    assert!(
+        answer.contains("H264/90000") && !answer.contains("VP9"),
+        "{answer}"
+    );
+    let (s, _, b) = call(a, "DELETE", &header(&h, "location"), &[], "").await;
+    assert_eq!(s, 200, "{b}");
+
+    let frames = ivf_frames(3, 30, VP9_RT).await;
+    publishes(&relay, Codec::Vp9, frames, "vp09.00.11.08", "vp9").await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webrtc_client_publishes_av1_and_opus_to_viewers_and_ffprobe() {
+    if !have("ffmpeg") || !have("ffprobe") {
+        return;
+    }
+    let relay = whip_relay(config()).await;
+    let a = relay.addr;
+    // Offered VP9 and AV1, the relay answers VP9 alone.
+    let both = [Codec::Vp9, Codec::Av1];
+    let (_rtc, _sock, offer, _, _) = client_offering(&both, &[MediaKind::Video]).await;
+    assert!(offer.contains("VP9/90000") && offer.contains("AV1/90000"));
+    let (s, h, answer) = post_offer(a, "both", None, &offer).await;
+    assert_eq!(s, 201, "{answer}");
+    assert!(
+        answer.contains("VP9/90000") && !answer.contains("AV1"),
+        "{answer}"
+    );
+    let (s, _, b) = call(a, "DELETE", &header(&h, "location"), &[], "").await;
+    assert_eq!(s, 200, "{b}");
+
+    let frames = ivf_frames(3, 30, AV1_RT).await;
+    // libaom's 320x180: seq_profile 0, seq_level_idx 0 (2.0), Main tier, 8-bit.
+    publishes(&relay, Codec::Av1, frames, "av01.0.00M.08", "av1").await;
+    relay.shutdown().await;
+}
+
+/// A client offering `codec` video (alone) and Opus publishes `frames`
+/// (from [`ivf_frames`]) in real time: the answer has that codec alone, a
+/// viewer's fragments are fMP4 the splitter takes (as from fMP4 ingest),
+/// starting at a keyframe, with `codecs` (the video codec string) and
+/// Opus, and ffprobe decodes `probed` video and Opus from `/live/NAME.mp4`.
+async fn publishes(
+    relay: &Running,
+    codec: Codec,
+    frames: Vec<Vec<u8>>,
+    codecs: &str,
+    probed: &str,
+) {
+    let a = relay.addr;
+    assert!(frames.len() >= 60, "{} {codec:?} frames", frames.len());
+    assert!(is_key(codec, &frames[0]), "starts with a keyframe");
+    let name = format!("{probed}cam");
+    let mut viewer = ws_connect(&format!("ws://{a}/live/{name}?wait=15")).await;
+    let kinds = [MediaKind::Video, MediaKind::Audio];
+    let (mut rtc, socket, offer, pending, mids) = client_offering(&[codec], &kinds).await;
+    let (s, h, answer) = post_offer(a, &name, None, &offer).await;
+    assert_eq!(s, 201, "{answer}");
+    let rtpmap = format!("{codec}/90000");
+    assert!(
+        answer.contains(&rtpmap) && !answer.contains("H264"),
+        "{answer}"
+    );
+    let answer = SdpAnswer::from_sdp_string(&answer).expect("answer parses");
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .expect("answer accepted");
+    let knobs = Arc::new(Knobs {
+        video: Some(codec),
+        ..Knobs::default()
+    });
+    let client = tokio::spawn(publish(rtc, socket, mids, frames, knobs.clone()));
+
+    let got = ws_read(&mut viewer, 10, Duration::from_secs(15)).await;
+    if got.seqs.len() < 10 {
+        knobs.stop.store(true, Ordering::Relaxed);
+        panic!(
+            "viewer got {:?} {:?}; client: {:?}",
+            got.seqs,
+            got.texts,
+            client.await
+        );
+    }
+    // The fan-out's bytes are fMP4 the splitter takes, as from fMP4 ingest.
+    let (init, frags) = split(&got.bytes);
+    assert!(frags.len() >= 9, "{} fragments", frags.len());
+    assert_eq!(init.codecs, format!("{codecs},opus"));
+    assert_eq!(keys(&got).first(), Some(&true), "starts at a keyframe");
+    let (names, decoded, audio) = ffprobe_live(&format!("http://{a}/live/{name}.mp4")).await;
+    assert_eq!(names, vec![probed.to_string(), "opus".to_string()]);
+    assert!(
+        decoded >= 30 && audio >= 50,
+        "{decoded} video, {audio} audio frames"
+    );
+    let (s, _, b) = call(a, "DELETE", &header(&h, "location"), &[], "").await;
+    assert_eq!(s, 200, "{b}");
+    knobs.stop.store(true, Ordering::Relaxed);
+    let sent = client.await.expect("join").expect("client ran");
+    assert!(sent >= 60, "{sent} frames sent");
+}
+
 /// Poll `done` every 20 ms for at most `limit`; false if it never held.
 async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -552,20 +750,48 @@ async fn after_video_loss_the_relay_asks_for_a_keyframe_and_viewers_go_on() {
     if !have("ffmpeg") {
         return;
     }
+    // 10 s with one keyframe, at the start: the client sends a keyframe
+    // only when the relay asks (at start, and after loss, or never again).
+    let aus = h264_access_units(10, 1000).await;
+    assert!(aus.len() >= 250, "{} access units", aus.len());
+    loss_then_keyframe(Codec::H264, aus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_vp9_video_loss_the_relay_asks_for_a_keyframe_and_viewers_go_on() {
+    if !have("ffmpeg") {
+        return;
+    }
+    let frames = ivf_frames(10, 1000, VP9_RT).await;
+    assert!(frames.len() >= 250, "{} VP9 frames", frames.len());
+    loss_then_keyframe(Codec::Vp9, frames).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_av1_video_loss_the_relay_asks_for_a_keyframe_and_viewers_go_on() {
+    if !have("ffmpeg") {
+        return;
+    }
+    let frames = ivf_frames(10, 1000, AV1_RT).await;
+    assert!(frames.len() >= 250, "{} AV1 temporal units", frames.len());
+    loss_then_keyframe(Codec::Av1, frames).await;
+}
+
+/// A video-only `codec` client sends `aus` (one keyframe, the first) and a
+/// keyframe only when asked; a run of its video packets is lost: the relay
+/// asks for a keyframe and the viewer goes on from it.
+async fn loss_then_keyframe(codec: Codec, aus: Vec<Vec<u8>>) {
     // Keyframes asked for only at the start and after loss (not by age).
     let mut cfg = config();
     cfg.ingest.whip.keyframe_interval = Duration::ZERO;
     let relay = whip_relay(cfg).await;
     let a = relay.addr;
-    // 10 s with one keyframe, at the start: the client sends a keyframe
-    // only when the relay asks (at start, and after loss, or never again).
-    let aus = h264_access_units(10, 1000).await;
-    assert!(aus.len() >= 250, "{} access units", aus.len());
-    let idrs: Vec<usize> = (0..aus.len()).filter(|&i| has_idr(&aus[i])).collect();
+    let idrs: Vec<usize> = (0..aus.len()).filter(|&i| is_key(codec, &aus[i])).collect();
     assert_eq!(idrs, vec![0], "one keyframe, the first access unit");
     let mut viewer = ws_connect(&format!("ws://{a}/live/lossy?wait=15")).await;
     // Video only: a fragment out of the relay is video that got through.
-    let (mut rtc, socket, offer, pending, mids) = client_with(&[MediaKind::Video]).await;
+    let (mut rtc, socket, offer, pending, mids) =
+        client_offering(&[codec], &[MediaKind::Video]).await;
     let (s, _, answer) = post_offer(a, "lossy", None, &offer).await;
     assert_eq!(s, 201, "{answer}");
     let answer = SdpAnswer::from_sdp_string(&answer).expect("answer parses");
@@ -574,6 +800,7 @@ async fn after_video_loss_the_relay_asks_for_a_keyframe_and_viewers_go_on() {
         .expect("answer accepted");
     let knobs = Arc::new(Knobs {
         keyframes_on_request: true,
+        video: Some(codec),
         ..Knobs::default()
     });
     let client = tokio::spawn(publish(rtc, socket, mids, aus, knobs.clone()));

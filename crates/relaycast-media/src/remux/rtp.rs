@@ -3,10 +3,14 @@
 //!
 //! The WebRTC stack (in the relay) reassembles RTP packets into whole
 //! frames: H.264 access units in Annex-B form (single NAL, STAP-A and FU-A
-//! already undone) on the 90 kHz RTP clock, and Opus packets on the 48 kHz
-//! clock, both extended to 64 bits. This module takes the parameter sets in
-//! band into an `avcC` (a new init segment when they change, through the
-//! same helper as MPEG-TS), writes Opus as an `Opus` sample entry with a
+//! already undone), VP9 frames (a superframe as it came) or AV1 temporal
+//! units (OBUs with their sizes) on the 90 kHz RTP clock, and Opus packets
+//! on the 48 kHz clock, all extended to 64 bits. This module takes the
+//! parameter sets in band into an `avcC` (a new init segment when they
+//! change, through the same helper as MPEG-TS), a VP9 key frame's header
+//! into a `vpcC` (see [`crate::remux::vp9`]) or an AV1 sequence header
+//! into an `av1C` (see [`crate::remux::av1`]), with the display size (a
+//! new init when either changes), writes Opus as an `Opus` sample entry with a
 //! `dOps`, and uses the RTP clocks themselves as decode times: continuous,
 //! and without RTCP sender reports (OBS sends none). Each track's RTP clock
 //! starts at a random value, so a track is placed on the common timeline by
@@ -14,8 +18,10 @@
 //! and follows its own RTP clock from there: as close as RTP without sender
 //! reports gets to lip sync.
 
+use crate::remux::av1::{self, Av1Config};
 use crate::remux::cmaf::{Codec, Muxer, MuxerConfig, Output, Sample, TrackConfig, TrackKind};
 use crate::remux::nal::ParamSets;
+use crate::remux::vp9::{self, Vp9Config};
 use bytes::Bytes;
 
 /// The RTP clock of video in WebRTC (and of the video track made from it).
@@ -28,6 +34,10 @@ pub const OPUS_CLOCK: u32 = 48_000;
 pub struct RtpRemuxer {
     muxer: Muxer,
     params: ParamSets,
+    /// The VP9 stream's configuration, from its last key frame.
+    vp9: Option<Vp9Config>,
+    /// The AV1 stream's configuration, from its last sequence header.
+    av1: Option<Av1Config>,
     opus: bool,
     /// A video keyframe went into the muxer since the start or the last loss.
     have_keyframe: bool,
@@ -58,6 +68,8 @@ impl RtpRemuxer {
         RtpRemuxer {
             muxer,
             params: ParamSets::default(),
+            vp9: None,
+            av1: None,
             opus: false,
             have_keyframe: false,
             last_keyframe_us: None,
@@ -101,6 +113,66 @@ impl RtpRemuxer {
         else {
             return false;
         };
+        self.push_video(time, arrival_us, sample, keyframe)
+    }
+
+    /// One VP9 frame (or superframe, kept whole as the sample) with RTP
+    /// time `time` (90 kHz ticks, extended) that arrived at `arrival_us`.
+    /// A key frame's header sets the track (`vpcC`, size); a change of
+    /// either makes a new init segment. Returns true when it went into the
+    /// muxer (false: not VP9, or waiting for a key frame).
+    pub fn push_vp9(&mut self, time: i64, arrival_us: u64, frame: Bytes) -> bool {
+        let Some(info) = vp9::inspect(&frame) else {
+            return false;
+        };
+        if let Some(config) = info.config
+            && self.vp9 != Some(config)
+        {
+            let mut cfg = TrackConfig::new(Codec::Vp9(config.vpcc()), VIDEO_CLOCK);
+            (cfg.width, cfg.height) = (config.width, config.height);
+            if self.muxer.set_track(cfg).is_err() {
+                return false;
+            }
+            self.vp9 = Some(config);
+        }
+        if self.vp9.is_none() {
+            return false;
+        }
+        self.push_video(time, arrival_us, frame, info.keyframe)
+    }
+
+    /// One AV1 temporal unit (low-overhead OBUs with sizes, as str0m
+    /// depacketizes them) with RTP time `time` (90 kHz ticks, extended)
+    /// that arrived at `arrival_us`. A sequence header sets the track
+    /// (`av1C` with it, size); a change makes a new init segment. Returns
+    /// true when it went into the muxer (false: not AV1, no sequence header
+    /// yet, or waiting for a key frame).
+    pub fn push_av1(&mut self, time: i64, arrival_us: u64, tu: &[u8]) -> bool {
+        let reduced = self
+            .av1
+            .as_ref()
+            .is_some_and(|c| c.reduced_still_picture_header);
+        let Some(unit) = av1::inspect(tu, reduced) else {
+            return false;
+        };
+        if let Some(config) = unit.config
+            && self.av1.as_ref() != Some(&config)
+        {
+            let mut cfg = TrackConfig::new(Codec::Av1(config.av1c()), VIDEO_CLOCK);
+            (cfg.width, cfg.height) = (config.width, config.height);
+            if self.muxer.set_track(cfg).is_err() {
+                return false;
+            }
+            self.av1 = Some(config);
+        }
+        if self.av1.is_none() {
+            return false;
+        }
+        self.push_video(time, arrival_us, unit.sample, unit.keyframe)
+    }
+
+    /// A video sample into the muxer, or dropped while waiting for a keyframe.
+    fn push_video(&mut self, time: i64, arrival_us: u64, data: Bytes, keyframe: bool) -> bool {
         if keyframe {
             self.have_keyframe = true;
             self.last_keyframe_us = Some(arrival_us);
@@ -112,9 +184,12 @@ impl RtpRemuxer {
             TrackKind::Video,
             Sample {
                 dts,
-                cts_offset: 0, // WebRTC H.264 has no B-frames: decode order is display order
+                // WebRTC H.264 has no B-frames, VP9 no reordering out of a
+                // (super)frame, AV1 none out of a temporal unit: decode
+                // order is display order.
+                cts_offset: 0,
                 keyframe,
-                data: sample,
+                data,
             },
         )
     }
@@ -280,5 +355,99 @@ mod tests {
             .filter(|o| matches!(o, Output::Init(_)))
             .count();
         assert_eq!(inits, 2);
+    }
+
+    #[test]
+    fn vp9_waits_for_a_key_frame_and_a_new_size_makes_a_new_init() {
+        // Key frame headers (profile 0, BT.601, 320x180 and 640x360) and an inter frame.
+        let key = |w: u16, h: u16| {
+            let (w, h) = (u32::from(w - 1), u32::from(h - 1));
+            // color_space 001, range 0, then 16-bit width-1 and height-1.
+            let bits: u64 = (0b0010 << 32) | (u64::from(w) << 16) | u64::from(h);
+            let mut v = vec![0x82, 0x49, 0x83, 0x42];
+            v.extend_from_slice(&(bits << 4).to_be_bytes()[3..]);
+            v.extend_from_slice(&[0x55; 20]);
+            Bytes::from(v)
+        };
+        let inter = Bytes::from_static(&[0x86, 0x00, 0x11, 0x22]);
+        let mut r = RtpRemuxer::new(MuxerConfig::default(), true, false);
+        assert!(!r.push_vp9(0, 0, inter.clone()), "no key frame yet");
+        assert!(
+            !r.push_vp9(0, 0, Bytes::from_static(b"\x00junk")),
+            "not VP9"
+        );
+        assert!(r.needs_keyframe());
+        assert!(r.push_vp9(3000, 33_333, key(320, 180)));
+        for i in 2..10i64 {
+            assert!(r.push_vp9(i * 3000, i as u64 * 33_333, inter.clone()));
+        }
+        r.lost();
+        assert!(
+            !r.push_vp9(30_000, 333_333, inter.clone()),
+            "dropped after loss"
+        );
+        assert!(r.push_vp9(33_000, 366_666, key(320, 180)), "same config");
+        assert!(r.push_vp9(36_000, 400_000, key(640, 360)), "new size");
+        assert!(r.push_vp9(39_000, 433_333, inter));
+        r.finish();
+        // What the relay does with it: the splitter, as for fMP4 ingest.
+        let mut splitter = crate::Splitter::default();
+        while let Some(o) = r.poll() {
+            splitter.push(o.bytes());
+        }
+        let (mut codecs, mut fragments) = (Vec::new(), 0);
+        while let Some(item) = splitter.next_item().expect("the splitter takes it") {
+            match item {
+                crate::Item::Init(i) => codecs.push(i.codecs.clone()),
+                crate::Item::Fragment(_) => fragments += 1,
+            }
+        }
+        // BT.601 (matrix 5) is not the short form's BT.709: the long form.
+        let want = [
+            "vp09.00.11.08.01.02.02.05.00",
+            "vp09.00.21.08.01.02.02.05.00",
+        ];
+        assert_eq!(codecs, want, "one init per configuration");
+        assert!(fragments >= 2, "{fragments} fragments");
+    }
+
+    #[test]
+    fn av1_needs_a_sequence_header_and_a_key_frame() {
+        // libaom's 320x180 sequence header, a key frame OBU and an inter one
+        // (as in `av1`'s tests), each unit led by a temporal delimiter.
+        let seq: &[u8] = &[
+            0x0a, 0x0b, 0x00, 0x00, 0x00, 0x04, 0x3c, 0xfe, 0xcc, 0xda, 0xf9, 0x00, 0x40,
+        ];
+        let key = [
+            &[0x12, 0x00][..],
+            seq,
+            &[0x32, 0x04, 0x10, 0x00, 0x80, 0x20],
+        ]
+        .concat();
+        let inter: &[u8] = &[0x12, 0x00, 0x32, 0x03, 0x30, 0x00, 0x00];
+        let mut r = RtpRemuxer::new(MuxerConfig::default(), true, false);
+        assert!(!r.push_av1(0, 0, inter), "no sequence header yet");
+        assert!(!r.push_av1(0, 0, b"\xff\xff"), "not AV1");
+        assert!(r.push_av1(3000, 33_333, &key));
+        for i in 2..10i64 {
+            assert!(r.push_av1(i * 3000, i as u64 * 33_333, inter));
+        }
+        r.lost();
+        assert!(!r.push_av1(30_000, 333_333, inter), "dropped after loss");
+        assert!(r.push_av1(33_000, 366_666, &key), "same sequence header");
+        r.finish();
+        let mut splitter = crate::Splitter::default();
+        while let Some(o) = r.poll() {
+            splitter.push(o.bytes());
+        }
+        let (mut codecs, mut fragments) = (Vec::new(), 0);
+        while let Some(item) = splitter.next_item().expect("the splitter takes it") {
+            match item {
+                crate::Item::Init(i) => codecs.push(i.codecs.clone()),
+                crate::Item::Fragment(_) => fragments += 1,
+            }
+        }
+        assert_eq!(codecs, ["av01.0.00M.08"], "one init");
+        assert!(fragments >= 2, "{fragments} fragments");
     }
 }

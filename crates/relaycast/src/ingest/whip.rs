@@ -21,7 +21,7 @@
 //! remote address ICE nominated). One task ([`Driver`]) owns the socket
 //! and every session's `Rtc` and drives them sans-IO: datagrams and time
 //! in, datagrams and events out. Depacketized frames (H.264 access units
-//! in Annex B, Opus packets, on their RTP clocks) go through the sans-IO
+//! in Annex B, VP9 frames, AV1 temporal units, Opus packets, on their RTP clocks) go through the sans-IO
 //! [`crate::media::remux::rtp::RtpRemuxer`] to CMAF, and those fMP4 bytes
 //! through the one ingest loop [`super::IngestSession::run`] (admission,
 //! limits, idle timeout, metrics `transport="whip"`, grace period) in a
@@ -31,6 +31,21 @@
 //! asked); a session that has not completed ICE
 //! and DTLS within `ingest.whip.handshake_timeout` is closed with the
 //! reason logged, which releases the stream name.
+//!
+//! Video codecs: H.264, VP9 or AV1, the first of these the offer carries
+//! (browsers offer VP8, VP9, H.264, AV1 and more; OBS offers H.264 and may
+//! add others). Only the chosen codec is enabled in the session's `Rtc`,
+//! so the answer lists that one alone and the publisher cannot send
+//! another. H.264 first because it is what every viewer plays: MSE in
+//! every browser (Safari and iOS included, where VP9 and AV1 in MP4 are
+//! not a given), hardware decoding on phones, and the HLS players that
+//! take `avc1` everywhere; it is also what OBS sends by default. VP9 next
+//! (`vp09` in fMP4 plays in Chromium and Firefox MSE, decodes in software
+//! everywhere), then AV1 (`av01`: the same browsers, but software decoding
+//! costs viewers several times VP9's CPU where there is no AV1 hardware).
+//! VP8 is not negotiated: Chromium's MSE does not take `vp08` in MP4
+//! (`MediaSource.isTypeSupported('video/mp4; codecs="vp08.00.10.08"')` is
+//! false in Chromium 156), so fMP4 viewers could not play it.
 //!
 //! Why `str0m` and not `webrtc-rs`: `str0m` is sans-IO like the rest of
 //! the relay (the caller owns sockets and clocks, one task can drive every
@@ -328,9 +343,9 @@ async fn publish(
     let (video, audio) = offered_codecs(text);
     let offer = SdpOffer::from_sdp_string(text)
         .map_err(|e| Error::BadRequest(format!("bad SDP offer: {e}")))?;
-    if !video && !audio {
+    if video.is_none() && !audio {
         return Err(Error::BadRequest(
-            "the offer has neither H.264 video nor Opus audio: this relay takes H.264 and Opus"
+            "the offer has neither H.264, VP9 or AV1 video nor Opus audio: this relay takes those"
                 .into(),
         ));
     }
@@ -339,7 +354,9 @@ async fn publish(
         .set_ice_lite(true)
         .set_dtls_cert(whip.cert.clone())
         .clear_codecs()
-        .enable_h264(true)
+        .enable_h264(video == Some(Video::H264))
+        .enable_vp9(video == Some(Video::Vp9))
+        .enable_av1(video == Some(Video::Av1))
         .enable_opus(true, false)
         .build(Instant::now());
     let candidate = Candidate::host(whip.candidate, "udp")
@@ -367,7 +384,7 @@ async fn publish(
                 max_fragment_us: cfg.fragment_ms.saturating_mul(1000),
                 ..MuxerConfig::default()
             },
-            video,
+            video.is_some(),
             audio,
         ),
         tx,
@@ -466,9 +483,19 @@ fn is_sdp_line(line: &str) -> bool {
     b.len() >= 2 && b[0].is_ascii_lowercase() && b[1] == b'='
 }
 
-/// Which of the codecs the relay carries an offer lists (H.264, Opus).
-fn offered_codecs(sdp: &str) -> (bool, bool) {
-    let mut video = false;
+/// A video codec the relay takes over WHIP, in order of preference (see
+/// the module comment: H.264 first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Video {
+    H264,
+    Vp9,
+    Av1,
+}
+
+/// Which of the codecs the relay carries an offer lists: the preferred
+/// video codec among them, and whether Opus is there.
+fn offered_codecs(sdp: &str) -> (Option<Video>, bool) {
+    let mut video: Option<Video> = None;
     let mut audio = false;
     for line in sdp.lines() {
         let Some(map) = line.trim().strip_prefix("a=rtpmap:") else {
@@ -476,7 +503,19 @@ fn offered_codecs(sdp: &str) -> (bool, bool) {
         };
         let codec = map.split_whitespace().nth(1).unwrap_or_default();
         let codec = codec.split('/').next().unwrap_or_default();
-        video |= codec.eq_ignore_ascii_case("h264");
+        let this = if codec.eq_ignore_ascii_case("h264") {
+            Some(Video::H264)
+        } else if codec.eq_ignore_ascii_case("vp9") {
+            Some(Video::Vp9)
+        } else if codec.eq_ignore_ascii_case("av1") {
+            Some(Video::Av1)
+        } else {
+            None
+        };
+        video = match (video, this) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         audio |= codec.eq_ignore_ascii_case("opus");
     }
     (video, audio)
@@ -711,14 +750,27 @@ impl Session {
                 };
                 let arrival = d.network_time.saturating_duration_since(self.created);
                 let arrival = u64::try_from(arrival.as_micros()).unwrap_or(u64::MAX);
-                match d.params.spec().codec {
-                    RtcCodec::H264 => {
+                let codec = d.params.spec().codec;
+                match codec {
+                    RtcCodec::H264 | RtcCodec::Vp9 | RtcCodec::Av1 => {
                         self.video_mid = Some(d.mid);
                         if !d.contiguous {
                             tracing::debug!(stream = %self.name, session = %self.id, "WHIP video loss: waiting for a keyframe");
                             self.remux.lost();
                         }
-                        self.remux.push_h264(time(VIDEO_CLOCK), arrival, &d.data);
+                        // str0m's frame mode hands out whole pictures (the
+                        // packets up to the marker bit): an H.264 access
+                        // unit, a VP9 frame or superframe, an AV1 temporal
+                        // unit (OBUs with their sizes).
+                        let t = time(VIDEO_CLOCK);
+                        match codec {
+                            RtcCodec::H264 => self.remux.push_h264(t, arrival, &d.data),
+                            RtcCodec::Vp9 => {
+                                let frame = Bytes::copy_from_slice(&d.data);
+                                self.remux.push_vp9(t, arrival, frame)
+                            }
+                            _ => self.remux.push_av1(t, arrival, &d.data),
+                        };
                         if self.remux.wants_keyframe(arrival, self.keyframe_every_us) {
                             self.keyframe();
                         }
@@ -973,10 +1025,20 @@ mod tests {
     #[test]
     fn codecs_in_offers() {
         let both = "v=0\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:102 H264/90000\r\n";
-        assert_eq!(offered_codecs(both), (true, true));
+        assert_eq!(offered_codecs(both), (Some(Video::H264), true));
         let vp8 = "a=rtpmap:96 VP8/90000\r\na=rtpmap:0 PCMU/8000\r\n";
-        assert_eq!(offered_codecs(vp8), (false, false));
-        assert_eq!(offered_codecs("a=rtpmap:\r\n"), (false, false));
+        assert_eq!(offered_codecs(vp8), (None, false));
+        assert_eq!(offered_codecs("a=rtpmap:\r\n"), (None, false));
+        // A browser's list: VP8, VP9, H.264 (in its order): H.264 wins.
+        let browser = "a=rtpmap:96 VP8/90000\r\na=rtpmap:98 VP9/90000\r\n\
+            a=rtpmap:102 H264/90000\r\na=rtpmap:45 AV1/90000\r\n";
+        assert_eq!(offered_codecs(browser), (Some(Video::H264), false));
+        let vp9 = "a=rtpmap:98 VP9/90000\r\na=rtpmap:100 vp9/90000\r\n";
+        assert_eq!(offered_codecs(vp9), (Some(Video::Vp9), false));
+        let av1_vp9 = "a=rtpmap:45 AV1/90000\r\na=rtpmap:98 VP9/90000\r\n";
+        assert_eq!(offered_codecs(av1_vp9), (Some(Video::Vp9), false));
+        let av1 = "a=rtpmap:45 AV1/90000\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert_eq!(offered_codecs(av1), (Some(Video::Av1), true));
     }
 
     #[test]
