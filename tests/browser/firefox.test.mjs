@@ -81,14 +81,12 @@ describe('Firefox ESR plays H.264 + Opus in fMP4 through the player', () => {
     await relay?.stop();
   });
 
-  test('an ffmpeg H.264/Opus publish over HTTP PUT plays in Firefox', { timeout: 45000, skip }, async () => {
-    const pub = ffmpegPublish(relay.base, 'ff-opus', { codec: 'h264-opus' });
+  /** ffmpeg publishes H.264 + Opus as `name`; `body(page)` runs on a Firefox page, with the player's, ffmpeg's and the relay's logs on failure. */
+  async function withFfmpegPage(name, body) {
+    const pub = ffmpegPublish(relay.base, name, { codec: 'h264-opus' });
     const page = await newFirefoxPage(firefox);
     try {
-      const { last, audio } = await playsInFirefox(page, relay.base, 'ff-opus', 'ffmpeg');
-      await screenshot(page, 'firefox-watch-ffmpeg');
-      console.log(`# ${version}: ffmpeg h264+opus over ${last.transport}, ${last.mime}, ${last.decodedFrames} frames, ` +
-        `audio tracks ${audio.audioTracks.length}, delay ${Math.round(last.delay * 1000)} ms`);
+      await body(page);
     } catch (e) {
       e.message += `\n--- player diagnostics ---\n${await diagnose(page)}\n--- ffmpeg ---\n${pub.errText}\n--- relay ---\n${relay.log.slice(-30).join('\n')}`;
       throw e;
@@ -96,25 +94,26 @@ describe('Firefox ESR plays H.264 + Opus in fMP4 through the player', () => {
       await page.close().catch(() => {});
       await pub.stopNow();
     }
+  }
+
+  test('an ffmpeg H.264/Opus publish over HTTP PUT plays in Firefox', { timeout: 45000, skip }, async () => {
+    await withFfmpegPage('ff-opus', async (page) => {
+      const { last, audio } = await playsInFirefox(page, relay.base, 'ff-opus', 'ffmpeg');
+      await screenshot(page, 'firefox-watch-ffmpeg');
+      console.log(`# ${version}: ffmpeg h264+opus over ${last.transport}, ${last.mime}, ${last.decodedFrames} frames, ` +
+        `audio tracks ${audio.audioTracks.length}, delay ${Math.round(last.delay * 1000)} ms`);
+    });
   });
 
   test('an ffmpeg H.264/Opus publish plays in Firefox on every forced transport', { timeout: 45000, skip }, async () => {
-    const pub = ffmpegPublish(relay.base, 'ff-forced', { codec: 'h264-opus' });
-    const page = await newFirefoxPage(firefox);
-    try {
+    await withFfmpegPage('ff-forced', async (page) => {
       for (const transport of TRANSPORTS) {
         const { last } = await playsInFirefox(page, relay.base, 'ff-forced', transport, { transport, seconds: 2 });
         assert.equal(last.gaps, 0, transport);
         assert.equal(last.repeats, 0, transport);
         console.log(`# ${version}: ?transport=${transport}: ${last.appended} fragments, ${last.decodedFrames} frames, delay ${Math.round(last.delay * 1000)} ms`);
       }
-    } catch (e) {
-      e.message += `\n--- player diagnostics ---\n${await diagnose(page)}\n--- ffmpeg ---\n${pub.errText}\n--- relay ---\n${relay.log.slice(-30).join('\n')}`;
-      throw e;
-    } finally {
-      await page.close().catch(() => {});
-      await pub.stopNow();
-    }
+    });
   });
 
   test('a WHIP publish from Chromium (H.264/Opus) plays in Firefox', { timeout: 45000, skip }, async () => {

@@ -166,10 +166,8 @@ export async function launchFirefox() {
   });
 }
 
-/** A puppeteer (Firefox) page whose console errors and page errors are collected, as newPage's. */
-export async function newFirefoxPage(browser) {
-  const page = await browser.newPage();
-  await page.setViewport({ width: 1280, height: 800 });
+/** Collect a page's errors and its last 500 console lines (Playwright and puppeteer pages alike). */
+function collectLogs(page) {
   page.errorsSeen = [];
   page.consoleLines = [];
   page.on('pageerror', (e) => page.errorsSeen.push(`pageerror: ${e.message}`));
@@ -180,18 +178,18 @@ export async function newFirefoxPage(browser) {
   return page;
 }
 
+/** A puppeteer (Firefox) page whose console errors and page errors are collected, as newPage's. */
+export async function newFirefoxPage(browser) {
+  const page = await browser.newPage();
+  await page.setViewport({ width: 1280, height: 800 });
+  return collectLogs(page);
+}
+
 /** A page whose console errors, page errors and player log lines are collected. */
 export async function newPage(browser, { viewport = { width: 1280, height: 800 } } = {}) {
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
-  page.errorsSeen = [];
-  page.consoleLines = [];
-  page.on('pageerror', (e) => page.errorsSeen.push(`pageerror: ${e.message}`));
-  page.on('console', (m) => {
-    page.consoleLines.push(`${m.type()}: ${m.text()}`);
-    if (page.consoleLines.length > 500) page.consoleLines.shift();
-  });
-  return page;
+  return collectLogs(page);
 }
 
 export const stats = (page) => page.evaluate(() => window.relaycastPlayer && window.relaycastPlayer.stats());

@@ -110,19 +110,26 @@ async fn h2c_prior_knowledge_and_http1_on_one_port() {
     relay.shutdown().await;
 }
 
-#[tokio::test]
-async fn h2_over_tls_by_alpn() {
-    if !have_curl() {
-        return;
-    }
+/// A test config serving TLS with a fresh self-signed certificate for
+/// `localhost`, written (`cert.pem`, `key.pem`) into the returned folder.
+fn tls_config() -> (tempfile::TempDir, relaycast::config::Config) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
     std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).expect("write cert");
     std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).expect("key");
     let mut c = config();
-    c.server.demo = true;
     c.server.tls_cert = Some(dir.path().join("cert.pem"));
     c.server.tls_key = Some(dir.path().join("key.pem"));
+    (dir, c)
+}
+
+#[tokio::test]
+async fn h2_over_tls_by_alpn() {
+    if !have_curl() {
+        return;
+    }
+    let (dir, mut c) = tls_config();
+    c.server.demo = true;
     let relay = relay(c).await;
     let port = relay.addr.port();
     let base = format!("https://localhost:{port}");
@@ -189,13 +196,7 @@ async fn a_refused_tls_connection_is_answered_in_h2_and_http1() {
     if !have_curl() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
-    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).expect("write cert");
-    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).expect("key");
-    let mut c = config();
-    c.server.tls_cert = Some(dir.path().join("cert.pem"));
-    c.server.tls_key = Some(dir.path().join("key.pem"));
+    let (dir, mut c) = tls_config();
     c.limits.max_connections_per_ip = 1;
     let relay = relay(c).await;
     let port = relay.addr.port();

@@ -9,6 +9,7 @@
 //! Sans-IO and total: any byte string is either understood or refused
 //! (`None`), never a panic.
 
+use super::nal::Bits;
 use bytes::Bytes;
 
 const OBU_SEQUENCE_HEADER: u8 = 1;
@@ -118,98 +119,57 @@ fn shown_key_frame(payload: &[u8], reduced_still: bool) -> Option<bool> {
     if reduced_still {
         return Some(true); // key frame, shown
     }
-    let mut r = Bits {
-        data: payload,
-        pos: 0,
-    };
-    if r.bit()? {
+    let mut r = Bits::new(payload);
+    if r.flag()? {
         return Some(false); // show_existing_frame
     }
     let frame_type = r.bits(2)?;
-    let show_frame = r.bit()?;
+    let show_frame = r.flag()?;
     Some(frame_type == 0 && show_frame)
-}
-
-/// MSB-first bit reader.
-struct Bits<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Bits<'_> {
-    fn bit(&mut self) -> Option<bool> {
-        let byte = self.data.get(self.pos / 8)?;
-        let b = (byte >> (7 - self.pos % 8)) & 1;
-        self.pos += 1;
-        Some(b == 1)
-    }
-
-    fn bits(&mut self, n: u32) -> Option<u32> {
-        (0..n).try_fold(0u32, |acc, _| Some((acc << 1) | u32::from(self.bit()?)))
-    }
-
-    fn skip(&mut self, n: u32) -> Option<()> {
-        (0..n).try_for_each(|_| self.bit().map(drop))
-    }
-
-    /// `uvlc()` (§4.10.3), skipped.
-    fn skip_uvlc(&mut self) -> Option<()> {
-        let mut zeros = 0;
-        while !self.bit()? {
-            zeros += 1;
-            if zeros >= 32 {
-                return None;
-            }
-        }
-        self.skip(zeros)
-    }
 }
 
 /// `sequence_header_obu()` (§5.5) up to `color_config()`.
 fn sequence_header(payload: &[u8], obu: Bytes) -> Option<Av1Config> {
-    let mut r = Bits {
-        data: payload,
-        pos: 0,
-    };
+    let mut r = Bits::new(payload);
     let profile = r.bits(3)? as u8;
     if profile > 2 {
         return None;
     }
-    let _still_picture = r.bit()?;
-    let reduced_still = r.bit()?;
+    let _still_picture = r.flag()?;
+    let reduced_still = r.flag()?;
     let (level, tier);
     if reduced_still {
         level = r.bits(5)? as u8;
         tier = false;
     } else {
-        let timing_info = r.bit()?;
+        let timing_info = r.flag()?;
         let mut decoder_model_info = false;
         let mut buffer_delay_len = 0;
         if timing_info {
             r.skip(64)?; // num_units_in_display_tick, time_scale
-            if r.bit()? {
-                r.skip_uvlc()?; // num_ticks_per_picture_minus_1
+            if r.flag()? {
+                r.ue()?; // num_ticks_per_picture_minus_1 (uvlc: the same code as ue(v))
             }
-            decoder_model_info = r.bit()?;
+            decoder_model_info = r.flag()?;
             if decoder_model_info {
-                buffer_delay_len = r.bits(5)? + 1;
+                buffer_delay_len = r.bits(5)? as usize + 1;
                 r.skip(32 + 5 + 5)?;
             }
         }
-        let initial_display_delay = r.bit()?;
+        let initial_display_delay = r.flag()?;
         let count = r.bits(5)? + 1;
         let (mut level0, mut tier0) = (0, false);
         for i in 0..count {
             r.skip(12)?; // operating_point_idc
             let l = r.bits(5)? as u8;
-            let t = l > 7 && r.bit()?;
+            let t = l > 7 && r.flag()?;
             if i == 0 {
                 (level0, tier0) = (l, t);
             }
-            if decoder_model_info && r.bit()? {
+            if decoder_model_info && r.flag()? {
                 r.skip(2 * buffer_delay_len + 1)?;
             }
-            if initial_display_delay && r.bit()? {
+            if initial_display_delay && r.flag()? {
                 r.skip(4)?;
             }
         }
@@ -219,18 +179,18 @@ fn sequence_header(payload: &[u8], obu: Bytes) -> Option<Av1Config> {
     let height_bits = r.bits(4)? + 1;
     let width = r.bits(width_bits)? + 1;
     let height = r.bits(height_bits)? + 1;
-    if !reduced_still && r.bit()? {
+    if !reduced_still && r.flag()? {
         r.skip(4 + 3)?; // frame id lengths
     }
     r.skip(3)?; // 128x128 superblocks, filter intra, intra edge filter
     if !reduced_still {
         r.skip(4)?; // interintra, masked compound, warped motion, dual filter
-        let enable_order_hint = r.bit()?;
+        let enable_order_hint = r.flag()?;
         if enable_order_hint {
             r.skip(2)?; // jnt_comp, ref_frame_mvs
         }
-        let force_screen_content_tools = if r.bit()? { 2 } else { r.bits(1)? };
-        if force_screen_content_tools > 0 && !r.bit()? {
+        let force_screen_content_tools = if r.flag()? { 2 } else { r.bits(1)? };
+        if force_screen_content_tools > 0 && !r.flag()? {
             r.skip(1)?; // seq_force_integer_mv
         }
         if enable_order_hint {
@@ -239,11 +199,11 @@ fn sequence_header(payload: &[u8], obu: Bytes) -> Option<Av1Config> {
     }
     r.skip(3)?; // superres, cdef, restoration
     // color_config() (§5.5.2).
-    let high_bitdepth = r.bit()?;
-    let twelve_bit = profile == 2 && high_bitdepth && r.bit()?;
-    let monochrome = profile != 1 && r.bit()?;
+    let high_bitdepth = r.flag()?;
+    let twelve_bit = profile == 2 && high_bitdepth && r.flag()?;
+    let monochrome = profile != 1 && r.flag()?;
     let (mut cp, mut tc, mut mc) = (2, 2, 2);
-    if r.bit()? {
+    if r.flag()? {
         (cp, tc, mc) = (r.bits(8)?, r.bits(8)?, r.bits(8)?);
     }
     let (subsampling_x, subsampling_y, mut chroma_sample_position) = if monochrome {
@@ -256,8 +216,8 @@ fn sequence_header(payload: &[u8], obu: Bytes) -> Option<Av1Config> {
             0 => (true, true, 0),
             1 => (false, false, 0),
             _ if twelve_bit => {
-                let x = r.bit()?;
-                let y = x && r.bit()?;
+                let x = r.flag()?;
+                let y = x && r.flag()?;
                 (x, y, 0)
             }
             _ => (true, false, 0),

@@ -149,6 +149,10 @@ impl<'a> Bits<'a> {
         self.pos += 1;
         Some(u32::from(b))
     }
+    /// One bit as a flag.
+    pub(crate) fn flag(&mut self) -> Option<bool> {
+        Some(self.bit()? == 1)
+    }
     pub(crate) fn bits(&mut self, n: u32) -> Option<u32> {
         let mut v = 0u32;
         for _ in 0..n {

@@ -257,6 +257,23 @@ fn opus_samples(toc: u8) -> u32 {
 mod tests {
     use super::*;
 
+    /// What the relay does with the output: the splitter, as for fMP4
+    /// ingest. The init segments' codecs and the number of fragments.
+    fn split(r: &mut RtpRemuxer) -> (Vec<String>, usize) {
+        let mut splitter = crate::Splitter::default();
+        while let Some(o) = r.poll() {
+            splitter.push(o.bytes());
+        }
+        let (mut codecs, mut fragments) = (Vec::new(), 0);
+        while let Some(item) = splitter.next_item().expect("the splitter takes it") {
+            match item {
+                crate::Item::Init(i) => codecs.push(i.codecs.clone()),
+                crate::Item::Fragment(_) => fragments += 1,
+            }
+        }
+        (codecs, fragments)
+    }
+
     /// x264 High@3.1 640x360 SPS (as in `nal`'s test) and a PPS.
     const SPS: &[u8] = b"\x67\x64\x00\x1f\xac\xd9\x40\xa0\x2f\xf9\x70\x11\x00\x00\x03\x00\x01\x00\x00\x03\x00\x3c\x0f\x18\x31\x96\x00";
     const PPS: &[u8] = &[0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0];
@@ -391,17 +408,7 @@ mod tests {
         assert!(r.push_vp9(39_000, 433_333, inter));
         r.finish();
         // What the relay does with it: the splitter, as for fMP4 ingest.
-        let mut splitter = crate::Splitter::default();
-        while let Some(o) = r.poll() {
-            splitter.push(o.bytes());
-        }
-        let (mut codecs, mut fragments) = (Vec::new(), 0);
-        while let Some(item) = splitter.next_item().expect("the splitter takes it") {
-            match item {
-                crate::Item::Init(i) => codecs.push(i.codecs.clone()),
-                crate::Item::Fragment(_) => fragments += 1,
-            }
-        }
+        let (codecs, fragments) = split(&mut r);
         // BT.601 (matrix 5) is not the short form's BT.709: the long form.
         let want = [
             "vp09.00.11.08.01.02.02.05.00",
@@ -436,17 +443,7 @@ mod tests {
         assert!(!r.push_av1(30_000, 333_333, inter), "dropped after loss");
         assert!(r.push_av1(33_000, 366_666, &key), "same sequence header");
         r.finish();
-        let mut splitter = crate::Splitter::default();
-        while let Some(o) = r.poll() {
-            splitter.push(o.bytes());
-        }
-        let (mut codecs, mut fragments) = (Vec::new(), 0);
-        while let Some(item) = splitter.next_item().expect("the splitter takes it") {
-            match item {
-                crate::Item::Init(i) => codecs.push(i.codecs.clone()),
-                crate::Item::Fragment(_) => fragments += 1,
-            }
-        }
+        let (codecs, fragments) = split(&mut r);
         assert_eq!(codecs, ["av01.0.00M.08"], "one init");
         assert!(fragments >= 2, "{fragments} fragments");
     }

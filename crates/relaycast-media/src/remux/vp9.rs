@@ -7,6 +7,7 @@
 //! Sans-IO and total: any byte string is either understood or refused
 //! (`None`), never a panic.
 
+use super::nal::Bits;
 use bytes::Bytes;
 
 /// What a VP9 keyframe says about its stream: the `vpcC` fields and the size.
@@ -89,51 +90,29 @@ struct Header {
     config: Option<Vp9Config>,
 }
 
-/// MSB-first bit reader.
-struct Bits<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Bits<'_> {
-    fn bit(&mut self) -> Option<bool> {
-        let byte = self.data.get(self.pos / 8)?;
-        let b = (byte >> (7 - self.pos % 8)) & 1;
-        self.pos += 1;
-        Some(b == 1)
-    }
-
-    fn bits(&mut self, n: u32) -> Option<u32> {
-        (0..n).try_fold(0u32, |acc, _| Some((acc << 1) | u32::from(self.bit()?)))
-    }
-}
-
 /// The start of `uncompressed_header()` (§6.2): frame type, and for a key
 /// frame `color_config()` and `frame_size()`.
 fn header(frame: &[u8]) -> Option<Header> {
-    let mut r = Bits {
-        data: frame,
-        pos: 0,
-    };
+    let mut r = Bits::new(frame);
     if r.bits(2)? != 2 {
         return None; // frame_marker
     }
     let low = r.bits(1)?;
     let high = r.bits(1)?;
     let profile = (high << 1 | low) as u8;
-    if profile == 3 && r.bit()? {
+    if profile == 3 && r.flag()? {
         return None; // reserved_zero
     }
-    if r.bit()? {
+    if r.flag()? {
         // show_existing_frame: shows a decoded frame again, codes nothing.
         return Some(Header {
             keyframe: false,
             config: None,
         });
     }
-    let non_key = r.bit()?;
-    let _show_frame = r.bit()?;
-    let _error_resilient = r.bit()?;
+    let non_key = r.flag()?;
+    let _show_frame = r.flag()?;
+    let _error_resilient = r.flag()?;
     if non_key {
         return Some(Header {
             keyframe: false,
@@ -144,18 +123,18 @@ fn header(frame: &[u8]) -> Option<Header> {
         return None; // frame_sync_code
     }
     let bit_depth = if profile >= 2 {
-        if r.bit()? { 12 } else { 10 }
+        if r.flag()? { 12 } else { 10 }
     } else {
         8
     };
     let color_space = r.bits(3)? as u8;
     let (full_range, subsampling_x, subsampling_y);
     if color_space != 7 {
-        full_range = r.bit()?;
+        full_range = r.flag()?;
         if profile == 1 || profile == 3 {
-            subsampling_x = r.bit()?;
-            subsampling_y = r.bit()?;
-            r.bit()?; // reserved_zero
+            subsampling_x = r.flag()?;
+            subsampling_y = r.flag()?;
+            r.flag()?; // reserved_zero
         } else {
             (subsampling_x, subsampling_y) = (true, true);
         }
@@ -163,7 +142,7 @@ fn header(frame: &[u8]) -> Option<Header> {
         full_range = true;
         (subsampling_x, subsampling_y) = (false, false);
         if profile == 1 || profile == 3 {
-            r.bit()?; // reserved_zero
+            r.flag()?; // reserved_zero
         } else {
             return None; // RGB needs 4:4:4, profile 1 or 3
         }
