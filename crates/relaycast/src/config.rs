@@ -310,6 +310,12 @@ pub struct EgressConfig {
     /// is 128 KiB). A viewer's buffer starts at 256 bytes and doubles up to
     /// this only when a read fills it.
     pub ws_read_buffer: usize,
+    /// WebSocket viewers over plain TCP that have caught up are written to
+    /// directly by a few fan-out writers per stream (one per worker thread)
+    /// instead of waking one task per viewer per fragment; a viewer whose
+    /// socket is full, that sends something or whose session ends goes back
+    /// to its own task. `false` keeps one task per viewer throughout.
+    pub ws_direct_write: bool,
     /// Kept for config compatibility; unused: the WebSocket egress writes
     /// each batch with one vectored write and buffers nothing.
     pub ws_write_buffer: usize,
@@ -322,6 +328,7 @@ impl Default for EgressConfig {
             long_poll_max: Duration::from_secs(60),
             max_wait: Duration::from_secs(60),
             ws_read_buffer: 4096,
+            ws_direct_write: true,
             ws_write_buffer: 0,
         }
     }

@@ -429,6 +429,46 @@ impl<IO> Counted<IO> {
         });
         self
     }
+
+    /// The wrapped I/O (for its non-blocking `try_*` calls).
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+}
+
+impl Counted<tokio::net::TcpStream> {
+    /// The read half, and the write half that keeps the guard and the
+    /// write deadline (a fan-out writer writes to it while the viewer's
+    /// task waits on the read half).
+    pub fn into_split(
+        self,
+    ) -> (
+        tokio::net::tcp::OwnedReadHalf,
+        Counted<tokio::net::tcp::OwnedWriteHalf>,
+    ) {
+        let (rd, wr) = self.io.into_split();
+        let wr = Counted {
+            io: wr,
+            _guard: self._guard,
+            stall: self.stall,
+        };
+        (rd, wr)
+    }
+}
+
+impl Counted<tokio::net::tcp::OwnedWriteHalf> {
+    /// The whole connection again (`None` if `rd` is another stream's).
+    pub fn reunite(
+        self,
+        rd: tokio::net::tcp::OwnedReadHalf,
+    ) -> Option<Counted<tokio::net::TcpStream>> {
+        let io = rd.reunite(self.io).ok()?;
+        Some(Counted {
+            io,
+            _guard: self._guard,
+            stall: self.stall,
+        })
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {

@@ -25,6 +25,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static MALLOC_CONF: &[u8; 60] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
+/// The fan-out writers' families on /metrics (process-wide, like the heap's).
+fn writer_metrics() {
+    relaycast::metrics::add_collector(relaycast::egress::websocket::WriterMetrics);
+}
+
 /// `relaycast_heap_allocated_bytes` / `relaycast_heap_resident_bytes` on
 /// /metrics, from jemalloc's statistics.
 #[cfg(not(target_env = "msvc"))]
@@ -448,6 +453,7 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     heap_metrics();
+    writer_metrics();
     let running = relaycast::server::start(config, None).await?;
     let scheme = if running.tls.is_some() {
         "https"

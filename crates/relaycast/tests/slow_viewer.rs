@@ -29,6 +29,7 @@ async fn a_stalled_socket_slows_neither_the_publisher_nor_a_fast_viewer() {
     c.fanout.lag.max_skips = 1000; // count skips here rather than disconnect
     let relay = relay(c).await;
     let base = format!("127.0.0.1:{}", relay.addr.port());
+    let before = relaycast::egress::websocket::writer_counts();
     // 60 loops: 27 MB, more than the loopback socket buffers hold.
     let (body, fragments) = long_stream(60);
 
@@ -81,5 +82,12 @@ async fn a_stalled_socket_slows_neither_the_publisher_nor_a_fast_viewer() {
     );
     assert!(late.seqs.len() < fragments);
     assert!(late.seqs.windows(2).all(|w| w[1] > w[0]), "never backwards");
+    // The fan-out writer gave the stalled viewer back to its own task when
+    // its socket was full (it never blocked on it: the fast viewer above).
+    let after = relaycast::egress::websocket::writer_counts();
+    assert!(
+        after.handbacks[0] > before.handbacks[0],
+        "given back when full: {before:?} → {after:?}"
+    );
     relay.shutdown().await;
 }

@@ -478,6 +478,12 @@ impl Stream {
             .map(|c| c.init.clone())
     }
 
+    /// An identity for this stream, unique among the streams alive (the
+    /// address of its shared state).
+    pub fn key(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
     /// Seq of the next fragment to arrive.
     pub fn next_seq(&self) -> u64 {
         self.0.state.read().next_seq

@@ -17,7 +17,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -774,38 +776,33 @@ async fn serve_io<IO>(
             .insert(axum::extract::ConnectInfo(peer));
         app.clone().oneshot(req)
     });
-    // One builder for both protocols (hyper-util's `auto`), told which one
-    // the connection speaks: ALPN or the h2c preface decided it above.
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.config().header_read_timeout);
-    // SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSockets over h2 (RFC 8441).
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .enable_connect_protocol();
-    let builder = if h2 {
-        builder.http2_only()
-    } else {
-        builder.http1_only()
-    };
+    // hyper's own builder for the protocol the connection speaks (ALPN or
+    // the h2c preface decided it above), not hyper-util's `auto`: that one
+    // wraps the I/O in a private type, and a WebSocket upgrade must give the
+    // plain connection back (`Upgraded::downcast`) for the fan-out writers
+    // to write to it directly (see `egress::websocket`).
     let io = TokioIo::new(
         crate::limits::Counted::new(io, guard)
             .with_write_deadline(limits.config().write_stall_timeout, limits.refused.clone()),
     );
-    let conn = builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = state.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+    let result = if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSockets over h2 (RFC 8441).
+        builder.timer(TokioTimer::new()).enable_connect_protocol();
+        let conn = builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        until_shutdown(conn, &state.shutdown, |c| c.graceful_shutdown()).await
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.config().header_read_timeout);
+        let conn = builder.serve_connection(io, svc).with_upgrades();
+        tokio::pin!(conn);
+        until_shutdown(conn, &state.shutdown, |c| c.graceful_shutdown()).await
     };
     if let Err(e) = result {
-        if is_timeout(&*e) {
+        if e.is_timeout() {
             limits.refused.count(crate::limits::Reason::HeaderTimeout);
             tracing::debug!(%peer, "closed: request headers not in within the timeout");
         } else {
@@ -814,8 +811,21 @@ async fn serve_io<IO>(
     }
 }
 
-/// A connection error that is hyper's header read timeout.
-fn is_timeout(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    e.downcast_ref::<hyper::Error>()
-        .is_some_and(|e| e.is_timeout())
+/// Drives a connection; at the relay's shutdown, `graceful` starts its
+/// graceful shutdown (GOAWAY, or closing when idle) and it runs to its end.
+async fn until_shutdown<C>(
+    mut conn: Pin<&mut C>,
+    shutdown: &CancellationToken,
+    graceful: impl FnOnce(Pin<&mut C>),
+) -> Result<(), hyper::Error>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+    }
 }

@@ -19,15 +19,24 @@
 //! [`ws::Reader`], every rule of RFC 6455 §5 checked (1002, 1007, 1009 with a
 //! reason; a valid close code echoed), out of a fixed buffer per viewer.
 
+mod direct;
+
+pub use direct::{WriterCounts, WriterMetrics, writer_counts};
+
 use super::{Transport, WatchQuery, event_parts, hello};
 use crate::app::AppState;
 use crate::fanout::{EndReason, Event, Viewer, ViewerStart};
+use crate::limits::Counted;
 use crate::proto::ws;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use std::io::IoSlice;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 
 /// Most events written in one batch.
 const BATCH: usize = 64;
@@ -49,24 +58,53 @@ pub async fn serve(
     let wait = app.wait_for(q.wait);
     let read_buffer = app.config.egress.ws_read_buffer.max(MIN_READ_BUFFER);
     up.spawn_in_span(move |io, span| async move {
-        use tracing::Instrument;
-        let mut conn = Conn::new(io, read_buffer);
-        let start = ViewerStart {
-            after: q.resume_after(&app.registry, &name),
-            transport: Transport::WebSocket,
-        };
-        let admitted = super::admit(&app, &name, &q, start, wait, peer)
-            .instrument(span.clone())
-            .await;
-        match admitted {
-            Ok(viewer) => run(conn, viewer, app, q.meta.unwrap_or(1) != 0, span).await,
-            Err(e) => {
-                let reason = e.to_string();
-                let bye = conn.close(e.ws_close_code(), &reason);
-                let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
+        // Plain TCP (an HTTP/1.1 upgrade): the connection itself, which a
+        // fan-out writer can write to; anything else stays behind hyper's
+        // upgrade.
+        match io.into_inner().downcast::<TokioIo<Counted<TcpStream>>>() {
+            Ok(parts) => {
+                let mut conn = Conn::new(parts.io.into_inner(), read_buffer);
+                // What the client sent right after its request, copied: the
+                // bytes share hyper's whole read buffer, which must not live
+                // as long as the session.
+                conn.client.preload(&parts.read_buf);
+                drop(parts.read_buf);
+                session(conn, app, name, q, wait, peer, span).await
+            }
+            Err(up) => {
+                let conn = Conn::new(TokioIo::new(up), read_buffer);
+                session(conn, app, name, q, wait, peer, span).await
             }
         }
     })
+}
+
+/// Admits the viewer and serves it, or closes with the reason it was refused.
+async fn session<IO: Wire>(
+    mut conn: Conn<IO>,
+    app: AppState,
+    name: String,
+    q: WatchQuery,
+    wait: Duration,
+    peer: Option<std::net::SocketAddr>,
+    span: tracing::Span,
+) {
+    use tracing::Instrument;
+    let start = ViewerStart {
+        after: q.resume_after(&app.registry, &name),
+        transport: Transport::WebSocket,
+    };
+    let admitted = super::admit(&app, &name, &q, start, wait, peer)
+        .instrument(span.clone())
+        .await;
+    match admitted {
+        Ok(viewer) => run(conn, viewer, app, q.meta.unwrap_or(1) != 0, span).await,
+        Err(e) => {
+            let reason = e.to_string();
+            let bye = conn.close(e.ws_close_code(), &reason);
+            let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
+        }
+    }
 }
 
 /// What the client's frames asked for.
@@ -107,6 +145,20 @@ impl ClientFrames {
             end: 0,
             reader: ws::Reader::new(MAX_CLIENT_MESSAGE),
         }
+    }
+
+    /// Bytes the client sent before the session began (read with its
+    /// request); the buffer grows to hold them.
+    fn preload(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let len = self.buf.len().max(bytes.len().next_power_of_two());
+        let mut buf = vec![0; len].into_boxed_slice();
+        buf[..bytes.len()].copy_from_slice(bytes);
+        self.buf = buf;
+        self.start = 0;
+        self.end = bytes.len();
     }
 
     /// The free space to read into (compacting first).
@@ -156,13 +208,22 @@ impl ClientFrames {
     }
 }
 
-/// One batch of frames: headers in one buffer, payloads shared.
+/// One batch of frames: headers in one buffer, payloads shared. It keeps
+/// how far it has been written, so a batch a socket took only part of (the
+/// fan-out writer's non-blocking write) is finished later by an awaiting one.
 #[derive(Default)]
 struct Frames {
     headers: BytesMut,
     /// (header range in `headers`, payload).
     parts: Vec<(usize, usize, Bytes)>,
+    /// Pieces (header, payload, header, …) written whole.
+    done: usize,
+    /// Bytes written of the piece after them.
+    offset: usize,
 }
+
+/// Slices per `writev` (a batch of one fragment needs 4).
+const IOV: usize = 16;
 
 impl Frames {
     fn push(&mut self, opcode: u8, payload: Bytes) {
@@ -171,63 +232,114 @@ impl Frames {
         self.parts.push((a, self.headers.len(), payload));
     }
 
+    /// Adds what a viewer is sent for `e`: the JSON message (a fragment's
+    /// only when `meta`, see `?meta=0`) and the binary payload, if any.
+    fn push_event(&mut self, e: &Event, meta: bool) {
+        let (json, payload) = event_parts(e);
+        if meta || !matches!(e, Event::Fragment(_)) {
+            self.push(0x1, json);
+        }
+        if let Some(p) = payload {
+            self.push(0x2, p);
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.parts.is_empty()
     }
 
-    /// Writes every frame with vectored writes, then clears the batch.
-    /// Allocation-free in the steady state: the slices are gathered on the
-    /// stack (`IOV` at a time) and the batch keeps a small capacity.
-    async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
-        /// Slices per `writev` (a batch of one fragment needs 4).
-        const IOV: usize = 16;
-        let total = self.parts.len() * 2;
-        let (headers, parts) = (&self.headers, &self.parts);
-        let piece = |i: usize| -> &[u8] {
-            let (a, b, p) = &parts[i / 2];
-            if i % 2 == 0 { &headers[*a..*b] } else { p }
-        };
-        let mut first = 0;
-        let mut offset = 0;
-        while first < total {
-            let mut io: [IoSlice<'_>; IOV] = [IoSlice::new(&[]); IOV];
-            let mut k = 0;
-            let mut i = first;
-            while i < total && k < IOV {
-                let p = piece(i);
-                let p = if i == first { &p[offset..] } else { p };
-                if !p.is_empty() {
-                    io[k] = IoSlice::new(p);
-                    k += 1;
-                }
-                i += 1;
+    fn piece(&self, i: usize) -> &[u8] {
+        let (a, b, p) = &self.parts[i / 2];
+        if i % 2 == 0 { &self.headers[*a..*b] } else { p }
+    }
+
+    /// The unwritten bytes as slices (at most [`IOV`], gathered on the
+    /// stack: no allocation per write); returns how many.
+    fn gather<'a>(&'a self, io: &mut [IoSlice<'a>; IOV]) -> usize {
+        let mut k = 0;
+        let mut i = self.done;
+        while i < self.parts.len() * 2 && k < IOV {
+            let p = self.piece(i);
+            let p = if i == self.done { &p[self.offset..] } else { p };
+            if !p.is_empty() {
+                io[k] = IoSlice::new(p);
+                k += 1;
             }
-            if k == 0 {
+            i += 1;
+        }
+        k
+    }
+
+    /// `n` more bytes were written.
+    fn advance(&mut self, mut n: usize) {
+        while self.done < self.parts.len() * 2 {
+            let left = self.piece(self.done).len() - self.offset;
+            if n >= left {
+                n -= left;
+                self.done += 1;
+                self.offset = 0;
+            } else {
+                self.offset += n;
                 break;
             }
-            let mut n = w.write_vectored(&io[..k]).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            while first < total {
-                let left = piece(first).len() - offset;
-                if n >= left {
-                    n -= left;
-                    first += 1;
-                    offset = 0;
-                } else {
-                    offset += n;
-                    break;
-                }
-            }
         }
+    }
+
+    /// Everything is written: empty the batch, keeping a small capacity.
+    fn clear(&mut self) {
         self.parts.clear();
         self.parts.shrink_to(8);
         self.headers.clear();
         if self.headers.capacity() > 256 {
             self.headers = BytesMut::new();
         }
+        self.done = 0;
+        self.offset = 0;
+    }
+
+    /// Writes every frame with vectored writes, then clears the batch.
+    /// Allocation-free in the steady state.
+    async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+        loop {
+            let n = {
+                let mut io = [IoSlice::new(&[]); IOV];
+                let k = self.gather(&mut io);
+                if k == 0 {
+                    break;
+                }
+                w.write_vectored(&io[..k]).await?
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.advance(n);
+        }
+        self.clear();
         w.flush().await
+    }
+
+    /// Writes what the socket takes without waiting: `Ok(true)` when the
+    /// whole batch is out (and cleared), `Ok(false)` when the socket is full
+    /// (the rest stays for [`Frames::write_to`]).
+    fn try_write(&mut self, w: &tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<bool> {
+        loop {
+            let r = {
+                let mut io = [IoSlice::new(&[]); IOV];
+                let k = self.gather(&mut io);
+                if k == 0 {
+                    break;
+                }
+                w.try_write_vectored(&io[..k])
+            };
+            match r {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        self.clear();
+        Ok(true)
     }
 }
 
@@ -259,6 +371,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         self.io.shutdown().await
     }
 
+    /// Acts on the client frames read so far: pongs for pings go into
+    /// `frames`; a close (or a protocol error) is answered here, and then
+    /// the session is over (`false`).
+    async fn answer_client(&mut self, frames: &mut Frames) -> bool {
+        loop {
+            match self.client.next() {
+                FromClient::Nothing => return true,
+                FromClient::Ping(p) => frames.push(0xA, p),
+                FromClient::Close(code, reason) => {
+                    self.answer_close(code, reason, reason.is_empty()).await;
+                    return false;
+                }
+            }
+        }
+    }
+
     /// Answers the client's close (or its protocol error) with a close frame,
     /// then, after an error, reads and drops what it still sends for a while
     /// (a lingering close: closing with unread input resets the connection,
@@ -272,7 +400,39 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     }
 }
 
-async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
+/// A viewer's connection. Over plain TCP it splits into halves a fan-out
+/// writer can write to without waiting ([`direct`]); other connections
+/// (TLS, a WebSocket over HTTP/2) are written by their own task throughout.
+trait Wire: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    /// Whether [`Wire::split`] can succeed.
+    const DIRECT: bool;
+    /// The read half and the writer's write half, or the connection as it was.
+    fn split(self) -> Result<(OwnedReadHalf, direct::WriteHalf), Self>;
+    /// The connection again, from its halves.
+    fn join(rd: OwnedReadHalf, wr: direct::WriteHalf) -> Option<Self>;
+}
+
+impl Wire for TokioIo<Upgraded> {
+    const DIRECT: bool = false;
+    fn split(self) -> Result<(OwnedReadHalf, direct::WriteHalf), Self> {
+        Err(self)
+    }
+    fn join(_: OwnedReadHalf, _: direct::WriteHalf) -> Option<Self> {
+        None
+    }
+}
+
+impl Wire for Counted<TcpStream> {
+    const DIRECT: bool = true;
+    fn split(self) -> Result<(OwnedReadHalf, direct::WriteHalf), Self> {
+        Ok(self.into_split())
+    }
+    fn join(rd: OwnedReadHalf, wr: direct::WriteHalf) -> Option<Self> {
+        wr.reunite(rd)
+    }
+}
+
+async fn run<IO: Wire>(
     mut conn: Conn<IO>,
     mut viewer: Viewer,
     app: AppState,
@@ -290,9 +450,15 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
     );
     let mut frames = Frames::default();
     frames.push(0x1, hello.to_bytes());
-    if conn.send(&mut frames).await.is_err() {
+    // (Pongs for pings sent with the request go right after the hello.)
+    if !conn.answer_client(&mut frames).await || conn.send(&mut frames).await.is_err() {
         return;
     }
+    // Hand the viewer to a fan-out writer whenever it has caught up.
+    let mut direct = IO::DIRECT && app.config.egress.ws_direct_write;
+    // The client sent something while a writer had the viewer: read it
+    // before handing the viewer over again.
+    let mut client_first = false;
     // Arrival times of the fragments in a batch, for the delivery-latency
     // histogram (reused: no allocation per batch once it has grown to the
     // largest batch; small at first, as most batches hold one fragment).
@@ -302,35 +468,73 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
     // waiter list, a lock shared by every viewer, twice per fragment.
     let shutdown = app.shutdown.cancelled();
     tokio::pin!(shutdown);
+    // The session's end, once an `End` event was taken (here or by the
+    // fan-out writer): the frames before it are written first.
+    let mut end: Option<EndReason> = None;
     let end = 'session: loop {
-        let ev = tokio::select! {
-            ev = viewer.next() => ev,
-            n = conn.io.read(conn.client.space()) => {
-                match n {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => conn.client.filled(n),
-                }
-                loop {
-                    match conn.client.next() {
-                        FromClient::Nothing => break,
-                        FromClient::Ping(p) => frames.push(0xA, p),
-                        FromClient::Close(code, reason) => {
-                            conn.answer_close(code, reason, reason.is_empty()).await;
+        arrived.clear();
+        let mut ev = None;
+        if frames.is_empty() && end.is_none() {
+            ev = viewer.try_next();
+            if ev.is_none() && direct && !client_first && !app.shutdown.is_cancelled() {
+                // Caught up: the fan-out writer writes from here on, and
+                // gives the viewer back when it needs this task.
+                let Conn { io, client } = conn;
+                let (c, back) = match io.split() {
+                    Ok((rd, wr)) => {
+                        let Some((rd, back)) =
+                            direct::serve(rd, wr, viewer, meta, shutdown.as_mut()).await
+                        else {
                             return;
-                        }
+                        };
+                        let direct::Back {
+                            viewer,
+                            wr,
+                            frames,
+                            end,
+                            why,
+                        } = back;
+                        let Some(io) = IO::join(rd, wr) else {
+                            return;
+                        };
+                        (Conn { io, client }, (viewer, frames, end, why))
                     }
-                }
-                if !frames.is_empty() && conn.send(&mut frames).await.is_err() {
-                    return;
+                    Err(io) => {
+                        conn = Conn { io, client };
+                        direct = false;
+                        continue;
+                    }
+                };
+                conn = c;
+                let why;
+                (viewer, frames, end, why) = back;
+                match why {
+                    // Read what the client sent before going back.
+                    direct::Why::Asked => client_first = true,
+                    direct::Why::Refused => direct = false,
+                    _ => {}
                 }
                 continue;
-            },
-            _ = &mut shutdown => break EndReason::Shutdown,
-        };
-        let mut ev = Some(ev);
-        let mut end = None;
+            }
+        }
+        if ev.is_none() && frames.is_empty() && end.is_none() {
+            ev = Some(tokio::select! {
+                ev = viewer.next() => ev,
+                n = conn.io.read(conn.client.space()) => {
+                    client_first = false;
+                    match n {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => conn.client.filled(n),
+                    }
+                    if !conn.answer_client(&mut frames).await {
+                        return;
+                    }
+                    continue;
+                },
+                _ = &mut shutdown => break EndReason::Shutdown,
+            });
+        }
         let mut n = 0;
-        arrived.clear();
         while let Some(e) = ev.take() {
             if let Event::End(r) = e {
                 end = Some(r);
@@ -339,15 +543,7 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
             if let Event::Fragment(c) = &e {
                 arrived.push(c.arrived);
             }
-            let (json, payload) = event_parts(&e);
-            // `?meta=0`: no `fragment` text message before each fragment
-            // (every other control message still comes).
-            if meta || !matches!(e, Event::Fragment(_)) {
-                frames.push(0x1, json);
-            }
-            if let Some(p) = payload {
-                frames.push(0x2, p);
-            }
+            frames.push_event(&e, meta);
             n += 1;
             if n < BATCH {
                 ev = viewer.try_next();

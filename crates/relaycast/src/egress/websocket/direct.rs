@@ -1,0 +1,487 @@
+//! The fan-out writer: WebSocket viewers that have caught up are written to
+//! from the fan-out point, not from one task per viewer.
+//!
+//! Each stream gets a few writer tasks (one per runtime worker, made when
+//! the first viewer comes and gone a while after the last one leaves); a
+//! viewer's session hands its connection's write half and its cursor to one
+//! of them ([`serve`]). On every change of the stream the writer goes
+//! through its viewers and, for each, takes the ready events and writes them
+//! with one non-blocking vectored write (`try_write_vectored`): one task
+//! woken per writer per fragment instead of one per viewer, and no waker,
+//! timer or span per viewer per fragment. A viewer goes back to its own task
+//! (the awaiting path in `super::run`, with its write deadline, lag skips
+//! and lingering close) when its socket is full (the rest of the batch goes
+//! with it), when its session ends, when the client sends something (a
+//! ping to answer, a close) and at shutdown. So no publisher ever waits on
+//! a viewer and no viewer waits on another: a writer only ever does
+//! non-blocking writes.
+//!
+//! Why by hand: this is the product's fan-out itself; a crate would be a
+//! runtime (an io_uring executor, a reactor) rather than this loop.
+
+use super::{BATCH, Frames};
+use crate::fanout::{EndReason, Event, Stream, Viewer};
+use crate::limits::Counted;
+use dashmap::DashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a writer with no viewers stays for the next one.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// The write side of a viewer's connection (its guard and write deadline
+/// travel with it).
+pub(super) type WriteHalf = Counted<OwnedWriteHalf>;
+
+/// Why a writer gave a viewer back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub(super) enum Why {
+    /// Its socket did not take the whole batch: the rest is in `frames`.
+    Full,
+    /// Its session ended (`end`): the frames before the end are in `frames`.
+    Ended,
+    /// The session asked for it back (the client sent something, or the
+    /// relay is shutting down).
+    Asked,
+    /// The writer was leaving (idle) as the viewer came: join again.
+    Closing,
+    /// No writer could take it.
+    Refused,
+}
+
+impl Why {
+    const ALL: [Why; 5] = [
+        Why::Full,
+        Why::Ended,
+        Why::Asked,
+        Why::Closing,
+        Why::Refused,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Why::Full => "full",
+            Why::Ended => "ended",
+            Why::Asked => "asked",
+            Why::Closing => "closing",
+            Why::Refused => "refused",
+        }
+    }
+}
+
+/// What the writers did, process-wide (counters per pass, not per write).
+#[derive(Debug, Default)]
+struct Stats {
+    writers: AtomicU64,
+    viewers: AtomicU64,
+    wakeups: AtomicU64,
+    writes: AtomicU64,
+    handbacks: [AtomicU64; 5],
+}
+
+static STATS: LazyLock<Stats> = LazyLock::new(Stats::default);
+
+/// A snapshot of the writers' counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterCounts {
+    /// Writer tasks alive.
+    pub writers: u64,
+    /// Viewers in writers' hands now.
+    pub viewers: u64,
+    /// Passes over a writer's viewers (one per change of its stream).
+    pub wakeups: u64,
+    /// Non-blocking writes that wrote a whole batch.
+    pub writes: u64,
+    /// Viewers given back to their task: full, ended, asked, closing, refused.
+    pub handbacks: [u64; 5],
+}
+
+/// The writers' counters now.
+pub fn writer_counts() -> WriterCounts {
+    let s = &*STATS;
+    WriterCounts {
+        writers: s.writers.load(Relaxed),
+        viewers: s.viewers.load(Relaxed),
+        wakeups: s.wakeups.load(Relaxed),
+        writes: s.writes.load(Relaxed),
+        handbacks: std::array::from_fn(|i| s.handbacks[i].load(Relaxed)),
+    }
+}
+
+/// The writers' families on /metrics (register with
+/// [`crate::metrics::add_collector`]; they are process-wide).
+#[derive(Debug)]
+pub struct WriterMetrics;
+
+impl crate::metrics::Collector for WriterMetrics {
+    fn encode(&self, mut e: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        use crate::metrics::{Kind, counter, family, single};
+        let c = writer_counts();
+        single(
+            &mut e,
+            "relaycast_ws_writers",
+            Kind::Gauge,
+            "Fan-out writer tasks (a few per stream with WebSocket viewers).",
+            c.writers,
+        )?;
+        single(
+            &mut e,
+            "relaycast_ws_writer_viewers",
+            Kind::Gauge,
+            "WebSocket viewers a fan-out writer writes to now (the others are served by their own task).",
+            c.viewers,
+        )?;
+        single(
+            &mut e,
+            "relaycast_ws_writer_wakeups_total",
+            Kind::Counter,
+            "Passes of a fan-out writer over its viewers (one per change of the stream).",
+            c.wakeups,
+        )?;
+        single(
+            &mut e,
+            "relaycast_ws_writer_writes_total",
+            Kind::Counter,
+            "Batches a fan-out writer wrote whole with one non-blocking write.",
+            c.writes,
+        )?;
+        let mut m = family(
+            &mut e,
+            "relaycast_ws_writer_handbacks_total",
+            Kind::Counter,
+            "Viewers a fan-out writer gave back to their own task, by why: full (socket full), ended, asked (the client sent something, or shutdown), closing (idle writer), refused.",
+        )?;
+        for w in Why::ALL {
+            counter(&mut m, &[("why", w.name())], c.handbacks[w as usize])?;
+        }
+        Ok(())
+    }
+}
+
+/// A viewer given back to its session.
+pub(super) struct Back {
+    pub viewer: Viewer,
+    pub wr: WriteHalf,
+    /// Frames not (or not wholly) written yet.
+    pub frames: Frames,
+    /// The `End` event the writer took, if it did.
+    pub end: Option<EndReason>,
+    pub why: Why,
+}
+
+/// A viewer in a writer's hands.
+struct Slot {
+    id: u64,
+    viewer: Viewer,
+    wr: WriteHalf,
+    meta: bool,
+    back: oneshot::Sender<Back>,
+}
+
+impl Slot {
+    /// Gives the viewer back with the frames it still has to write.
+    fn give_back(self, why: Why, end: Option<EndReason>, frames: Frames) {
+        STATS.handbacks[why as usize].fetch_add(1, Relaxed);
+        let _ = self.back.send(Back {
+            viewer: self.viewer,
+            wr: self.wr,
+            frames,
+            end,
+            why,
+        });
+    }
+}
+
+// A slot moves through the inbox whole: boxing it would be an allocation
+// per hand-over for a message that lives microseconds.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Join(Slot),
+    /// Give this viewer back (if it is still here).
+    Reclaim(u64),
+}
+
+/// (stream, writer index) → the writer's inbox. A stream is known by its
+/// allocation's address: a writer holds the stream, so the address is not
+/// reused while the writer's entry is open.
+type Key = (usize, usize);
+
+static WRITERS: LazyLock<DashMap<Key, mpsc::UnboundedSender<Msg>>> = LazyLock::new(DashMap::new);
+static IDS: AtomicU64 = AtomicU64::new(0);
+
+/// Writers per stream: one per runtime worker (at most 16).
+fn writers() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_workers()
+        .clamp(1, 16)
+}
+
+fn key(stream: &Stream, id: u64) -> Key {
+    (stream.key(), (id % writers() as u64) as usize)
+}
+
+/// Gives `slot` to its writer (making the writer when there is none), or
+/// gives it back (moved, not boxed: see [`Msg`]).
+#[allow(clippy::result_large_err)]
+fn join(slot: Slot) -> Result<(), Slot> {
+    let key = key(slot.viewer.stream(), slot.id);
+    let mut msg = Msg::Join(slot);
+    for _ in 0..2 {
+        WRITERS.remove_if(&key, |_, tx| tx.is_closed());
+        let tx = WRITERS
+            .entry(key)
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let Msg::Join(s) = &msg else {
+                    unreachable!("only joins are sent here")
+                };
+                tokio::spawn(writer(s.viewer.stream().clone(), key, rx));
+                tx
+            })
+            .clone();
+        match tx.send(msg) {
+            Ok(()) => return Ok(()),
+            // The writer closed its inbox (it had no viewers): make another.
+            Err(mpsc::error::SendError(m)) => msg = m,
+        }
+    }
+    match msg {
+        Msg::Join(s) => Err(s),
+        Msg::Reclaim(_) => unreachable!("only joins are sent here"),
+    }
+}
+
+fn reclaim(key: Key, id: u64) {
+    if let Some(tx) = WRITERS.get(&key) {
+        let _ = tx.send(Msg::Reclaim(id));
+    }
+}
+
+/// Hands the viewer to a writer and waits until the writer gives it back;
+/// asks for it back when the client sends something or `shutdown`
+/// completes. `None`: the connection failed in the writer (the viewer is
+/// gone with it).
+pub(super) async fn serve<S: Future<Output = ()>>(
+    mut rd: OwnedReadHalf,
+    wr: WriteHalf,
+    viewer: Viewer,
+    meta: bool,
+    mut shutdown: Pin<&mut S>,
+) -> Option<(OwnedReadHalf, Back)> {
+    let id = IDS.fetch_add(1, Relaxed);
+    let key = key(viewer.stream(), id);
+    let (tx, mut rx) = oneshot::channel();
+    let slot = Slot {
+        id,
+        viewer,
+        wr,
+        meta,
+        back: tx,
+    };
+    if let Err(s) = join(slot) {
+        STATS.handbacks[Why::Refused as usize].fetch_add(1, Relaxed);
+        let back = Back {
+            viewer: s.viewer,
+            wr: s.wr,
+            frames: Frames::default(),
+            end: None,
+            why: Why::Refused,
+        };
+        return Some((rd, back));
+    }
+    let mut asked = false;
+    let back = loop {
+        tokio::select! {
+            back = &mut rx => break back,
+            _ = client_spoke(&mut rd), if !asked => {
+                asked = true;
+                reclaim(key, id);
+            }
+            _ = shutdown.as_mut(), if !asked => {
+                asked = true;
+                reclaim(key, id);
+            }
+        }
+    };
+    back.ok().map(|b| (rd, b))
+}
+
+/// Completes when the client sent something (or closed), without taking it.
+/// It waits through `poll_peek`, which keeps the socket's one read waker
+/// (as a read does), not through `readable()`, which waits in a list: the
+/// waker left there by the HTTP connection's task before the upgrade would
+/// otherwise stay, and with it that finished task's memory (10 KB per
+/// viewer, measured).
+async fn client_spoke(rd: &mut OwnedReadHalf) {
+    let mut byte = [0u8; 1];
+    let _ =
+        std::future::poll_fn(|cx| rd.poll_peek(cx, &mut tokio::io::ReadBuf::new(&mut byte))).await;
+}
+
+/// What a writer does with a viewer after a pass.
+enum Next {
+    Keep,
+    Back(Why, Option<EndReason>),
+    /// The connection failed: drop it (its session sees the writer's
+    /// sender go and ends).
+    Drop,
+}
+
+/// The writer's scratch space, shared by its viewers: a viewer's frames
+/// live only while they are written (one that could not write them all
+/// takes them along), so no viewer holds a batch of its own.
+#[derive(Default)]
+struct Scratch {
+    frames: Frames,
+    /// Arrival times of the fragments in `frames`.
+    arrived: Vec<Instant>,
+    /// Batches written whole in this pass.
+    writes: u64,
+}
+
+/// Writes what `slot`'s viewer has ready (up to [`BATCH`] events) with
+/// non-blocking writes.
+fn pass(slot: &mut Slot, scratch: &mut Scratch) -> Next {
+    if slot.back.is_closed() {
+        return Next::Drop;
+    }
+    let Scratch {
+        frames,
+        arrived,
+        writes,
+    } = scratch;
+    arrived.clear();
+    let mut n = 0;
+    while n < BATCH {
+        match slot.viewer.try_next() {
+            None => break,
+            Some(Event::End(r)) => return Next::Back(Why::Ended, Some(r)),
+            Some(e) => {
+                if let Event::Fragment(c) = &e {
+                    arrived.push(c.arrived);
+                }
+                frames.push_event(&e, slot.meta);
+                n += 1;
+            }
+        }
+    }
+    if frames.is_empty() {
+        return Next::Keep;
+    }
+    match frames.try_write(slot.wr.get_ref()) {
+        Ok(true) => {
+            *writes += 1;
+            let now = Instant::now();
+            for &a in arrived.iter() {
+                slot.viewer.wrote(a, now);
+            }
+            if n == BATCH {
+                // Far behind: its own task catches it up.
+                Next::Back(Why::Full, None)
+            } else {
+                Next::Keep
+            }
+        }
+        Ok(false) => Next::Back(Why::Full, None),
+        Err(_) => Next::Drop,
+    }
+}
+
+/// Applies `next` to the viewer at `i` (the frames it did not write go
+/// with it when it goes back).
+fn apply(slots: &mut Vec<Slot>, i: usize, next: Next, scratch: &mut Scratch) {
+    match next {
+        Next::Keep => {}
+        Next::Back(why, end) => {
+            let frames = std::mem::take(&mut scratch.frames);
+            slots.swap_remove(i).give_back(why, end, frames);
+        }
+        Next::Drop => {
+            scratch.frames.clear();
+            slots.swap_remove(i);
+        }
+    }
+}
+
+/// One writer of one stream: serves the viewers it is given until it has
+/// had none for [`IDLE`].
+async fn writer(stream: Stream, key: Key, mut inbox: mpsc::UnboundedReceiver<Msg>) {
+    let mut changes = stream.changes();
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut scratch = Scratch::default();
+    let idle = tokio::time::sleep(IDLE);
+    tokio::pin!(idle);
+    let mut was_empty = true;
+    STATS.writers.fetch_add(1, Relaxed);
+    loop {
+        let before = slots.len();
+        scratch.writes = 0;
+        tokio::select! {
+            biased;
+            m = inbox.recv() => match m {
+                Some(Msg::Join(mut s)) => {
+                    // Events may have come since the session looked.
+                    let next = pass(&mut s, &mut scratch);
+                    slots.push(s);
+                    let last = slots.len() - 1;
+                    apply(&mut slots, last, next, &mut scratch);
+                }
+                Some(Msg::Reclaim(id)) => {
+                    if let Some(i) = slots.iter().position(|s| s.id == id) {
+                        slots.swap_remove(i).give_back(Why::Asked, None, Frames::default());
+                    }
+                }
+                None => break,
+            },
+            r = changes.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                changes.borrow_and_update();
+                STATS.wakeups.fetch_add(1, Relaxed);
+                let mut i = slots.len();
+                while i > 0 {
+                    i -= 1;
+                    let next = pass(&mut slots[i], &mut scratch);
+                    apply(&mut slots, i, next, &mut scratch);
+                    // Let the worker's other tasks (a publisher, another
+                    // writer) run between viewers when the budget is spent.
+                    tokio::task::consume_budget().await;
+                }
+            }
+            _ = &mut idle, if slots.is_empty() => break,
+        }
+        STATS.writes.fetch_add(scratch.writes, Relaxed);
+        let after = slots.len();
+        if after >= before {
+            STATS.viewers.fetch_add((after - before) as u64, Relaxed);
+        } else {
+            STATS.viewers.fetch_sub((before - after) as u64, Relaxed);
+        }
+        // The idle time counts from when the last viewer left.
+        if slots.is_empty() && !was_empty {
+            idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
+        }
+        was_empty = slots.is_empty();
+    }
+    // Leaving: no more joins; give back whatever is still here or came in.
+    STATS.viewers.fetch_sub(slots.len() as u64, Relaxed);
+    inbox.close();
+    while let Ok(m) = inbox.try_recv() {
+        if let Msg::Join(s) = m {
+            slots.push(s);
+        }
+    }
+    for s in slots {
+        s.give_back(Why::Closing, None, Frames::default());
+    }
+    WRITERS.remove_if(&key, |_, tx| tx.is_closed());
+    STATS.writers.fetch_sub(1, Relaxed);
+}

@@ -1,0 +1,161 @@
+//! The fan-out writers (#15): WebSocket viewers over plain TCP that have
+//! caught up are written to by a few writer tasks per stream, and go back to
+//! their own task when the client speaks, the socket is full or the session
+//! ends. Over real sockets: the writers do serve the viewers (their counters
+//! on /metrics move), every viewer gets every fragment byte for byte, a ping
+//! mid-stream is answered between whole messages with nothing lost, and
+//! `egress.ws_direct_write = false` keeps every viewer on its own task.
+//!
+//! The counters are process-wide, so the tests of this file take turns.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use relaycast::egress::websocket::writer_counts;
+use relaycast::media::demo::Demo;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Generous bound on any one wait (not a timing claim).
+const LIMIT: Duration = Duration::from_secs(30);
+
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The demo clip `loops` times over as one fMP4 stream.
+fn stream(loops: u64) -> (Bytes, usize) {
+    let demo = Demo::load().expect("demo clip");
+    let mut v = demo.init().bytes.to_vec();
+    let n = demo.len() as u64 * loops;
+    for i in 0..n {
+        v.extend_from_slice(&demo.fragment(i).0.bytes);
+    }
+    (Bytes::from(v), n as usize)
+}
+
+/// Publishes `body` to `name` in pieces with pauses (a live-ish publisher).
+async fn publish(base: &str, name: &str, body: Bytes) {
+    let (status, summary) = put_chunked(
+        &format!("http://{base}/publish/{name}"),
+        body,
+        16 << 10,
+        Duration::from_millis(2),
+    )
+    .await;
+    assert_eq!(status, 200, "publisher: {summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caught_up_viewers_are_written_by_the_writers_and_get_every_byte() {
+    let _turn = TURN.lock().await;
+    let relay = relay(config()).await;
+    let base = relay.addr.to_string();
+    let (body, fragments) = stream(3);
+    let before = writer_counts();
+    let mut viewers = Vec::new();
+    for _ in 0..40 {
+        viewers.push(ws_connect(&format!("ws://{base}/live/w?wait=10")).await);
+    }
+    let readers: Vec<_> = viewers
+        .into_iter()
+        .map(|mut v| tokio::spawn(async move { ws_read(&mut v, fragments, LIMIT).await }))
+        .collect();
+    publish(&base, "w", body.clone()).await;
+    for r in readers {
+        let got = r.await.expect("viewer");
+        assert_eq!(got.seqs.len(), fragments, "every fragment");
+        assert!(
+            got.bytes == body,
+            "byte for byte: init, then every fragment"
+        );
+        assert!(got.of_type("skip").is_empty());
+    }
+    let after = writer_counts();
+    // The writers wrote the batches (a batch holds what was ready, several
+    // fragments when the publisher runs ahead; a viewer's task writes only
+    // until it has caught up, and again after falling behind).
+    let writes = after.writes - before.writes;
+    assert!(
+        writes >= fragments as u64,
+        "batches written by the writers: {writes} for 40 viewers × {fragments} fragments"
+    );
+    assert!(after.wakeups > before.wakeups);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_while_a_writer_has_the_viewer_is_answered_and_nothing_is_lost() {
+    let _turn = TURN.lock().await;
+    let mut c = config();
+    c.server.demo = true;
+    let relay = relay(c).await;
+    let base = relay.addr.to_string();
+    let mut ws = ws_connect(&format!("ws://{base}/live/demo?wait=10")).await;
+    let before = writer_counts();
+    let mut seqs = Vec::new();
+    let mut pongs = Vec::new();
+    let mut pinged = 0;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while seqs.len() < 40 {
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("messages keep coming")
+            .expect("open")
+            .expect("a message");
+        match m {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).expect("JSON");
+                if v["type"] == "fragment" {
+                    seqs.push(v["seq"].as_u64().expect("seq"));
+                    // Pings at fragments 10, 20 and 30: by then the viewer
+                    // has caught up and sits with a writer.
+                    if seqs.len() % 10 == 0 && pinged < 3 {
+                        pinged += 1;
+                        let p = format!("ping {pinged}");
+                        ws.send(Message::Ping(p.into_bytes().into()))
+                            .await
+                            .expect("ping");
+                    }
+                }
+            }
+            Message::Pong(p) => pongs.push(String::from_utf8_lossy(&p).into_owned()),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        pongs,
+        ["ping 1", "ping 2", "ping 3"],
+        "each ping answered once, in order"
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no fragment lost around the pings: {seqs:?}"
+    );
+    let after = writer_counts();
+    assert!(
+        after.handbacks[2] >= before.handbacks[2] + 3,
+        "the writer gave the viewer back for each ping: {before:?} → {after:?}"
+    );
+    ws.close(None).await.expect("close");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_direct_writes_off_every_viewer_stays_on_its_own_task() {
+    let _turn = TURN.lock().await;
+    let mut c = config();
+    c.server.demo = true;
+    c.egress.ws_direct_write = false;
+    let relay = relay(c).await;
+    let base = relay.addr.to_string();
+    let before = writer_counts();
+    let mut a = ws_connect(&format!("ws://{base}/live/demo?wait=10")).await;
+    let mut b = ws_connect(&format!("ws://{base}/live/demo?wait=10")).await;
+    let (ra, rb) = tokio::join!(ws_read(&mut a, 15, LIMIT), ws_read(&mut b, 15, LIMIT));
+    assert!(ra.seqs.len() >= 15 && rb.seqs.len() >= 15);
+    let after = writer_counts();
+    assert_eq!(after.writes, before.writes, "no writer wrote");
+    assert_eq!(after.viewers, 0, "no viewer reached a writer");
+    relay.shutdown().await;
+}
