@@ -33,6 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long a writer with no viewers stays for the next one.
 const IDLE: Duration = Duration::from_secs(5);
+/// Every this many passes a writer drops the viewers whose session is gone.
+const SWEEP: u64 = 64;
 
 /// The write side of a viewer's connection (its guard and write deadline
 /// travel with it).
@@ -349,9 +351,6 @@ struct Scratch {
 /// Writes what `slot`'s viewer has ready (up to [`BATCH`] events) with
 /// non-blocking writes.
 fn pass(slot: &mut Slot, scratch: &mut Scratch) -> Next {
-    if slot.back.is_closed() {
-        return Next::Drop;
-    }
     let Scratch {
         frames,
         arrived,
@@ -419,6 +418,7 @@ async fn writer(stream: Stream, key: Key, mut inbox: mpsc::UnboundedReceiver<Msg
     let idle = tokio::time::sleep(IDLE);
     tokio::pin!(idle);
     let mut was_empty = true;
+    let mut passes: u64 = 0;
     STATS.writers.fetch_add(1, Relaxed);
     loop {
         let before = slots.len();
@@ -446,6 +446,14 @@ async fn writer(stream: Stream, key: Key, mut inbox: mpsc::UnboundedReceiver<Msg
                 }
                 changes.borrow_and_update();
                 STATS.wakeups.fetch_add(1, Relaxed);
+                // Sessions that went away while here (their task is gone:
+                // nobody waits for the viewer back) are dropped now and then,
+                // not checked per write: that check was a cache miss per
+                // viewer per fragment (3 % of the relay's CPU at 4,000).
+                passes += 1;
+                if passes % SWEEP == 0 {
+                    slots.retain(|s| !s.back.is_closed());
+                }
                 let mut i = slots.len();
                 while i > 0 {
                     i -= 1;
