@@ -35,10 +35,12 @@ def ensure(skips):
             skips["outside"] = "outside clients: npm ci in benches/outside failed: " + r.stderr[-200:]
 
 
-def media(bitrate_k, seconds):
-    """An H.264 + AAC fMP4 of `seconds` with 100 ms fragments at about `bitrate_k` kbit/s (CBR), cached."""
+def media(bitrate_k, seconds, frag_ms=FRAG_MS):
+    """An H.264 + AAC fMP4 of `seconds` with `frag_ms` fragments (100 ms; 33 = one 30 fps frame per fragment)
+    at about `bitrate_k` kbit/s (CBR), cached."""
     os.makedirs(MEDIA_DIR, exist_ok=True)
-    path = os.path.join(MEDIA_DIR, f"cbr{bitrate_k}k-{seconds}s.mp4")
+    tag = "" if frag_ms == FRAG_MS else f"-{frag_ms}ms"
+    path = os.path.join(MEDIA_DIR, f"cbr{bitrate_k}k-{seconds}s{tag}.mp4")
     if os.path.exists(path):
         return path
     ab = 96 if bitrate_k > 300 else 48
@@ -51,7 +53,7 @@ def media(bitrate_k, seconds):
            "-b:v", f"{vb}k", "-maxrate", f"{vb}k", "-bufsize", f"{max(vb // 5, 20)}k", "-x264-params", "nal-hrd=cbr",
            "-c:a", "aac", "-b:a", f"{ab}k", "-ac", "2",
            "-f", "mp4", "-movflags", "empty_moov+default_base_moof+skip_trailer",
-           "-frag_duration", str(FRAG_MS * 1000), path + ".tmp.mp4"]
+           "-frag_duration", str(frag_ms * 1000), path + ".tmp.mp4"]
     subprocess.run(cmd, check=True)
     os.rename(path + ".tmp.mp4", path)
     return path
@@ -130,20 +132,23 @@ def strace_summary(path):
             "bytes_per_writev": nbytes / calls if calls else 0}
 
 
-def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, procs=2, count=None, port=None):
+def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, procs=2, count=None, port=None,
+        frag_ms=FRAG_MS, streams=1):
     """One run against a started server. urls: (mode put|ws, publish URL, watch URL). Returns a report dict.
+    frag_ms: fragment duration (100; 33 for per-frame fragments at 30 fps). streams: the viewers spread over
+    this many streams (URLs hold "{s}"), each published with the same fragments.
     count: None, "ss" (kernel counters: nstat over the window, `ss -ti` totals of the server's sockets)
     or "strace" (writev calls, iovecs and bytes per call: perturbs timing, count-only)
     or "perf" (`perf record -g` of the server over the paced window; the file's path in the report)."""
     mode, pub_url, watch_url = urls
-    nfrags = int(seconds * 1000 / FRAG_MS)
-    path = media(bitrate_k, int(seconds) + 4)
+    nfrags = int(seconds * 1000 / frag_ms)
+    path = media(bitrate_k, int(seconds) + 4, frag_ms)
     sent = os.path.join(workdir, f"sent-{system}-{os.getpid()}-{time.time_ns()}.json")
     node = nice + ["node"]
-    pub = subprocess.Popen(node + [os.path.join(HERE, "publish.js"), mode, pub_url, path, str(FRAG_MS), str(nfrags), sent],
+    pub = subprocess.Popen(node + [os.path.join(HERE, "publish.js"), mode, pub_url, path, str(frag_ms), str(nfrags), sent, str(streams)],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, process_group=0)
     vps = []
-    rep = {"system": system, "viewers": viewers, "bitrate_k": bitrate_k, "seconds": seconds,
+    rep = {"system": system, "viewers": viewers, "bitrate_k": bitrate_k, "seconds": seconds, "streams": streams,
            "loadavg_start": loadavg()}
     try:
         if (readline(pub, 15) or "").strip() != "ready":
@@ -153,7 +158,7 @@ def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, pr
         rss0 = proc_rss(server_pid)
         per = [viewers // procs + (1 if i < viewers % procs else 0) for i in range(procs)]
         for n in per:
-            vps.append(subprocess.Popen(node + [os.path.join(HERE, "viewers.js"), watch_url, str(n), sent],
+            vps.append(subprocess.Popen(node + [os.path.join(HERE, "viewers.js"), watch_url, str(n), sent, str(streams)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         process_group=0))
         deadline = time.time() + 120

@@ -6,14 +6,21 @@
 // the fragments, so viewers can connect in between. It writes the send time
 // (process.hrtime.bigint(), CLOCK_MONOTONIC, shared by every process on the
 // box) of every fragment, by mfhd seq, to OUT as JSON, and exits.
-// Usage: node publish.js put|ws URL FILE FRAG_MS COUNT OUT
+// With STREAMS > 1, URL holds "{s}" and the same fragments go to streams
+// live0 … live{STREAMS-1}, one connection each (the send time of a seq is
+// taken before its first send).
+// Usage: node publish.js put|ws URL FILE FRAG_MS COUNT OUT [STREAMS]
 'use strict';
 const fs = require('fs');
 const http = require('http');
 const WebSocket = require('ws');
 const { split, seqOf } = require('./fmp4');
 
-const [mode, url, file, fragMs, count, out] = process.argv.slice(2);
+const [mode, urlTemplate, file, fragMs, count, out, streamsArg] = process.argv.slice(2);
+const STREAMS = Number(streamsArg || 1);
+const urls = STREAMS > 1
+  ? Array.from({ length: STREAMS }, (_, i) => urlTemplate.replace('{s}', `live${i}`))
+  : [urlTemplate.replace('{s}', 'live')];
 const { init, frags } = split(fs.readFileSync(file));
 const n = Math.min(Number(count), frags.length);
 const sent = {};
@@ -49,30 +56,42 @@ function ready() {
   process.stdin.once('data', pace);
 }
 
-if (mode === 'put') {
-  const agent = new http.Agent({ keepAlive: false });
-  const req = http.request(url, { method: 'PUT', agent, headers: { 'content-type': 'video/mp4' } });
-  req.on('error', (e) => { console.error('publish:', e.message); process.exit(2); });
-  req.on('response', (res) => { if (res.statusCode >= 300) { console.error('publish: HTTP', res.statusCode); process.exit(2); } });
-  req.flushHeaders();
-  send = (b) => req.write(b);
-  finish = () => req.end(() => setTimeout(() => process.exit(0), 200));
-  req.write(init);
-  setTimeout(ready, 300);
-} else {
-  const ws = new WebSocket(url, { perMessageDeflate: false });
-  ws.on('error', (e) => { console.error('publish:', e.message); process.exit(2); });
-  send = (b) => ws.send(b, { binary: true });
-  // Exit once the server has taken every message (at most 30 s more).
-  finish = () => {
-    const until = Date.now() + 30000;
-    const check = () => {
-      if (ws.bufferedAmount === 0 || Date.now() > until) {
-        if (ws.bufferedAmount) console.error('publish: server did not take', ws.bufferedAmount, 'bytes');
-        setTimeout(() => { ws.close(); process.exit(0); }, 200);
-      } else setTimeout(check, 50);
-    };
-    check();
-  };
-  ws.on('open', () => { ws.send(init, { binary: true }); setTimeout(ready, 300); });
+// One connection per stream; `ready` once every one has its init segment.
+const sends = [];
+const finishes = [];
+let opened = 0;
+function opened1() { if (++opened === urls.length) setTimeout(ready, 300); }
+for (const url of urls) {
+  if (mode === 'put') {
+    const agent = new http.Agent({ keepAlive: false });
+    const req = http.request(url, { method: 'PUT', agent, headers: { 'content-type': 'video/mp4' } });
+    req.on('error', (e) => { console.error('publish:', e.message); process.exit(2); });
+    req.on('response', (res) => { if (res.statusCode >= 300) { console.error('publish: HTTP', res.statusCode); process.exit(2); } });
+    req.flushHeaders();
+    sends.push((b) => req.write(b));
+    finishes.push((done) => req.end(done));
+    req.write(init);
+    opened1();
+  } else {
+    const ws = new WebSocket(url, { perMessageDeflate: false });
+    ws.on('error', (e) => { console.error('publish:', e.message); process.exit(2); });
+    sends.push((b) => ws.send(b, { binary: true }));
+    // Done once the server has taken every message (at most 30 s more).
+    finishes.push((done) => {
+      const until = Date.now() + 30000;
+      const check = () => {
+        if (ws.bufferedAmount === 0 || Date.now() > until) {
+          if (ws.bufferedAmount) console.error('publish: server did not take', ws.bufferedAmount, 'bytes');
+          setTimeout(() => { ws.close(); done(); }, 200);
+        } else setTimeout(check, 50);
+      };
+      check();
+    });
+    ws.on('open', () => { ws.send(init, { binary: true }); opened1(); });
+  }
 }
+send = (b) => { for (const s of sends) s(b); };
+finish = () => {
+  let left = finishes.length;
+  for (const f of finishes) f(() => { if (--left === 0) setTimeout(() => process.exit(0), mode === 'put' ? 200 : 0); });
+};

@@ -7,20 +7,23 @@
 // fragment to reach every viewer (up to 15 s), reads the publisher's send
 // times from SENT, and prints one JSON report: fragments per viewer,
 // closes, and a latency histogram (10 µs bins).
-// Usage: node viewers.js URL N SENT
+// With STREAMS > 1, URL holds "{s}": viewer i watches stream live{i % STREAMS}.
+// Usage: node viewers.js URL N SENT [STREAMS]
 'use strict';
 const fs = require('fs');
 const WebSocket = require('ws');
 const { seqOf } = require('./fmp4');
 
-const [url, nStr, sentFile] = process.argv.slice(2);
+const [urlTemplate, nStr, sentFile, streamsArg] = process.argv.slice(2);
 const N = Number(nStr);
+const STREAMS = Number(streamsArg || 1);
+const urlOf = (i) => urlTemplate.replace('{s}', STREAMS > 1 ? `live${i % STREAMS}` : 'live');
 const CONCURRENCY = 200;
 const got = [];   // per viewer: [seq, recv ns, seq, recv ns, ...]
 let open = 0, closed = 0, errors = 0, bytes = 0, texts = 0, started = 0;
 
 function connect(i) {
-  const ws = new WebSocket(url, { perMessageDeflate: false });
+  const ws = new WebSocket(urlOf(i), { perMessageDeflate: false });
   got[i] = [];
   let wasOpen = false;
   ws.on('open', () => { wasOpen = true; open++; next(); });
