@@ -53,8 +53,8 @@ mod stream;
 
 pub use registry::{OpenFuture, Registry, StreamSource};
 pub use stream::{
-    Chunk, EndReason, Event, HlsRequest, InitEntry, Publisher, Source, Stream, StreamInfo,
-    StreamStats, Viewer, ViewerStart,
+    Chunk, EndReason, Event, HlsRequest, InitEntry, OutTally, Publisher, Source, Stream,
+    StreamInfo, StreamStats, Viewer, ViewerStart,
 };
 
 use serde::{Deserialize, Serialize};

@@ -478,6 +478,17 @@ impl Stream {
             .map(|c| c.init.clone())
     }
 
+    /// Adds fragments handed out (see [`Viewer::try_next_tallied`]) to the
+    /// stream's counters, and empties `out`.
+    pub fn add_out(&self, out: &mut OutTally) {
+        if out.fragments > 0 {
+            let stats = &self.0.stats;
+            stats.fragments_out.fetch_add(out.fragments, Relaxed);
+            stats.bytes_out.fetch_add(out.bytes, Relaxed);
+        }
+        *out = OutTally::default();
+    }
+
     /// An identity for this stream, unique among the streams alive (the
     /// address of its shared state).
     pub fn key(&self) -> usize {
@@ -888,6 +899,16 @@ impl Stream {
     }
 }
 
+/// Fragments (and their bytes) handed to viewers, not yet added to the
+/// stream's counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OutTally {
+    /// Fragments handed out.
+    pub fragments: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+}
+
 /// Where a new viewer starts, and over what.
 #[derive(Clone, Copy, Debug)]
 pub struct ViewerStart {
@@ -1027,6 +1048,17 @@ impl Viewer {
 
     /// The next event if one is ready.
     pub fn try_next(&mut self) -> Option<Event> {
+        let mut out = OutTally::default();
+        let ev = self.try_next_tallied(&mut out);
+        self.stream.add_out(&mut out);
+        ev
+    }
+
+    /// [`Viewer::try_next`], counting a fragment handed out in `out`
+    /// instead of the stream's counters: a writer that serves many viewers
+    /// of one stream adds them up and calls [`Stream::add_out`] once per
+    /// pass (two shared atomics per viewer per fragment otherwise).
+    pub fn try_next_tallied(&mut self, out: &mut OutTally) -> Option<Event> {
         if self.ended {
             return None;
         }
@@ -1107,9 +1139,8 @@ impl Viewer {
             self.cursor = chunk.seq + 1;
             let chunk = chunk.clone();
             drop(st);
-            let stats = &self.stream.0.stats;
-            stats.fragments_out.fetch_add(1, Relaxed);
-            stats.bytes_out.fetch_add(chunk.bytes.len() as u64, Relaxed);
+            out.fragments += 1;
+            out.bytes += chunk.bytes.len() as u64;
             return Some(Event::Fragment(chunk));
         }
     }

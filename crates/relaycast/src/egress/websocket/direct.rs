@@ -20,7 +20,7 @@
 //! runtime (an io_uring executor, a reactor) rather than this loop.
 
 use super::{BATCH, Frames};
-use crate::fanout::{EndReason, Event, Stream, Viewer};
+use crate::fanout::{EndReason, Event, OutTally, Stream, Viewer};
 use crate::limits::Counted;
 use dashmap::DashMap;
 use std::future::Future;
@@ -346,6 +346,9 @@ struct Scratch {
     arrived: Vec<Instant>,
     /// Batches written whole in this pass.
     writes: u64,
+    /// Fragments handed out in this pass (added to the stream's counters
+    /// once per pass).
+    out: OutTally,
 }
 
 /// Writes what `slot`'s viewer has ready (up to [`BATCH`] events) with
@@ -355,11 +358,12 @@ fn pass(slot: &mut Slot, scratch: &mut Scratch) -> Next {
         frames,
         arrived,
         writes,
+        out,
     } = scratch;
     arrived.clear();
     let mut n = 0;
     while n < BATCH {
-        match slot.viewer.try_next() {
+        match slot.viewer.try_next_tallied(out) {
             None => break,
             Some(Event::End(r)) => return Next::Back(Why::Ended, Some(r)),
             Some(e) => {
@@ -467,6 +471,7 @@ async fn writer(stream: Stream, key: Key, mut inbox: mpsc::UnboundedReceiver<Msg
             _ = &mut idle, if slots.is_empty() => break,
         }
         STATS.writes.fetch_add(scratch.writes, Relaxed);
+        stream.add_out(&mut scratch.out);
         let after = slots.len();
         if after >= before {
             STATS.viewers.fetch_add((after - before) as u64, Relaxed);
