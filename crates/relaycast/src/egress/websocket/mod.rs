@@ -97,7 +97,7 @@ async fn session<IO: Wire>(
     // Boxed: admission (a stream that has not started, a key callback over
     // HTTP) is the largest state of the session by far, and only lives
     // until the viewer is in; inline it would be part of every viewer's
-    // task for the whole session (5.5 of 7 KB per viewer, #15).
+    // task for the whole session (1.75 KB more per viewer, #15).
     let admitted =
         Box::pin(super::admit(&app, &name, &q, start, wait, peer).instrument(span.clone())).await;
     match admitted {
