@@ -5,22 +5,8 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::*;
-use relaycast::media::demo::Demo;
 use std::time::Duration;
-
-/// `loops` passes over the demo clip as one continuous fMP4 stream (about
-/// 460 KB per loop).
-fn long_stream(loops: u64) -> (Bytes, usize) {
-    let demo = Demo::load().expect("demo clip");
-    let mut v = demo.init().bytes.to_vec();
-    let n = demo.len() as u64 * loops;
-    for i in 0..n {
-        v.extend_from_slice(&demo.fragment(i).0.bytes);
-    }
-    (Bytes::from(v), n as usize)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_socket_slows_neither_the_publisher_nor_a_fast_viewer() {
@@ -31,7 +17,7 @@ async fn a_stalled_socket_slows_neither_the_publisher_nor_a_fast_viewer() {
     let base = format!("127.0.0.1:{}", relay.addr.port());
     let before = relaycast::egress::websocket::writer_counts();
     // 60 loops: 27 MB, more than the loopback socket buffers hold.
-    let (body, fragments) = long_stream(60);
+    let (body, fragments) = demo_stream(60);
 
     let mut stalled = ws_connect(&format!("ws://{base}/live/s?wait=10")).await;
     let mut fast = ws_connect(&format!("ws://{base}/live/s?wait=10")).await;

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use relaycast::egress::websocket::writer_counts;
-use relaycast::media::demo::Demo;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -22,17 +21,6 @@ use tokio_tungstenite::tungstenite::Message;
 const LIMIT: Duration = Duration::from_secs(30);
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The demo clip `loops` times over as one fMP4 stream.
-fn stream(loops: u64) -> (Bytes, usize) {
-    let demo = Demo::load().expect("demo clip");
-    let mut v = demo.init().bytes.to_vec();
-    let n = demo.len() as u64 * loops;
-    for i in 0..n {
-        v.extend_from_slice(&demo.fragment(i).0.bytes);
-    }
-    (Bytes::from(v), n as usize)
-}
 
 /// Publishes `body` to `name` in pieces with pauses (a live-ish publisher).
 async fn publish(base: &str, name: &str, body: Bytes) {
@@ -51,7 +39,7 @@ async fn caught_up_viewers_are_written_by_the_writers_and_get_every_byte() {
     let _turn = TURN.lock().await;
     let relay = relay(config()).await;
     let base = relay.addr.to_string();
-    let (body, fragments) = stream(3);
+    let (body, fragments) = demo_stream(3);
     let before = writer_counts();
     let mut viewers = Vec::new();
     for _ in 0..40 {

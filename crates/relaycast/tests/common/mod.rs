@@ -28,6 +28,18 @@ pub async fn relay(config: Config) -> Running {
         .expect("start relay")
 }
 
+/// `loops` passes over the built-in demo clip as one continuous fMP4 stream
+/// (about 460 KB per loop), and its fragment count.
+pub fn demo_stream(loops: u64) -> (Bytes, usize) {
+    let demo = relaycast::media::demo::Demo::load().expect("demo clip");
+    let mut v = demo.init().bytes.to_vec();
+    let n = demo.len() as u64 * loops;
+    for i in 0..n {
+        v.extend_from_slice(&demo.fragment(i).0.bytes);
+    }
+    (Bytes::from(v), n as usize)
+}
+
 /// A fixture clip from tests/fixtures.
 pub fn fixture(name: &str) -> Bytes {
     let p = format!(
