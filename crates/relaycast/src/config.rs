@@ -316,6 +316,11 @@ pub struct EgressConfig {
     /// socket is full, that sends something or whose session ends goes back
     /// to its own task. `false` keeps one task per viewer throughout.
     pub ws_direct_write: bool,
+    /// A stream gets one fan-out writer per this many WebSocket viewers
+    /// (counted as each comes), up to one per worker thread. One writer
+    /// goes through a stream's viewers once per fragment on one core; more
+    /// share the stream across cores, which pays only for big audiences.
+    pub ws_viewers_per_writer: usize,
     /// Kept for config compatibility; unused: the WebSocket egress writes
     /// each batch with one vectored write and buffers nothing.
     pub ws_write_buffer: usize,
@@ -329,6 +334,7 @@ impl Default for EgressConfig {
             max_wait: Duration::from_secs(60),
             ws_read_buffer: 4096,
             ws_direct_write: true,
+            ws_viewers_per_writer: 10_000,
             ws_write_buffer: 0,
         }
     }

@@ -73,6 +73,63 @@ async fn caught_up_viewers_are_written_by_the_writers_and_get_every_byte() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_with_and_without_meta_share_a_pass_and_each_get_their_own_bytes() {
+    let _turn = TURN.lock().await;
+    let relay = relay(config()).await;
+    let base = relay.addr.to_string();
+    let (body, fragments) = demo_stream(3);
+    let before = writer_counts();
+    let mut readers = Vec::new();
+    for i in 0..20 {
+        let meta = i % 2 == 0;
+        let q = if meta { "" } else { "&meta=0" };
+        let mut v = ws_connect(&format!("ws://{base}/live/m?wait=10{q}")).await;
+        let want = body.len();
+        readers.push(tokio::spawn(async move {
+            if meta {
+                return (meta, ws_read(&mut v, fragments, LIMIT).await);
+            }
+            // No JSON per fragment: read until the bytes are all here.
+            let mut got = common::Received::default();
+            let deadline = tokio::time::Instant::now() + LIMIT;
+            while got.bytes.len() < want {
+                match tokio::time::timeout_at(deadline, v.next()).await {
+                    Ok(Some(Ok(Message::Binary(b)))) => got.bytes.extend_from_slice(&b),
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        got.texts.push(serde_json::from_str(&t).expect("JSON"))
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    _ => break,
+                }
+            }
+            (meta, got)
+        }));
+    }
+    publish(&base, "m", body.clone()).await;
+    for r in readers {
+        let (meta, got) = r.await.expect("viewer");
+        assert!(got.bytes == body, "byte for byte (meta: {meta})");
+        if meta {
+            assert_eq!(got.seqs.len(), fragments, "a JSON message per fragment");
+        } else {
+            assert!(
+                got.of_type("fragment").is_empty(),
+                "no JSON per fragment with meta=0"
+            );
+        }
+    }
+    let after = writer_counts();
+    // Most batches are the pass's shared frames, written as they are to
+    // every viewer that was caught up.
+    let shared = after.shared - before.shared;
+    assert!(
+        shared >= fragments as u64,
+        "shared batches: {shared} for 20 viewers × {fragments} fragments ({before:?} → {after:?})"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_while_a_writer_has_the_viewer_is_answered_and_nothing_is_lost() {
     let _turn = TURN.lock().await;
     let mut c = config();

@@ -53,7 +53,7 @@ mod stream;
 
 pub use registry::{OpenFuture, Registry, StreamSource};
 pub use stream::{
-    Chunk, EndReason, Event, HlsRequest, InitEntry, OutTally, Publisher, Source, Stream,
+    Chunk, EndReason, Event, HlsRequest, InitEntry, OutTally, Publisher, Run, Source, Stream,
     StreamInfo, StreamStats, Viewer, ViewerStart,
 };
 

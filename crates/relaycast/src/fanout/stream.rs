@@ -464,6 +464,39 @@ impl Stream {
         Some(out)
     }
 
+    /// Reads into `run` the fragments from `from` on (at most `max`,
+    /// consecutive, on one init segment), once for many viewers: a fan-out
+    /// writer's pass hands them to every viewer at `from` with
+    /// [`Viewer::take_run`] instead of reading the stream per viewer.
+    /// Empty when the stream has ended (the end goes viewer by viewer).
+    pub fn read_run(&self, from: u64, max: usize, run: &mut Run) {
+        run.chunks.clear();
+        run.from = from;
+        run.bytes = 0;
+        run.more = false;
+        let st = self.0.state.read();
+        run.publisher_changes = st.publisher_changes;
+        if st.closed.is_some() {
+            return;
+        }
+        let start = st.ring.partition_point(|c| c.seq < from);
+        let Some(first) = st.ring.get(start).filter(|c| c.seq == from) else {
+            return;
+        };
+        run.init_version = first.init.version;
+        for c in st.ring.range(start..) {
+            if c.seq != from + run.chunks.len() as u64 || c.init.version != run.init_version {
+                break;
+            }
+            if run.chunks.len() == max {
+                run.more = true;
+                break;
+            }
+            run.bytes += c.bytes.len() as u64;
+            run.chunks.push(c.clone());
+        }
+    }
+
     /// The init segment of version `version`, when it is the current one or
     /// a fragment in the ring still uses it.
     pub fn init_version(&self, version: u64) -> Option<Arc<InitEntry>> {
@@ -909,6 +942,28 @@ pub struct OutTally {
     pub bytes: u64,
 }
 
+/// Fragments read once for many viewers ([`Stream::read_run`],
+/// [`Viewer::take_run`]).
+#[derive(Debug, Default)]
+pub struct Run {
+    /// The seq of the first chunk.
+    pub from: u64,
+    /// Consecutive chunks from `from`, all on one init segment.
+    pub chunks: Vec<Arc<Chunk>>,
+    /// More followed (the run stopped at its `max`).
+    pub more: bool,
+    bytes: u64,
+    init_version: u64,
+    publisher_changes: u64,
+}
+
+impl Run {
+    /// The seq after the run.
+    pub fn end(&self) -> u64 {
+        self.from + self.chunks.len() as u64
+    }
+}
+
 /// Where a new viewer starts, and over what.
 #[derive(Clone, Copy, Debug)]
 pub struct ViewerStart {
@@ -1030,6 +1085,29 @@ impl Viewer {
     /// Skips so far.
     pub fn total_skips(&self) -> u64 {
         self.total_skips
+    }
+
+    /// Takes `run` as this viewer's next events when nothing else is due
+    /// first (it is at `run.from`, has no event waiting, no publisher news,
+    /// no keyframe to wait for and the run's init segment): the cursor moves
+    /// past the run and its fragments are counted in `out`. `false` leaves
+    /// the viewer as it was, for [`Viewer::try_next`]. What the viewer is
+    /// sent is what `try_next` would have given: one `Fragment` per chunk.
+    pub fn take_run(&mut self, run: &Run, out: &mut OutTally) -> bool {
+        if run.chunks.is_empty()
+            || self.ended
+            || self.pending.is_some()
+            || self.need_key
+            || self.cursor != run.from
+            || self.publisher_changes != run.publisher_changes
+            || self.init_version != run.init_version
+        {
+            return false;
+        }
+        self.cursor = run.from + run.chunks.len() as u64;
+        out.fragments += run.chunks.len() as u64;
+        out.bytes += run.bytes;
+        true
     }
 
     /// The next event, waiting for one.

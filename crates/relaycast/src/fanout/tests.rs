@@ -320,3 +320,87 @@ async fn handing_a_fragment_to_many_viewers_shares_one_payload() {
     drop(viewers);
     assert_eq!(p.stream().viewer_count(), 0);
 }
+
+#[tokio::test]
+async fn a_run_read_once_gives_caught_up_viewers_what_try_next_would() {
+    let reg = Registry::new(config(50));
+    let p = reg.publish("s").expect("publish");
+    p.push_init(init("a")).expect("init");
+    let stream = p.stream().clone();
+    let mut fast = stream.subscribe(start());
+    let mut slow = stream.subscribe(start());
+    // Subscribed but has taken nothing yet (not even the init).
+    let mut fresh = stream.subscribe(start());
+    p.push_fragment(frag(0, true, 10)).expect("push");
+    drain(&mut fast);
+    drain(&mut slow);
+    for n in 1..4 {
+        p.push_fragment(frag(n, false, 10)).expect("push");
+    }
+    let mut run = Run::default();
+    stream.read_run(1, 10, &mut run);
+    assert_eq!(
+        run.chunks.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(!run.more);
+    assert_eq!(run.end(), 4);
+    let mut out = OutTally::default();
+    assert!(fast.take_run(&run, &mut out), "a caught-up viewer takes it");
+    assert_eq!((out.fragments, out.bytes), (3, 30));
+    assert_eq!(fast.cursor(), 4);
+    assert_eq!(seqs(&drain(&mut slow)), [1, 2, 3], "what try_next gives");
+    assert!(drain(&mut fast).is_empty(), "nothing twice");
+    assert!(!fresh.take_run(&run, &mut out), "not at the run's start");
+    let evs = drain(&mut fresh);
+    assert!(matches!(evs.first(), Some(Event::Init(_))), "{evs:?}");
+    assert_eq!(seqs(&evs), [0, 1, 2, 3]);
+
+    // At most `max`, saying more follow.
+    stream.read_run(1, 2, &mut run);
+    assert_eq!(run.chunks.len(), 2);
+    assert!(run.more);
+
+    // A new init: the run stops before it, and a viewer on the old one
+    // goes by try_next (the init first).
+    p.push_init(init("b")).expect("init b");
+    p.push_fragment(frag(4, true, 10)).expect("push");
+    stream.read_run(3, 10, &mut run);
+    assert_eq!(run.chunks.iter().map(|c| c.seq).collect::<Vec<_>>(), [3]);
+    stream.read_run(4, 10, &mut run);
+    assert!(!fast.take_run(&run, &mut out), "its init is older");
+    let evs = drain(&mut fast);
+    assert!(
+        matches!(evs.first(), Some(Event::Init(i)) if i.version == 2),
+        "{evs:?}"
+    );
+    assert_eq!(seqs(&evs), [4]);
+    drain(&mut slow);
+
+    // Publisher news: every viewer takes it by try_next.
+    p.push_fragment(frag(5, false, 10)).expect("push");
+    drop(p);
+    stream.read_run(5, 10, &mut run);
+    assert_eq!(run.chunks.len(), 1);
+    assert!(!fast.take_run(&run, &mut out), "news is due");
+    let evs = drain(&mut fast);
+    assert_eq!(seqs(&evs), [5]);
+    assert!(
+        evs.iter().any(|e| matches!(e, Event::Publisher(false))),
+        "{evs:?}"
+    );
+
+    // Ended: an empty run; the end goes viewer by viewer.
+    let end = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Event::End(r) = slow.next().await {
+                break r;
+            }
+        }
+    })
+    .await
+    .expect("end within the grace period");
+    assert_eq!(end, EndReason::PublisherGone);
+    stream.read_run(6, 10, &mut run);
+    assert!(run.chunks.is_empty());
+}

@@ -1,14 +1,18 @@
 //! The fan-out writer: WebSocket viewers that have caught up are written to
 //! from the fan-out point, not from one task per viewer.
 //!
-//! Each stream gets a few writer tasks (one per runtime worker, made when
-//! the first viewer comes and gone a while after the last one leaves); a
-//! viewer's session hands its connection's write half and its cursor to one
-//! of them ([`serve`]). On every change of the stream the writer goes
-//! through its viewers and, for each, takes the ready events and writes them
-//! with one non-blocking vectored write (`try_write_vectored`): one task
-//! woken per writer per fragment instead of one per viewer, and no waker,
-//! timer or span per viewer per fragment. A viewer goes back to its own task
+//! Each stream gets a writer task per `egress.ws_viewers_per_writer`
+//! viewers, up to one per runtime worker (made when the first viewer comes
+//! and gone a while after the last one leaves); a viewer's session hands its
+//! connection's write half and its cursor to one of them ([`serve`]). On
+//! every change of the stream the writer reads what is new once
+//! ([`Stream::read_run`]), builds its frames once, and goes through its
+//! viewers: each one that was caught up takes the run
+//! ([`Viewer::take_run`]) and gets the same frames with one non-blocking
+//! vectored write (`sendmsg`); any other (behind, told of a new publisher or
+//! init) takes its own events with `try_next`. One task woken per writer per
+//! fragment instead of one per viewer, and no waker, timer, span, lock or
+//! shared counter per viewer per fragment. A viewer goes back to its own task
 //! (the awaiting path in `super::run`, with its write deadline, lag skips
 //! and lingering close) when its socket is full (the rest of the batch goes
 //! with it), when its session ends, when the client sends something (a
@@ -20,7 +24,7 @@
 //! runtime (an io_uring executor, a reactor) rather than this loop.
 
 use super::{BATCH, Frames};
-use crate::fanout::{EndReason, Event, OutTally, Stream, Viewer};
+use crate::fanout::{EndReason, Event, OutTally, Run, Stream, Viewer};
 use crate::limits::Counted;
 use dashmap::DashMap;
 use std::future::Future;
@@ -84,6 +88,7 @@ struct Stats {
     viewers: AtomicU64,
     wakeups: AtomicU64,
     writes: AtomicU64,
+    shared: AtomicU64,
     handbacks: [AtomicU64; 5],
 }
 
@@ -100,6 +105,9 @@ pub struct WriterCounts {
     pub wakeups: u64,
     /// Non-blocking writes that wrote a whole batch.
     pub writes: u64,
+    /// Of those, batches that were a pass's shared frames (the viewer was
+    /// caught up and took the pass's run).
+    pub shared: u64,
     /// Viewers given back to their task: full, ended, asked, closing, refused.
     pub handbacks: [u64; 5],
 }
@@ -112,6 +120,7 @@ pub fn writer_counts() -> WriterCounts {
         viewers: s.viewers.load(Relaxed),
         wakeups: s.wakeups.load(Relaxed),
         writes: s.writes.load(Relaxed),
+        shared: s.shared.load(Relaxed),
         handbacks: std::array::from_fn(|i| s.handbacks[i].load(Relaxed)),
     }
 }
@@ -129,7 +138,7 @@ impl crate::metrics::Collector for WriterMetrics {
             &mut e,
             "relaycast_ws_writers",
             Kind::Gauge,
-            "Fan-out writer tasks (a few per stream with WebSocket viewers).",
+            "Fan-out writer tasks (one per egress.ws_viewers_per_writer WebSocket viewers of a stream, up to one per worker).",
             c.writers,
         )?;
         single(
@@ -152,6 +161,13 @@ impl crate::metrics::Collector for WriterMetrics {
             Kind::Counter,
             "Batches a fan-out writer wrote whole with one non-blocking write.",
             c.writes,
+        )?;
+        single(
+            &mut e,
+            "relaycast_ws_writer_shared_writes_total",
+            Kind::Counter,
+            "Of those, batches built once per pass and written to every caught-up viewer of the writer.",
+            c.shared,
         )?;
         let mut m = family(
             &mut e,
@@ -217,7 +233,7 @@ type Key = (usize, usize);
 static WRITERS: LazyLock<DashMap<Key, mpsc::UnboundedSender<Msg>>> = LazyLock::new(DashMap::new);
 static IDS: AtomicU64 = AtomicU64::new(0);
 
-/// Writers per stream: one per runtime worker (at most 16).
+/// Writers a stream may have: one per runtime worker (at most 16).
 fn writers() -> usize {
     tokio::runtime::Handle::current()
         .metrics()
@@ -225,15 +241,25 @@ fn writers() -> usize {
         .clamp(1, 16)
 }
 
-fn key(stream: &Stream, id: u64) -> Key {
-    (stream.key(), (id % writers() as u64) as usize)
+/// The writer of viewer `id`: a stream gets one writer per `per_writer`
+/// WebSocket viewers (counted as the viewer comes), up to one per worker.
+/// One writer serves a stream of a few thousand viewers with one pass per
+/// fragment; a second one on another core shares the stream's state and
+/// its fragments' counters across cores and wakes another thread for every
+/// fragment, which cost more than it saved below 10,000 viewers (measured,
+/// benches/results/NOTES.md).
+fn key(stream: &Stream, id: u64, per_writer: usize) -> Key {
+    let viewers = stream
+        .stats()
+        .viewers_of(crate::fanout::Transport::WebSocket) as usize;
+    let shards = viewers.div_ceil(per_writer.max(1)).clamp(1, writers());
+    (stream.key(), (id % shards as u64) as usize)
 }
 
 /// Gives `slot` to its writer (making the writer when there is none), or
 /// gives it back (moved, not boxed: see [`Msg`]).
 #[allow(clippy::result_large_err)]
-fn join(slot: Slot) -> Result<(), Slot> {
-    let key = key(slot.viewer.stream(), slot.id);
+fn join(slot: Slot, key: Key) -> Result<(), Slot> {
     let mut msg = Msg::Join(slot);
     for _ in 0..2 {
         WRITERS.remove_if(&key, |_, tx| tx.is_closed());
@@ -275,10 +301,11 @@ pub(super) async fn serve<S: Future<Output = ()>>(
     wr: WriteHalf,
     viewer: Viewer,
     meta: bool,
+    per_writer: usize,
     mut shutdown: Pin<&mut S>,
 ) -> Option<(OwnedReadHalf, Back)> {
     let id = IDS.fetch_add(1, Relaxed);
-    let key = key(viewer.stream(), id);
+    let key = key(viewer.stream(), id, per_writer);
     let (tx, mut rx) = oneshot::channel();
     let slot = Slot {
         id,
@@ -287,7 +314,7 @@ pub(super) async fn serve<S: Future<Output = ()>>(
         meta,
         back: tx,
     };
-    if let Err(s) = join(slot) {
+    if let Err(s) = join(slot, key) {
         STATS.handbacks[Why::Refused as usize].fetch_add(1, Relaxed);
         let back = Back {
             viewer: s.viewer,
@@ -346,6 +373,8 @@ struct Scratch {
     arrived: Vec<Instant>,
     /// Batches written whole in this pass.
     writes: u64,
+    /// Of those, the pass's shared frames.
+    shared: u64,
     /// Fragments handed out in this pass (added to the stream's counters
     /// once per pass).
     out: OutTally,
@@ -359,6 +388,7 @@ fn pass(slot: &mut Slot, scratch: &mut Scratch) -> Next {
         arrived,
         writes,
         out,
+        ..
     } = scratch;
     arrived.clear();
     let mut n = 0;
@@ -397,6 +427,66 @@ fn pass(slot: &mut Slot, scratch: &mut Scratch) -> Next {
     }
 }
 
+/// The events of one [`Run`] as frames, built once per pass for every
+/// viewer at the run's start: with the JSON message per fragment
+/// (`[true]`) and without (`[false]`, `?meta=0`), each when first needed.
+#[derive(Default)]
+struct Shared {
+    frames: [Frames; 2],
+    built: [bool; 2],
+}
+
+impl Shared {
+    fn frames(&mut self, run: &Run, meta: bool) -> &Frames {
+        let i = usize::from(meta);
+        if !self.built[i] {
+            let f = &mut self.frames[i];
+            f.clear();
+            for c in &run.chunks {
+                f.push_event(&Event::Fragment(c.clone()), meta);
+            }
+            self.built[i] = true;
+        }
+        &self.frames[i]
+    }
+
+    fn reset(&mut self) {
+        self.built = [false; 2];
+    }
+}
+
+/// Writes `run` (its frames `shared`) to a viewer that took it
+/// ([`Viewer::take_run`]): the same bytes and the same outcomes as
+/// [`pass`], without reading the stream or touching the fragments'
+/// counters per viewer.
+fn write_run(slot: &mut Slot, shared: &Frames, run: &Run, scratch: &mut Scratch) -> Next {
+    match shared.try_write_shared(slot.wr.get_ref()) {
+        Ok(None) => {}
+        Ok(Some(rest)) => {
+            // Part of it: this viewer finishes its own copy.
+            scratch.frames = rest;
+            match scratch.frames.try_write(slot.wr.get_ref()) {
+                Ok(true) => {}
+                Ok(false) => return Next::Back(Why::Full, None),
+                Err(_) => return Next::Drop,
+            }
+        }
+        Err(_) => return Next::Drop,
+    }
+    scratch.writes += 1;
+    scratch.shared += 1;
+    let now = Instant::now();
+    for c in &run.chunks {
+        slot.viewer.wrote(c.arrived, now);
+    }
+    if run.more {
+        // Far behind: its own task catches it up.
+        Next::Back(Why::Full, None)
+    } else {
+        Next::Keep
+    }
+}
+
 /// Applies `next` to the viewer at `i` (the frames it did not write go
 /// with it when it goes back).
 fn apply(slots: &mut Vec<Slot>, i: usize, next: Next, scratch: &mut Scratch) {
@@ -419,6 +509,12 @@ async fn writer(stream: Stream, key: Key, mut inbox: mpsc::UnboundedReceiver<Msg
     let mut changes = stream.changes();
     let mut slots: Vec<Slot> = Vec::new();
     let mut scratch = Scratch::default();
+    // The fragments new since the last pass, read once per pass for the
+    // viewers that were caught up (most of them), and their frames.
+    let mut run = Run::default();
+    let mut shared = Shared::default();
+    // Where the caught-up viewers are: the newest cursor after a pass.
+    let mut seen: Option<u64> = None;
     let idle = tokio::time::sleep(IDLE);
     tokio::pin!(idle);
     let mut was_empty = true;
@@ -427,12 +523,15 @@ async fn writer(stream: Stream, key: Key, mut inbox: mpsc::UnboundedReceiver<Msg
     loop {
         let before = slots.len();
         scratch.writes = 0;
+        scratch.shared = 0;
+        let mut newest = None;
         tokio::select! {
             biased;
             m = inbox.recv() => match m {
                 Some(Msg::Join(mut s)) => {
                     // Events may have come since the session looked.
                     let next = pass(&mut s, &mut scratch);
+                    seen = seen.max(Some(s.viewer.cursor()));
                     slots.push(s);
                     let last = slots.len() - 1;
                     apply(&mut slots, last, next, &mut scratch);
@@ -458,10 +557,24 @@ async fn writer(stream: Stream, key: Key, mut inbox: mpsc::UnboundedReceiver<Msg
                 if passes % SWEEP == 0 {
                     slots.retain(|s| !s.back.is_closed());
                 }
+                shared.reset();
+                match seen {
+                    Some(from) => stream.read_run(from, BATCH, &mut run),
+                    None => run.chunks.clear(),
+                }
                 let mut i = slots.len();
                 while i > 0 {
                     i -= 1;
-                    let next = pass(&mut slots[i], &mut scratch);
+                    let slot = &mut slots[i];
+                    let next = if slot.viewer.take_run(&run, &mut scratch.out) {
+                        let frames = shared.frames(&run, slot.meta);
+                        write_run(slot, frames, &run, &mut scratch)
+                    } else {
+                        pass(slot, &mut scratch)
+                    };
+                    if matches!(next, Next::Keep) {
+                        newest = newest.max(Some(slot.viewer.cursor()));
+                    }
                     apply(&mut slots, i, next, &mut scratch);
                     // Let the worker's other tasks (a publisher, another
                     // writer) run between viewers when the budget is spent.
@@ -470,7 +583,11 @@ async fn writer(stream: Stream, key: Key, mut inbox: mpsc::UnboundedReceiver<Msg
             }
             _ = &mut idle, if slots.is_empty() => break,
         }
+        if newest.is_some() {
+            seen = newest;
+        }
         STATS.writes.fetch_add(scratch.writes, Relaxed);
+        STATS.shared.fetch_add(scratch.shared, Relaxed);
         stream.add_out(&mut scratch.out);
         let after = slots.len();
         if after >= before {
@@ -497,4 +614,40 @@ async fn writer(stream: Stream, key: Key, mut inbox: mpsc::UnboundedReceiver<Msg
     }
     WRITERS.remove_if(&key, |_, tx| tx.is_closed());
     STATS.writers.fetch_sub(1, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::{FanoutConfig, Registry, Transport, ViewerStart};
+    use std::collections::BTreeSet;
+
+    /// The writers viewers 0..100 would go to.
+    fn writers_used(stream: &Stream, per_writer: usize) -> BTreeSet<usize> {
+        (0..100).map(|id| key(stream, id, per_writer).1).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_stream_gets_a_writer_per_so_many_viewers_up_to_one_per_worker() {
+        let reg = Registry::new(FanoutConfig::default());
+        let p = reg.publish("s").expect("publish");
+        let stream = p.stream().clone();
+        let start = ViewerStart {
+            after: None,
+            transport: Transport::WebSocket,
+        };
+        let mut viewers: Vec<Viewer> = (0..25).map(|_| stream.subscribe(start)).collect();
+        // Other transports do not count.
+        let _poll = stream.subscribe(ViewerStart {
+            after: None,
+            transport: Transport::HttpStream,
+        });
+        assert_eq!(writers_used(&stream, 10_000), BTreeSet::from([0]));
+        assert_eq!(writers_used(&stream, 10), BTreeSet::from([0, 1, 2]));
+        assert_eq!(writers_used(&stream, 25), BTreeSet::from([0]));
+        assert_eq!(writers_used(&stream, 1), BTreeSet::from([0, 1, 2, 3]));
+        assert_eq!(writers_used(&stream, 0), BTreeSet::from([0, 1, 2, 3]));
+        viewers.truncate(5);
+        assert_eq!(writers_used(&stream, 10), BTreeSet::from([0]));
+    }
 }

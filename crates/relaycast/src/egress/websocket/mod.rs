@@ -214,7 +214,7 @@ impl ClientFrames {
 /// One batch of frames: headers in one buffer, payloads shared. It keeps
 /// how far it has been written, so a batch a socket took only part of (the
 /// fan-out writer's non-blocking write) is finished later by an awaiting one.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Frames {
     headers: BytesMut,
     /// (header range in `headers`, payload).
@@ -319,6 +319,36 @@ impl Frames {
         }
         self.clear();
         w.flush().await
+    }
+
+    /// Writes a batch shared by many viewers without changing it (one
+    /// non-blocking `sendmsg`, see [`Frames::try_write`]): `Ok(None)` when
+    /// the socket took all of it, else `Ok(Some(rest))`, this viewer's own
+    /// copy of what is left (finish it with `try_write` or `write_to`).
+    fn try_write_shared(
+        &self,
+        w: &tokio::net::tcp::OwnedWriteHalf,
+    ) -> std::io::Result<Option<Frames>> {
+        let sock = socket2::SockRef::from(w.as_ref());
+        let mut io = [IoSlice::new(&[]); IOV];
+        let k = self.gather(&mut io);
+        // Every piece fits in one write (else the rest goes by `try_write`).
+        let whole = self.done == 0 && self.offset == 0 && self.parts.len() * 2 <= IOV;
+        let total: usize = io[..k].iter().map(|s| s.len()).sum();
+        let n = loop {
+            match sock.send_vectored(&io[..k]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break 0,
+                Err(e) => return Err(e),
+            }
+        };
+        if whole && n == total {
+            return Ok(None);
+        }
+        let mut rest = self.clone();
+        rest.advance(n);
+        Ok(Some(rest))
     }
 
     /// Writes what the socket takes without waiting: `Ok(true)` when the
@@ -496,8 +526,15 @@ async fn run<IO: Wire>(
                 let Conn { io, client } = conn;
                 let (c, back) = match io.split() {
                     Ok((rd, wr)) => {
-                        let Some((rd, back)) =
-                            direct::serve(rd, wr, viewer, meta, shutdown.as_mut()).await
+                        let Some((rd, back)) = direct::serve(
+                            rd,
+                            wr,
+                            viewer,
+                            meta,
+                            app.config.egress.ws_viewers_per_writer,
+                            shutdown.as_mut(),
+                        )
+                        .await
                         else {
                             return;
                         };
