@@ -59,6 +59,20 @@ fn drain(v: &mut Viewer) -> Vec<Event> {
     std::iter::from_fn(|| v.try_next()).collect()
 }
 
+/// The viewer's `End`, skipping what comes before it (within 2 s: the
+/// tests' grace period is 200 ms).
+async fn end_within_grace(v: &mut Viewer) -> EndReason {
+    tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Event::End(r) = v.next().await {
+                break r;
+            }
+        }
+    })
+    .await
+    .expect("end within the grace period")
+}
+
 fn seqs(evs: &[Event]) -> Vec<u64> {
     evs.iter()
         .filter_map(|e| match e {
@@ -286,16 +300,7 @@ async fn a_publisher_returning_within_grace_continues_the_same_viewers() {
     );
     drop(p);
     // Nobody returns: after the grace period the viewer is told the stream ended.
-    let ev = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            match v.next().await {
-                Event::End(r) => break r,
-                _ => continue,
-            }
-        }
-    })
-    .await
-    .expect("end within the grace period");
+    let ev = end_within_grace(&mut v).await;
     assert_eq!(ev, EndReason::PublisherGone);
     assert!(reg.get("s").is_none(), "registry entry removed");
 }
@@ -391,15 +396,7 @@ async fn a_run_read_once_gives_caught_up_viewers_what_try_next_would() {
     );
 
     // Ended: an empty run; the end goes viewer by viewer.
-    let end = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            if let Event::End(r) = slow.next().await {
-                break r;
-            }
-        }
-    })
-    .await
-    .expect("end within the grace period");
+    let end = end_within_grace(&mut slow).await;
     assert_eq!(end, EndReason::PublisherGone);
     stream.read_run(6, 10, &mut run);
     assert!(run.chunks.is_empty());
