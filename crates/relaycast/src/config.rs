@@ -311,8 +311,8 @@ pub struct EgressConfig {
     /// this only when a read fills it.
     pub ws_read_buffer: usize,
     /// WebSocket viewers over plain TCP that have caught up are written to
-    /// directly by a few fan-out writers per stream (one per worker thread)
-    /// instead of waking one task per viewer per fragment; a viewer whose
+    /// directly by fan-out writers (see `ws_viewers_per_writer`) instead
+    /// of waking one task per viewer per fragment; a viewer whose
     /// socket is full, that sends something or whose session ends goes back
     /// to its own task. `false` keeps one task per viewer throughout.
     pub ws_direct_write: bool,

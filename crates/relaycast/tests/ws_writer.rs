@@ -1,8 +1,9 @@
 //! The fan-out writers (#15): WebSocket viewers over plain TCP that have
-//! caught up are written to by a few writer tasks per stream, and go back to
+//! caught up are written to by fan-out writer tasks, and go back to
 //! their own task when the client speaks, the socket is full or the session
 //! ends. Over real sockets: the writers do serve the viewers (their counters
-//! on /metrics move), every viewer gets every fragment byte for byte, a ping
+//! on /metrics move), every viewer gets every fragment byte for byte (with
+//! and without `?meta=0`, from a pass's shared frames), a ping
 //! mid-stream is answered between whole messages with nothing lost, and
 //! `egress.ws_direct_write = false` keeps every viewer on its own task.
 //!
