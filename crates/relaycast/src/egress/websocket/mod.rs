@@ -321,29 +321,49 @@ impl Frames {
         w.flush().await
     }
 
+    /// All its bytes, headers and payloads (of a batch not written from).
+    fn len(&self) -> usize {
+        self.headers.len() + self.parts.iter().map(|(_, _, p)| p.len()).sum::<usize>()
+    }
+
+    /// One non-blocking `sendmsg` of the unwritten pieces (at most [`IOV`]),
+    /// retried when interrupted: the bytes written, `None` when the socket
+    /// is full, `Some(0)` only when nothing is left to write.
+    ///
+    /// The socket is written directly, not through tokio's
+    /// `try_write_vectored`, which first reads the socket's readiness in
+    /// its own allocation: a cache miss per viewer per fragment for a
+    /// socket that is writable nearly always. A full socket answers
+    /// `WouldBlock` either way; tokio's readiness is then stale ("ready"),
+    /// which costs the awaiting write that takes over one more try.
+    fn send_once(&self, w: &tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<Option<usize>> {
+        let mut io = [IoSlice::new(&[]); IOV];
+        let k = self.gather(&mut io);
+        if k == 0 {
+            return Ok(Some(0));
+        }
+        let sock = socket2::SockRef::from(w.as_ref());
+        loop {
+            match sock.send_vectored(&io[..k]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => return Ok(Some(n)),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Writes a batch shared by many viewers without changing it (one
-    /// non-blocking `sendmsg`, see [`Frames::try_write`]): `Ok(None)` when
-    /// the socket took all of it, else `Ok(Some(rest))`, this viewer's own
-    /// copy of what is left (finish it with `try_write` or `write_to`).
+    /// [`Frames::send_once`]): `Ok(None)` when the socket took all of it,
+    /// else `Ok(Some(rest))`, this viewer's own copy of what is left (finish
+    /// it with `try_write` or `write_to`).
     fn try_write_shared(
         &self,
         w: &tokio::net::tcp::OwnedWriteHalf,
     ) -> std::io::Result<Option<Frames>> {
-        let sock = socket2::SockRef::from(w.as_ref());
-        let mut io = [IoSlice::new(&[]); IOV];
-        let k = self.gather(&mut io);
-        // Every piece fits in one write (else the rest goes by `try_write`).
-        let whole = self.done == 0 && self.offset == 0 && self.parts.len() * 2 <= IOV;
-        let total: usize = io[..k].iter().map(|s| s.len()).sum();
-        let n = loop {
-            match sock.send_vectored(&io[..k]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break 0,
-                Err(e) => return Err(e),
-            }
-        };
-        if whole && n == total {
+        let n = self.send_once(w)?.unwrap_or(0);
+        if n == self.len() {
             return Ok(None);
         }
         let mut rest = self.clone();
@@ -351,33 +371,16 @@ impl Frames {
         Ok(Some(rest))
     }
 
-    /// Writes what the socket takes without waiting: `Ok(true)` when the
-    /// whole batch is out (and cleared), `Ok(false)` when the socket is full
-    /// (the rest stays for [`Frames::write_to`]).
-    ///
-    /// The socket is written directly (`sendmsg`), not through tokio's
-    /// `try_write_vectored`, which first reads the socket's readiness in
-    /// its own allocation: a cache miss per viewer per fragment for a
-    /// socket that is writable nearly always. A full socket answers
-    /// `WouldBlock` either way; tokio's readiness is then stale ("ready"),
-    /// which costs the awaiting write that takes over one more try.
+    /// Writes what the socket takes without waiting ([`Frames::send_once`]
+    /// until done): `Ok(true)` when the whole batch is out (and cleared),
+    /// `Ok(false)` when the socket is full (the rest stays for
+    /// [`Frames::write_to`]).
     fn try_write(&mut self, w: &tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<bool> {
-        let sock = socket2::SockRef::from(w.as_ref());
         loop {
-            let r = {
-                let mut io = [IoSlice::new(&[]); IOV];
-                let k = self.gather(&mut io);
-                if k == 0 {
-                    break;
-                }
-                sock.send_vectored(&io[..k])
-            };
-            match r {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.advance(n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
+            match self.send_once(w)? {
+                None => return Ok(false),
+                Some(0) => break,
+                Some(n) => self.advance(n),
             }
         }
         self.clear();
