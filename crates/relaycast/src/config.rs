@@ -321,6 +321,12 @@ pub struct EgressConfig {
     /// goes through a stream's viewers once per fragment on one core; more
     /// share the stream across cores, which pays only for big audiences.
     pub ws_viewers_per_writer: usize,
+    /// On Linux, a fan-out writer sends a pass's frames to its caught-up
+    /// viewers in one io_uring submission (per 256 viewers) instead of one
+    /// `sendmsg` each; where io_uring is refused (a seccomp profile such as
+    /// Docker's default, `kernel.io_uring_disabled`) it says so once and
+    /// keeps `sendmsg`. `false`: `sendmsg` without trying.
+    pub ws_uring: bool,
     /// Kept for config compatibility; unused: the WebSocket egress writes
     /// each batch with one vectored write and buffers nothing.
     pub ws_write_buffer: usize,
@@ -335,6 +341,7 @@ impl Default for EgressConfig {
             ws_read_buffer: 4096,
             ws_direct_write: true,
             ws_viewers_per_writer: 10_000,
+            ws_uring: true,
             ws_write_buffer: 0,
         }
     }

@@ -4,8 +4,10 @@
 //! ends. Over real sockets: the writers do serve the viewers (their counters
 //! on /metrics move), every viewer gets every fragment byte for byte (with
 //! and without `?meta=0`, from a pass's shared frames), a ping
-//! mid-stream is answered between whole messages with nothing lost, and
-//! `egress.ws_direct_write = false` keeps every viewer on its own task.
+//! mid-stream is answered between whole messages with nothing lost, the
+//! shared frames go in io_uring batches by default and one `sendmsg` each
+//! with `egress.ws_uring = false`, and `egress.ws_direct_write = false`
+//! keeps every viewer on its own task.
 //!
 //! The counters are process-wide, so the tests of this file take turns.
 
@@ -14,7 +16,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use relaycast::egress::websocket::writer_counts;
+use relaycast::egress::websocket::{WriterCounts, writer_counts};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -73,10 +75,11 @@ async fn caught_up_viewers_are_written_by_the_writers_and_get_every_byte() {
     relay.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn viewers_with_and_without_meta_share_a_pass_and_each_get_their_own_bytes() {
-    let _turn = TURN.lock().await;
-    let relay = relay(config()).await;
+/// 20 viewers of a fresh stream, every other one with `?meta=0`, each
+/// checked byte for byte; the writers' counters before and after, and the
+/// fragment count.
+async fn meta_mix(c: relaycast::config::Config, name: &str) -> (WriterCounts, WriterCounts, usize) {
+    let relay = relay(c).await;
     let base = relay.addr.to_string();
     let (body, fragments) = demo_stream(3);
     let before = writer_counts();
@@ -84,7 +87,7 @@ async fn viewers_with_and_without_meta_share_a_pass_and_each_get_their_own_bytes
     for i in 0..20 {
         let meta = i % 2 == 0;
         let q = if meta { "" } else { "&meta=0" };
-        let mut v = ws_connect(&format!("ws://{base}/live/m?wait=10{q}")).await;
+        let mut v = ws_connect(&format!("ws://{base}/live/{name}?wait=10{q}")).await;
         let want = body.len();
         readers.push(tokio::spawn(async move {
             if meta {
@@ -106,7 +109,7 @@ async fn viewers_with_and_without_meta_share_a_pass_and_each_get_their_own_bytes
             (meta, got)
         }));
     }
-    publish(&base, "m", body.clone()).await;
+    publish(&base, name, body.clone()).await;
     for r in readers {
         let (meta, got) = r.await.expect("viewer");
         assert!(got.bytes == body, "byte for byte (meta: {meta})");
@@ -120,6 +123,14 @@ async fn viewers_with_and_without_meta_share_a_pass_and_each_get_their_own_bytes
         }
     }
     let after = writer_counts();
+    relay.shutdown().await;
+    (before, after, fragments)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_with_and_without_meta_share_a_pass_and_each_get_their_own_bytes() {
+    let _turn = TURN.lock().await;
+    let (before, after, fragments) = meta_mix(config(), "m").await;
     // Most batches are the pass's shared frames, written as they are to
     // every viewer that was caught up.
     let shared = after.shared - before.shared;
@@ -127,7 +138,32 @@ async fn viewers_with_and_without_meta_share_a_pass_and_each_get_their_own_bytes
         shared >= fragments as u64,
         "shared batches: {shared} for 20 viewers × {fragments} fragments ({before:?} → {after:?})"
     );
-    relay.shutdown().await;
+    // With io_uring (the default, where the system gives it) they went in
+    // batched submissions; where it is refused, the writers fell back to
+    // one sendmsg each and still delivered every byte (above).
+    let uring = after.uring - before.uring;
+    if relaycast_uring::Sender::new(8).is_ok() {
+        assert!(
+            uring >= fragments as u64,
+            "io_uring sends: {uring} for 20 viewers × {fragments} fragments ({before:?} → {after:?})"
+        );
+    } else {
+        eprintln!("WARNING: io_uring is not available here: only the sendmsg fallback was tested");
+        assert_eq!(uring, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_uring_off_the_writers_send_one_by_one_and_every_byte_arrives() {
+    let _turn = TURN.lock().await;
+    let mut c = config();
+    c.egress.ws_uring = false;
+    let (before, after, fragments) = meta_mix(c, "u").await;
+    assert!(after.shared - before.shared >= fragments as u64);
+    assert_eq!(
+        after.uring, before.uring,
+        "no io_uring send ({before:?} → {after:?})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

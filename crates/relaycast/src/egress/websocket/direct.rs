@@ -9,7 +9,9 @@
 //! ([`Stream::read_run`]), builds its frames once, and goes through its
 //! viewers: each one that was caught up takes the run
 //! ([`Viewer::take_run`]) and gets the same frames with one non-blocking
-//! vectored write (`sendmsg`); any other (behind, told of a new publisher or
+//! vectored write (`sendmsg`; on Linux all of them in one io_uring
+//! submission per 256 viewers, [`Batch`], unless `egress.ws_uring = false`
+//! or the system refuses io_uring); any other (behind, told of a new publisher or
 //! init) takes its own events with `try_next`. One task woken per writer per
 //! fragment instead of one per viewer, and no waker, timer, span, lock or
 //! shared counter per viewer per fragment. A viewer goes back to its own task
@@ -89,6 +91,7 @@ struct Stats {
     wakeups: AtomicU64,
     writes: AtomicU64,
     shared: AtomicU64,
+    uring: AtomicU64,
     handbacks: [AtomicU64; 5],
 }
 
@@ -108,6 +111,9 @@ pub struct WriterCounts {
     /// Of those, batches that were a pass's shared frames (the viewer was
     /// caught up and took the pass's run).
     pub shared: u64,
+    /// Sends of a pass's shared frames that went in an io_uring batch
+    /// (`egress.ws_uring`), whole or not.
+    pub uring: u64,
     /// Viewers given back to their task: full, ended, asked, closing, refused.
     pub handbacks: [u64; 5],
 }
@@ -121,6 +127,7 @@ pub fn writer_counts() -> WriterCounts {
         wakeups: s.wakeups.load(Relaxed),
         writes: s.writes.load(Relaxed),
         shared: s.shared.load(Relaxed),
+        uring: s.uring.load(Relaxed),
         handbacks: std::array::from_fn(|i| s.handbacks[i].load(Relaxed)),
     }
 }
@@ -168,6 +175,13 @@ impl crate::metrics::Collector for WriterMetrics {
             Kind::Counter,
             "Of those, batches built once per pass and written to every caught-up viewer of the writer.",
             c.shared,
+        )?;
+        single(
+            &mut e,
+            "relaycast_ws_writer_uring_sends_total",
+            Kind::Counter,
+            "Sends of a pass's shared frames submitted in an io_uring batch (egress.ws_uring), one per viewer.",
+            c.uring,
         )?;
         let mut m = family(
             &mut e,
@@ -259,7 +273,7 @@ fn key(stream: &Stream, id: u64, per_writer: usize) -> Key {
 /// Gives `slot` to its writer (making the writer when there is none), or
 /// gives it back (moved, not boxed: see [`Msg`]).
 #[allow(clippy::result_large_err)]
-fn join(slot: Slot, key: Key) -> Result<(), Slot> {
+fn join(slot: Slot, key: Key, uring: bool) -> Result<(), Slot> {
     let mut msg = Msg::Join(slot);
     for _ in 0..2 {
         WRITERS.remove_if(&key, |_, tx| tx.is_closed());
@@ -270,7 +284,7 @@ fn join(slot: Slot, key: Key) -> Result<(), Slot> {
                 let Msg::Join(s) = &msg else {
                     unreachable!("only joins are sent here")
                 };
-                tokio::spawn(writer(s.viewer.stream().clone(), key, rx));
+                tokio::spawn(writer(s.viewer.stream().clone(), key, uring, rx));
                 tx
             })
             .clone();
@@ -302,6 +316,7 @@ pub(super) async fn serve<S: Future<Output = ()>>(
     viewer: Viewer,
     meta: bool,
     per_writer: usize,
+    uring: bool,
     mut shutdown: Pin<&mut S>,
 ) -> Option<(OwnedReadHalf, Back)> {
     let id = IDS.fetch_add(1, Relaxed);
@@ -314,7 +329,7 @@ pub(super) async fn serve<S: Future<Output = ()>>(
         meta,
         back: tx,
     };
-    if let Err(s) = join(slot, key) {
+    if let Err(s) = join(slot, key, uring) {
         STATS.handbacks[Why::Refused as usize].fetch_add(1, Relaxed);
         let back = Back {
             viewer: s.viewer,
@@ -460,7 +475,19 @@ impl Shared {
 /// [`pass`], without reading the stream or touching the fragments'
 /// counters per viewer.
 fn write_run(slot: &mut Slot, shared: &Frames, run: &Run, scratch: &mut Scratch) -> Next {
-    match shared.try_write_shared(slot.wr.get_ref()) {
+    let sent = shared.try_write_shared(slot.wr.get_ref());
+    finish_run(slot, sent, run, scratch)
+}
+
+/// The rest of [`write_run`] once the shared frames were sent (here, or in
+/// a batch, [`send_batch`]): `sent` is what is left for this viewer alone.
+fn finish_run(
+    slot: &mut Slot,
+    sent: std::io::Result<Option<Frames>>,
+    run: &Run,
+    scratch: &mut Scratch,
+) -> Next {
+    match sent {
         Ok(None) => {}
         Ok(Some(rest)) => {
             // Part of it: this viewer finishes its own copy.
@@ -487,6 +514,134 @@ fn write_run(slot: &mut Slot, shared: &Frames, run: &Run, scratch: &mut Scratch)
     }
 }
 
+/// Notes what a pass did with the viewer at `i`: where it is now if it
+/// stays, else its `next` (and the frames it did not write) for after the
+/// pass.
+fn settle_one(
+    settle: &mut Vec<(usize, Next, Frames)>,
+    newest: &mut Option<u64>,
+    slot: &Slot,
+    i: usize,
+    next: Next,
+    scratch: &mut Scratch,
+) {
+    if matches!(next, Next::Keep) {
+        *newest = (*newest).max(Some(slot.viewer.cursor()));
+    } else {
+        settle.push((i, next, std::mem::take(&mut scratch.frames)));
+    }
+}
+
+/// A writer's io_uring for batched sends: made when first needed, if
+/// `egress.ws_uring` asks for it and the system gives one (else the
+/// writer keeps one `sendmsg` per viewer; said once per process).
+struct Ring {
+    wanted: bool,
+    sender: Option<relaycast_uring::Sender>,
+}
+
+/// Entries per submission: a pass over more viewers submits in chunks of
+/// this many (a system call per 256 sends instead of one per send), and
+/// the ring stays small (24 KB) for a writer of a few viewers.
+const RING_ENTRIES: u32 = 256;
+
+static RING_REFUSED: std::sync::Once = std::sync::Once::new();
+
+impl Ring {
+    fn new(wanted: bool) -> Ring {
+        Ring {
+            wanted,
+            sender: None,
+        }
+    }
+
+    fn get(&mut self) -> Option<&mut relaycast_uring::Sender> {
+        if self.sender.is_none() && self.wanted {
+            self.wanted = false;
+            match relaycast_uring::Sender::new(RING_ENTRIES) {
+                Ok(s) => self.sender = Some(s),
+                Err(e) => RING_REFUSED.call_once(|| {
+                    tracing::warn!(
+                        error = %e,
+                        "io_uring is not available: the WebSocket fan-out writers send with one sendmsg per viewer (egress.ws_uring = false says so without trying)"
+                    )
+                }),
+            }
+        }
+        self.sender.as_mut()
+    }
+}
+
+/// The batched send of a pass: which viewers took the run, and what
+/// became of them.
+#[derive(Default)]
+struct Batch {
+    /// Per slot index: it took the run (and was sent it in the batch).
+    taken: Vec<bool>,
+    /// Slot indices of one send (viewers with the same `meta`).
+    idx: Vec<usize>,
+    /// (slot index, bytes written or error) as the sends complete.
+    sent: Vec<(usize, std::io::Result<usize>)>,
+}
+
+impl Batch {
+    /// Every viewer that takes `run` is sent its frames in one io_uring
+    /// submission per `meta` kind; each one's outcome is then the same as
+    /// [`write_run`]'s (what a socket did not take, the viewer writes
+    /// itself or takes back to its task).
+    fn send(
+        &mut self,
+        ring: &mut relaycast_uring::Sender,
+        slots: &mut [Slot],
+        (run, shared, scratch): (&Run, &mut Shared, &mut Scratch),
+        settle: &mut Vec<(usize, Next, Frames)>,
+        newest: &mut Option<u64>,
+    ) {
+        use std::os::fd::AsFd;
+        self.taken.clear();
+        self.taken.resize(slots.len(), false);
+        for (i, slot) in slots.iter_mut().enumerate() {
+            self.taken[i] = slot.viewer.take_run(run, &mut scratch.out);
+        }
+        for meta in [true, false] {
+            self.idx.clear();
+            self.idx
+                .extend((0..slots.len()).filter(|&i| self.taken[i] && slots[i].meta == meta));
+            if self.idx.is_empty() {
+                continue;
+            }
+            let frames = shared.frames(run, meta);
+            let mut io = [std::io::IoSlice::new(&[]); super::IOV];
+            let k = frames.gather(&mut io);
+            let socks: Vec<_> = self
+                .idx
+                .iter()
+                .map(|&i| slots[i].wr.get_ref().as_ref().as_fd())
+                .collect();
+            let (idx, sent) = (&self.idx, &mut self.sent);
+            ring.send_to_all(&socks, &io[..k], |j, r| sent.push((idx[j], r)));
+            STATS.uring.fetch_add(socks.len() as u64, Relaxed);
+            drop(socks);
+            for (i, r) in self.sent.drain(..) {
+                let rest = match r {
+                    Ok(n) => Ok(frames.rest_after(n)),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        Ok(frames.rest_after(0))
+                    }
+                    Err(e) => Err(e),
+                };
+                let next = finish_run(&mut slots[i], rest, run, scratch);
+                settle_one(settle, newest, &slots[i], i, next, scratch);
+            }
+        }
+    }
+}
+
 /// Applies `next` to the viewer at `i` (the frames it did not write go
 /// with it when it goes back).
 fn apply(slots: &mut Vec<Slot>, i: usize, next: Next, scratch: &mut Scratch) {
@@ -505,7 +660,7 @@ fn apply(slots: &mut Vec<Slot>, i: usize, next: Next, scratch: &mut Scratch) {
 
 /// One writer of one stream: serves the viewers it is given until it has
 /// had none for [`IDLE`].
-async fn writer(stream: Stream, key: Key, mut inbox: mpsc::UnboundedReceiver<Msg>) {
+async fn writer(stream: Stream, key: Key, uring: bool, mut inbox: mpsc::UnboundedReceiver<Msg>) {
     let mut changes = stream.changes();
     let mut slots: Vec<Slot> = Vec::new();
     let mut scratch = Scratch::default();
@@ -515,6 +670,12 @@ async fn writer(stream: Stream, key: Key, mut inbox: mpsc::UnboundedReceiver<Msg
     let mut shared = Shared::default();
     // Where the caught-up viewers are: the newest cursor after a pass.
     let mut seen: Option<u64> = None;
+    // The batched sends (made when first needed) and their bookkeeping.
+    let mut ring = Ring::new(uring);
+    let mut batch = Batch::default();
+    // The viewers a pass gives back or drops, removed after the pass (a
+    // removal moves another viewer to the removed one's index).
+    let mut settle: Vec<(usize, Next, Frames)> = Vec::new();
     let idle = tokio::time::sleep(IDLE);
     tokio::pin!(idle);
     let mut was_empty = true;
@@ -562,9 +723,17 @@ async fn writer(stream: Stream, key: Key, mut inbox: mpsc::UnboundedReceiver<Msg
                     Some(from) => stream.read_run(from, BATCH, &mut run),
                     None => run.chunks.clear(),
                 }
-                let mut i = slots.len();
-                while i > 0 {
-                    i -= 1;
+                batch.taken.clear();
+                if !run.chunks.is_empty() && slots.len() > 1 {
+                    if let Some(r) = ring.get() {
+                        let pass = (&run, &mut shared, &mut scratch);
+                        batch.send(r, &mut slots, pass, &mut settle, &mut newest);
+                    }
+                }
+                for i in (0..slots.len()).rev() {
+                    if batch.taken.get(i) == Some(&true) {
+                        continue;
+                    }
                     let slot = &mut slots[i];
                     let next = if slot.viewer.take_run(&run, &mut scratch.out) {
                         let frames = shared.frames(&run, slot.meta);
@@ -572,13 +741,15 @@ async fn writer(stream: Stream, key: Key, mut inbox: mpsc::UnboundedReceiver<Msg
                     } else {
                         pass(slot, &mut scratch)
                     };
-                    if matches!(next, Next::Keep) {
-                        newest = newest.max(Some(slot.viewer.cursor()));
-                    }
-                    apply(&mut slots, i, next, &mut scratch);
+                    settle_one(&mut settle, &mut newest, slot, i, next, &mut scratch);
                     // Let the worker's other tasks (a publisher, another
                     // writer) run between viewers when the budget is spent.
                     tokio::task::consume_budget().await;
+                }
+                settle.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
+                for (i, next, frames) in settle.drain(..) {
+                    scratch.frames = frames;
+                    apply(&mut slots, i, next, &mut scratch);
                 }
             }
             _ = &mut idle, if slots.is_empty() => break,

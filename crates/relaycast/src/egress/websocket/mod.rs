@@ -362,13 +362,18 @@ impl Frames {
         &self,
         w: &tokio::net::tcp::OwnedWriteHalf,
     ) -> std::io::Result<Option<Frames>> {
-        let n = self.send_once(w)?.unwrap_or(0);
+        Ok(self.rest_after(self.send_once(w)?.unwrap_or(0)))
+    }
+
+    /// What is left of a shared batch after `n` of its bytes were written
+    /// (by [`Frames::send_once`] or a batched send): `None` when nothing.
+    fn rest_after(&self, n: usize) -> Option<Frames> {
         if n == self.len() {
-            return Ok(None);
+            return None;
         }
         let mut rest = self.clone();
         rest.advance(n);
-        Ok(Some(rest))
+        Some(rest)
     }
 
     /// Writes what the socket takes without waiting ([`Frames::send_once`]
@@ -535,6 +540,7 @@ async fn run<IO: Wire>(
                             viewer,
                             meta,
                             app.config.egress.ws_viewers_per_writer,
+                            app.config.egress.ws_uring,
                             shutdown.as_mut(),
                         )
                         .await
