@@ -31,7 +31,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const MODES: [&str; 7] = ["sendmsg4", "sendmsg1", "uring4", "uring1", "uring4f", "uring1f", "uring4fs"];
+const MODES: [&str; 7] = [
+    "sendmsg4", "sendmsg1", "uring4", "uring1", "uring4f", "uring1f", "uring4fs",
+];
 
 struct Args {
     viewers: usize,
@@ -70,7 +72,10 @@ fn args() -> Args {
 }
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid out-pointer for the call.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -90,7 +95,10 @@ fn receiver(fds: Vec<RawFd>, got: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
     unsafe {
         let ep = libc::epoll_create1(0);
         for (i, &fd) in fds.iter().enumerate() {
-            let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: i as u64,
+            };
             libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev);
         }
         let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
@@ -117,7 +125,9 @@ struct Frame {
 }
 
 fn frame(size: usize) -> Frame {
-    let json = format!("{{\"type\":\"fragment\",\"seq\":123456,\"key\":false,\"t\":1764680000000,\"size\":{size:<8}}}");
+    let json = format!(
+        "{{\"type\":\"fragment\",\"seq\":123456,\"key\":false,\"t\":1764680000000,\"size\":{size:<8}}}"
+    );
     let mut h1 = vec![0x81, json.len() as u8];
     h1.truncate(2);
     let mut h2 = vec![0x82u8];
@@ -144,17 +154,33 @@ struct Rings {
 
 fn rings(fds: &[RawFd]) -> Rings {
     let entries = (fds.len().next_power_of_two() as u32).clamp(64, 4096);
-    let plain = IoUring::builder().setup_cqsize(entries * 2).build(entries).expect("io_uring");
-    let fixed = IoUring::builder().setup_cqsize(entries * 2).build(entries).expect("io_uring");
-    fixed.submitter().register_files(fds).expect("register_files");
+    let plain = IoUring::builder()
+        .setup_cqsize(entries * 2)
+        .build(entries)
+        .expect("io_uring");
+    let fixed = IoUring::builder()
+        .setup_cqsize(entries * 2)
+        .build(entries)
+        .expect("io_uring");
+    fixed
+        .submitter()
+        .register_files(fds)
+        .expect("register_files");
     let single = IoUring::builder()
         .setup_cqsize(entries * 2)
         .setup_single_issuer()
         .setup_defer_taskrun()
         .build(entries)
         .expect("io_uring single issuer + defer taskrun (Linux ≥ 6.1)");
-    single.submitter().register_files(fds).expect("register_files");
-    Rings { plain, fixed, single }
+    single
+        .submitter()
+        .register_files(fds)
+        .expect("register_files");
+    Rings {
+        plain,
+        fixed,
+        single,
+    }
 }
 
 /// Sends the frame once to every socket; returns the sends that were short.
@@ -164,7 +190,10 @@ fn send_round(mode: &str, fds: &[RawFd], f: &Frame, iov: &[libc::iovec], rings: 
     let mut short = 0;
     match mode {
         "sendmsg4" | "sendmsg1" => {
-            let flat = [libc::iovec { iov_base: f.flat.as_ptr() as *mut _, iov_len: f.flat.len() }];
+            let flat = [libc::iovec {
+                iov_base: f.flat.as_ptr() as *mut _,
+                iov_len: f.flat.len(),
+            }];
             let v: &[libc::iovec] = if mode == "sendmsg4" { iov } else { &flat };
             for &fd in fds {
                 // SAFETY: msghdr points at iovecs that outlive the call.
@@ -195,17 +224,29 @@ fn send_round(mode: &str, fds: &[RawFd], f: &Frame, iov: &[libc::iovec], rings: 
                 for (j, &fd) in chunk.iter().enumerate() {
                     let i = (c * cap + j) as u32;
                     let e: squeue::Entry = match mode {
-                        "uring4" => opcode::SendMsg::new(types::Fd(fd), &m).flags(flags as u32).build(),
-                        "uring1" => opcode::Send::new(types::Fd(fd), f.flat.as_ptr(), f.flat.len() as u32)
-                            .flags(flags)
+                        "uring4" => opcode::SendMsg::new(types::Fd(fd), &m)
+                            .flags(flags as u32)
                             .build(),
-                        "uring1f" => opcode::Send::new(types::Fixed(i), f.flat.as_ptr(), f.flat.len() as u32)
-                            .flags(flags)
+                        "uring1" => {
+                            opcode::Send::new(types::Fd(fd), f.flat.as_ptr(), f.flat.len() as u32)
+                                .flags(flags)
+                                .build()
+                        }
+                        "uring1f" => {
+                            opcode::Send::new(types::Fixed(i), f.flat.as_ptr(), f.flat.len() as u32)
+                                .flags(flags)
+                                .build()
+                        }
+                        _ => opcode::SendMsg::new(types::Fixed(i), &m)
+                            .flags(flags as u32)
                             .build(),
-                        _ => opcode::SendMsg::new(types::Fixed(i), &m).flags(flags as u32).build(),
                     };
                     // SAFETY: the buffers and msghdr outlive the wait below.
-                    unsafe { ring.submission().push(&e.user_data(i as u64)).expect("sq full") };
+                    unsafe {
+                        ring.submission()
+                            .push(&e.user_data(i as u64))
+                            .expect("sq full")
+                    };
                 }
                 ring.submit_and_wait(chunk.len()).expect("submit");
                 let mut reaped = 0;
@@ -245,17 +286,28 @@ fn main() {
     let got = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let rx = {
-        let (fds, got, stop) = (clients.iter().map(|c| c.as_raw_fd()).collect(), got.clone(), stop.clone());
+        let (fds, got, stop) = (
+            clients.iter().map(|c| c.as_raw_fd()).collect(),
+            got.clone(),
+            stop.clone(),
+        );
         std::thread::spawn(move || receiver(fds, got, stop))
     };
     let f = frame(a.size);
-    let iov: Vec<libc::iovec> =
-        f.parts.iter().map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() }).collect();
+    let iov: Vec<libc::iovec> = f
+        .parts
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut _,
+            iov_len: p.len(),
+        })
+        .collect();
     let mut rings = rings(&fds);
     let mut expect = 0u64;
     let per_round = (f.flat.len() * fds.len()) as u64;
     // [cpu ns per round], short sends, (user, sys) µs
-    let mut stats: Vec<(Vec<u64>, u64, u64, u64)> = a.modes.iter().map(|_| (Vec::new(), 0, 0, 0)).collect();
+    let mut stats: Vec<(Vec<u64>, u64, u64, u64)> =
+        a.modes.iter().map(|_| (Vec::new(), 0, 0, 0)).collect();
     let warmup = 3;
     for r in 0..warmup + a.rounds {
         for (k, mode) in a.modes.iter().enumerate() {
@@ -268,7 +320,9 @@ fn main() {
             let deadline = Instant::now() + Duration::from_secs(10);
             while got.load(Ordering::Relaxed) < expect {
                 if Instant::now() > deadline || short > 0 {
-                    eprintln!("{mode}: {short} short sends; the probe needs every send whole, stopping");
+                    eprintln!(
+                        "{mode}: {short} short sends; the probe needs every send whole, stopping"
+                    );
                     std::process::exit(1);
                 }
                 std::thread::sleep(Duration::from_micros(200));
@@ -292,9 +346,14 @@ fn main() {
         a.size,
         f.flat.len(),
         a.rounds,
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
     );
-    let _ = writeln!(out, "| mode | ns per send, median of rounds (min–max) | vs sendmsg4 | user share |");
+    let _ = writeln!(
+        out,
+        "| mode | ns per send, median of rounds (min–max) | vs sendmsg4 | user share |"
+    );
     let _ = writeln!(out, "|---|---|---|---|");
     let mut base = None;
     for (mode, (mut ns, _short, u, s)) in a.modes.iter().zip(stats) {
@@ -305,7 +364,11 @@ fn main() {
             base = Some(med);
         }
         let ratio = base.map_or("–".to_string(), |b| format!("{:.2}", med / b));
-        let user = if u + s > 0 { format!("{:.0} %", 100.0 * u as f64 / (u + s) as f64) } else { "–".into() };
+        let user = if u + s > 0 {
+            format!("{:.0} %", 100.0 * u as f64 / (u + s) as f64)
+        } else {
+            "–".into()
+        };
         let _ = writeln!(
             out,
             "| {mode} | {med:.0} ({:.0}–{:.0}) | {ratio} | {user} |",
