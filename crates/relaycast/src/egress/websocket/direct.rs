@@ -480,7 +480,7 @@ fn write_run(slot: &mut Slot, shared: &Frames, run: &Run, scratch: &mut Scratch)
 }
 
 /// The rest of [`write_run`] once the shared frames were sent (here, or in
-/// a batch, [`send_batch`]): `sent` is what is left for this viewer alone.
+/// a batch, [`Batch::send`]): `sent` is what is left for this viewer alone.
 fn finish_run(
     slot: &mut Slot,
     sent: std::io::Result<Option<Frames>>,
@@ -538,11 +538,16 @@ fn settle_one(
 struct Ring {
     wanted: bool,
     sender: Option<relaycast_uring::Sender>,
+    /// Entries of `sender`'s ring.
+    entries: u32,
 }
 
-/// Entries per submission: a pass over more viewers submits in chunks of
-/// this many (a system call per 256 sends instead of one per send), and
-/// the ring stays small (24 KB) for a writer of a few viewers.
+/// Entries per submission at most: a pass over more viewers submits in
+/// chunks of this many (a system call per 256 sends instead of one per
+/// send). A writer of fewer viewers gets a ring of as many entries as it
+/// has viewers (rounded up to a power of two), made again larger as
+/// viewers come: a ring of 256 is about 24 KB, and a relay of many small
+/// streams has a writer (and a ring) per stream.
 const RING_ENTRIES: u32 = 256;
 
 static RING_REFUSED: std::sync::Once = std::sync::Once::new();
@@ -552,14 +557,28 @@ impl Ring {
         Ring {
             wanted,
             sender: None,
+            entries: 0,
         }
     }
 
-    fn get(&mut self) -> Option<&mut relaycast_uring::Sender> {
+    /// The ring, for a pass over `viewers` viewers.
+    fn get(&mut self, viewers: usize) -> Option<&mut relaycast_uring::Sender> {
+        let want = u32::try_from(viewers)
+            .unwrap_or(RING_ENTRIES)
+            .clamp(1, RING_ENTRIES)
+            .next_power_of_two();
+        if self.sender.is_some() && self.entries < want {
+            // Grown: a larger ring (the old one is idle between passes).
+            self.sender = None;
+            self.wanted = true;
+        }
         if self.sender.is_none() && self.wanted {
             self.wanted = false;
-            match relaycast_uring::Sender::new(RING_ENTRIES) {
-                Ok(s) => self.sender = Some(s),
+            match relaycast_uring::Sender::new(want) {
+                Ok(s) => {
+                    self.sender = Some(s);
+                    self.entries = want;
+                }
                 Err(e) => RING_REFUSED.call_once(|| {
                     tracing::warn!(
                         error = %e,
@@ -585,28 +604,36 @@ struct Batch {
 }
 
 impl Batch {
-    /// Every viewer that takes `run` is sent its frames in one io_uring
-    /// submission per `meta` kind; each one's outcome is then the same as
-    /// [`write_run`]'s (what a socket did not take, the viewer writes
-    /// itself or takes back to its task).
+    /// Which viewers take `run` (all that were caught up).
+    fn take(&mut self, slots: &mut [Slot], run: &Run, out: &mut OutTally) {
+        self.taken.clear();
+        self.taken.resize(slots.len(), false);
+        for (i, slot) in slots.iter_mut().enumerate() {
+            self.taken[i] = slot.viewer.take_run(run, out);
+        }
+    }
+
+    /// Every viewer in `range` that took `run` is sent its frames in one
+    /// io_uring submission per `meta` kind; each one's outcome is then the
+    /// same as [`write_run`]'s (what a socket did not take, the viewer
+    /// writes itself or takes back to its task).
     fn send(
         &mut self,
         ring: &mut relaycast_uring::Sender,
         slots: &mut [Slot],
+        range: std::ops::Range<usize>,
         (run, shared, scratch): (&Run, &mut Shared, &mut Scratch),
         settle: &mut Vec<(usize, Next, Frames)>,
         newest: &mut Option<u64>,
     ) {
         use std::os::fd::AsFd;
-        self.taken.clear();
-        self.taken.resize(slots.len(), false);
-        for (i, slot) in slots.iter_mut().enumerate() {
-            self.taken[i] = slot.viewer.take_run(run, &mut scratch.out);
-        }
         for meta in [true, false] {
             self.idx.clear();
-            self.idx
-                .extend((0..slots.len()).filter(|&i| self.taken[i] && slots[i].meta == meta));
+            self.idx.extend(
+                range
+                    .clone()
+                    .filter(|&i| self.taken[i] && slots[i].meta == meta),
+            );
             if self.idx.is_empty() {
                 continue;
             }
@@ -725,9 +752,21 @@ async fn writer(stream: Stream, key: Key, uring: bool, mut inbox: mpsc::Unbounde
                 }
                 batch.taken.clear();
                 if !run.chunks.is_empty() && slots.len() > 1 {
-                    if let Some(r) = ring.get() {
-                        let pass = (&run, &mut shared, &mut scratch);
-                        batch.send(r, &mut slots, pass, &mut settle, &mut newest);
+                    if let Some(r) = ring.get(slots.len()) {
+                        batch.take(&mut slots, &run, &mut scratch.out);
+                        // A submission per RING_ENTRIES viewers, and the
+                        // worker's other tasks (a publisher, another writer)
+                        // run in between, as they do between viewers below.
+                        let mut from = 0;
+                        while from < slots.len() {
+                            let to = slots.len().min(from + RING_ENTRIES as usize);
+                            let pass = (&run, &mut shared, &mut scratch);
+                            batch.send(r, &mut slots, from..to, pass, &mut settle, &mut newest);
+                            from = to;
+                            if from < slots.len() {
+                                tokio::task::yield_now().await;
+                            }
+                        }
                     }
                 }
                 for i in (0..slots.len()).rev() {
