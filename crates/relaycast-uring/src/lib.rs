@@ -47,6 +47,10 @@ mod imp {
             Ok(Sender { ring })
         }
 
+        pub fn entries(&self) -> u32 {
+            self.ring.params().sq_entries()
+        }
+
         pub fn send_to_all(
             &mut self,
             socks: &[BorrowedFd<'_>],
@@ -132,6 +136,10 @@ mod imp {
             Err(io::ErrorKind::Unsupported.into())
         }
 
+        pub fn entries(&self) -> u32 {
+            match self._never {}
+        }
+
         pub fn send_to_all(
             &mut self,
             _socks: &[BorrowedFd<'_>],
@@ -152,6 +160,11 @@ impl Sender {
     /// [`MAX_BATCH`]). Fails where io_uring is not available.
     pub fn new(entries: u32) -> io::Result<Sender> {
         imp::Sender::new(entries).map(Sender)
+    }
+
+    /// The ring's entries: the most sends of one submission.
+    pub fn entries(&self) -> u32 {
+        self.0.entries()
     }
 
     /// Sends `bufs` (in order, as one gathered write) to every socket in

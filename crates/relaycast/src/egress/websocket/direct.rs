@@ -538,8 +538,6 @@ fn settle_one(
 struct Ring {
     wanted: bool,
     sender: Option<relaycast_uring::Sender>,
-    /// Entries of `sender`'s ring.
-    entries: u32,
 }
 
 /// Entries per submission at most: a pass over more viewers submits in
@@ -557,7 +555,6 @@ impl Ring {
         Ring {
             wanted,
             sender: None,
-            entries: 0,
         }
     }
 
@@ -567,7 +564,7 @@ impl Ring {
             .unwrap_or(RING_ENTRIES)
             .clamp(1, RING_ENTRIES)
             .next_power_of_two();
-        if self.sender.is_some() && self.entries < want {
+        if self.sender.as_ref().is_some_and(|s| s.entries() < want) {
             // Grown: a larger ring (the old one is idle between passes).
             self.sender = None;
             self.wanted = true;
@@ -575,10 +572,7 @@ impl Ring {
         if self.sender.is_none() && self.wanted {
             self.wanted = false;
             match relaycast_uring::Sender::new(want) {
-                Ok(s) => {
-                    self.sender = Some(s);
-                    self.entries = want;
-                }
+                Ok(s) => self.sender = Some(s),
                 Err(e) => RING_REFUSED.call_once(|| {
                     tracing::warn!(
                         error = %e,
