@@ -7,7 +7,9 @@ per fragment for nchan and the Node ws relay. relaycast's JSON text messages are
 
 Figures per run: latency p50/p99 (publisher send -> the whole message received, matched by mfhd seq), server
 CPU (utime+stime of the server process over the paced window, % of one core), RSS per viewer ((peak RSS
-while publishing - RSS before viewers) / viewers), fragments missed by any viewer (skips), load average.
+while publishing - RSS before viewers) / viewers; relaycast's live heap from /metrics
+before viewers, once connected and at the end of publishing, which tells the viewers from the ring's growth),
+fragments missed by any viewer (skips), load average.
 """
 
 import json
@@ -71,6 +73,22 @@ def proc_rss(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def heap_allocated(port):
+    """relaycast's live heap (jemalloc stats.allocated, `relaycast_heap_allocated_bytes` on /metrics), or None
+    (another system, or no answer). With RSS it tells the viewers' heap from the resume ring's growth."""
+    if not port:
+        return None
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            for line in r.read().decode("utf-8", "replace").splitlines():
+                if line.startswith("relaycast_heap_allocated_bytes "):
+                    return int(float(line.split()[1]))
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def loadavg():
@@ -156,6 +174,8 @@ def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, pr
             return rep
         time.sleep(0.5)
         rss0 = proc_rss(server_pid)
+        hport = port if system.startswith("relaycast") else None
+        heap0 = heap_allocated(hport)
         per = [viewers // procs + (1 if i < viewers % procs else 0) for i in range(procs)]
         for n in per:
             vps.append(subprocess.Popen(node + [os.path.join(HERE, "viewers.js"), watch_url, str(n), sent, str(streams)],
@@ -179,6 +199,7 @@ def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, pr
                 break
         rep["settle_s"] = round(30 - (settle - time.time()), 1)
         rss_conn = proc_rss(server_pid)
+        heap_conn = heap_allocated(hport)
         tracer = None
         if count == "ss":
             ns0, ss0 = nstat(), ss_totals(port)
@@ -201,6 +222,7 @@ def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, pr
             peak = max(peak, proc_rss(server_pid))
             time.sleep(0.25)
         cpu1, t1 = proc_cpu_s(server_pid), time.time()
+        heap_end = heap_allocated(hport)
         rep["client_cpu_pct"] = 100.0 * (sum(proc_cpu_s(v.pid) for v in vps) - ccpu0) / (t1 - t0)
         time.sleep(1.0)  # the last fragment reaches every viewer
         if count == "ss":
@@ -253,6 +275,7 @@ def run(system, urls, server_pid, viewers, bitrate_k, seconds, workdir, nice, pr
             "cpu_pct": 100.0 * (cpu1 - cpu0) / (t1 - t0),
             "rss_before_b": rss0, "rss_connected_b": rss_conn, "rss_peak_b": peak,
             "rss_per_viewer_b": (peak - rss0) / viewers,
+            "heap_before_b": heap0, "heap_connected_b": heap_conn, "heap_end_b": heap_end,
             "client_rss_b": sum(o["client_rss"] for o in outs),
             "loadavg_end": loadavg(),
         })
