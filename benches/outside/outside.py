@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MEDIA_DIR = os.path.join(os.path.dirname(HERE), "out", "outside-media")
@@ -80,14 +81,13 @@ def heap_allocated(port):
     (another system, or no answer). With RSS it tells the viewers' heap from the resume ring's growth."""
     if not port:
         return None
-    import urllib.request
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             for line in r.read().decode("utf-8", "replace").splitlines():
                 if line.startswith("relaycast_heap_allocated_bytes "):
                     return int(float(line.split()[1]))
     except (OSError, ValueError):
-        return None
+        pass
     return None
 
 
