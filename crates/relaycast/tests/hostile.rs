@@ -373,6 +373,69 @@ fn config_check_and_serve_apply_one_validation() {
     );
 }
 
+/// One unlabelled value from /metrics (a gauge or a counter).
+async fn gauge(addr: std::net::SocketAddr, name: &str) -> u64 {
+    let (_, _, body) = get(&format!("http://{addr}/metrics")).await;
+    let key = format!("{name} ");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{name} on /metrics"))
+}
+
+/// What a WebSocket viewer costs the relay while a fan-out writer has it
+/// (most of its life), from jemalloc's figure on /metrics (#15): 300
+/// viewers of a stream that has caught them all up. The bound is well under
+/// what a viewer cost when its task held one unboxed future of the whole
+/// session (8.3–8.5 KiB of heap per viewer in this test's build, against
+/// 1.5–1.9 KiB since the session's long wait holds only its own state).
+#[tokio::test]
+async fn websocket_viewers_in_the_writers_cost_little_heap_each() {
+    const VIEWERS: u64 = 300;
+    const BOUND: u64 = 4 << 10;
+    let mut child = binary(
+        &["serve", "--listen", "127.0.0.1:0", "--no-demo"],
+        &[("RELAYCAST_LIMITS__MAX_CONNECTIONS_PER_IP", "0")],
+    );
+    let addr: std::net::SocketAddr = opsutil::listening(&mut child).parse().expect("addr");
+    let _p = publish_open(addr, "p", demo_body(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = gauge(addr, "relaycast_heap_allocated_bytes").await;
+    let mut readers = Vec::new();
+    for _ in 0..VIEWERS {
+        let mut ws = ws_connect(&format!("ws://{addr}/live/p")).await;
+        readers.push(tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(Ok(_)) = ws.next().await {}
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut in_writers = 0;
+    while tokio::time::Instant::now() < deadline {
+        in_writers = gauge(addr, "relaycast_ws_writer_viewers").await;
+        if in_writers == VIEWERS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        in_writers, VIEWERS,
+        "every viewer caught up and in a writer"
+    );
+    let after = gauge(addr, "relaycast_heap_allocated_bytes").await;
+    let each = after.saturating_sub(before) / VIEWERS;
+    assert!(
+        each < BOUND,
+        "{each} bytes of heap per WebSocket viewer (bound {BOUND})"
+    );
+    for r in &readers {
+        r.abort();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Stalled long polls from the oldest `after` hold no copies: the relay's
 /// heap (jemalloc's figure on /metrics) stays put while 40 of them wait on
 /// sockets that never read.
@@ -385,14 +448,7 @@ async fn stalled_long_polls_hold_no_copies_of_the_ring() {
     let addr: std::net::SocketAddr = opsutil::listening(&mut child).parse().expect("addr");
     let _p = publish_open(addr, "p", demo_body(600)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let heap = || async {
-        let (_, _, body) = get(&format!("http://{addr}/metrics")).await;
-        String::from_utf8_lossy(&body)
-            .lines()
-            .find_map(|l| l.strip_prefix("relaycast_heap_allocated_bytes "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .expect("relaycast_heap_allocated_bytes on /metrics")
-    };
+    let heap = || async { gauge(addr, "relaycast_heap_allocated_bytes").await };
     let before = heap().await;
     let mut polls = Vec::new();
     for _ in 0..40 {

@@ -4,7 +4,7 @@
 //! Each stream gets a writer task per `egress.ws_viewers_per_writer`
 //! viewers, up to one per runtime worker (made when the first viewer comes
 //! and gone a while after the last one leaves); a viewer's session hands its
-//! connection's write half and its cursor to one of them ([`serve`]). On
+//! connection's write half and its cursor to one of them ([`hand_over`]). On
 //! every change of the stream the writer reads what is new once
 //! ([`Stream::read_run`]), builds its frames once, and goes through its
 //! viewers: each one that was caught up takes the run
@@ -198,7 +198,7 @@ impl crate::metrics::Collector for WriterMetrics {
 
 /// A viewer given back to its session.
 pub(super) struct Back {
-    pub viewer: Viewer,
+    pub viewer: Box<Viewer>,
     pub wr: WriteHalf,
     /// Frames not (or not wholly) written yet.
     pub frames: Frames,
@@ -210,7 +210,7 @@ pub(super) struct Back {
 /// A viewer in a writer's hands.
 struct Slot {
     id: u64,
-    viewer: Viewer,
+    viewer: Box<Viewer>,
     wr: WriteHalf,
     meta: bool,
     back: oneshot::Sender<Back>,
@@ -306,22 +306,33 @@ fn reclaim(key: Key, id: u64) {
     }
 }
 
-/// Hands the viewer to a writer and waits until the writer gives it back;
-/// asks for it back when the client sends something or `shutdown`
-/// completes. `None`: the connection failed in the writer (the viewer is
-/// gone with it).
-pub(super) async fn serve<S: Future<Output = ()>>(
-    mut rd: OwnedReadHalf,
+/// A viewer in a writer's hands, seen from its session: what the session
+/// keeps while it waits (the read half, the way back) and no more. This is
+/// the state a viewer's task holds for most of its life, so it is small:
+/// the viewer itself, its write half and its frames are the writer's.
+pub(super) struct Handed {
+    rd: OwnedReadHalf,
+    back: oneshot::Receiver<Back>,
+    key: Key,
+    id: u64,
+}
+
+/// Hands the viewer to a writer (no waiting: the writer is told through its
+/// inbox); then [`Handed::wait`] until it is given back. `Err`: no writer
+/// could take it (refused), with the read half and the viewer as they were
+/// (boxed: the result is held while the session waits, and that state
+/// should be small).
+pub(super) fn hand_over(
+    rd: OwnedReadHalf,
     wr: WriteHalf,
-    viewer: Viewer,
+    viewer: Box<Viewer>,
     meta: bool,
     per_writer: usize,
     uring: bool,
-    mut shutdown: Pin<&mut S>,
-) -> Option<(OwnedReadHalf, Back)> {
+) -> Result<Handed, Box<(OwnedReadHalf, Back)>> {
     let id = IDS.fetch_add(1, Relaxed);
     let key = key(viewer.stream(), id, per_writer);
-    let (tx, mut rx) = oneshot::channel();
+    let (tx, back) = oneshot::channel();
     let slot = Slot {
         id,
         viewer,
@@ -329,32 +340,50 @@ pub(super) async fn serve<S: Future<Output = ()>>(
         meta,
         back: tx,
     };
-    if let Err(s) = join(slot, key, uring) {
-        STATS.handbacks[Why::Refused as usize].fetch_add(1, Relaxed);
-        let back = Back {
-            viewer: s.viewer,
-            wr: s.wr,
-            frames: Frames::default(),
-            end: None,
-            why: Why::Refused,
-        };
-        return Some((rd, back));
+    match join(slot, key, uring) {
+        Ok(()) => Ok(Handed { rd, back, key, id }),
+        Err(s) => {
+            STATS.handbacks[Why::Refused as usize].fetch_add(1, Relaxed);
+            let back = Back {
+                viewer: s.viewer,
+                wr: s.wr,
+                frames: Frames::default(),
+                end: None,
+                why: Why::Refused,
+            };
+            Err(Box::new((rd, back)))
+        }
     }
-    let mut asked = false;
-    let back = loop {
-        tokio::select! {
-            back = &mut rx => break back,
-            _ = client_spoke(&mut rd), if !asked => {
-                asked = true;
-                reclaim(key, id);
-            }
-            _ = shutdown.as_mut(), if !asked => {
-                asked = true;
-                reclaim(key, id);
+}
+
+impl Handed {
+    /// Waits until the writer gives the viewer back; asks for it back when
+    /// the client sends something or `shutdown` completes. `None`: the
+    /// connection failed in the writer (the viewer is gone with it).
+    pub(super) async fn wait<S: Future<Output = ()>>(
+        &mut self,
+        mut shutdown: Pin<&mut S>,
+    ) -> Option<Back> {
+        let mut asked = false;
+        loop {
+            tokio::select! {
+                back = &mut self.back => return back.ok(),
+                _ = client_spoke(&mut self.rd), if !asked => {
+                    asked = true;
+                    reclaim(self.key, self.id);
+                }
+                _ = shutdown.as_mut(), if !asked => {
+                    asked = true;
+                    reclaim(self.key, self.id);
+                }
             }
         }
-    };
-    back.ok().map(|b| (rd, b))
+    }
+
+    /// The read half again (once the viewer is back).
+    pub(super) fn into_read_half(self) -> OwnedReadHalf {
+        self.rd
+    }
 }
 
 /// Completes when the client sent something (or closed), without taking it.

@@ -101,7 +101,7 @@ async fn session<IO: Wire>(
     let admitted =
         Box::pin(super::admit(&app, &name, &q, start, wait, peer).instrument(span.clone())).await;
     match admitted {
-        Ok(viewer) => run(conn, viewer, app, q.meta.unwrap_or(1) != 0, span).await,
+        Ok(viewer) => spawn_run(conn, Box::new(viewer), app, q.meta.unwrap_or(1) != 0, span),
         Err(e) => {
             let reason = e.to_string();
             let bye = conn.close(e.ws_close_code(), &reason);
@@ -484,184 +484,251 @@ impl Wire for Counted<TcpStream> {
     }
 }
 
-async fn run<IO: Wire>(
+/// A session's state between its stretches of writing.
+struct State {
+    /// Frames not (or not wholly) written yet.
+    frames: Frames,
+    /// The session's end, once an `End` event was taken (here or by the
+    /// fan-out writer): the frames before it are written first.
+    end: Option<EndReason>,
+    /// Hand the viewer to a fan-out writer whenever it has caught up.
+    direct: bool,
+    /// The client sent something while a writer had the viewer: read it
+    /// before handing the viewer over again.
+    client_first: bool,
+    /// Send the JSON message before each fragment (not with `?meta=0`).
+    meta: bool,
+    /// Arrival times of the fragments in a batch, for the delivery-latency
+    /// histogram (reused: no allocation per batch once it has grown to the
+    /// largest batch; small at first, as most batches hold one fragment).
+    arrived: Vec<std::time::Instant>,
+}
+
+/// How a stretch of writing ([`active`]) ended.
+enum Step {
+    /// Caught up, with nothing to write: a fan-out writer can take over.
+    CaughtUp,
+    /// The session ends for this reason (the frames before it are written).
+    End(EndReason),
+    /// The connection is gone (or closed): nothing more to send.
+    Gone,
+}
+
+/// Serves an admitted viewer in a task of its own, so that what a viewer
+/// costs for the length of its session is this task's state alone (#15):
+/// the upgrade's task, with the request, the admission and the connection's
+/// first bytes in its state, ends once it has spawned this one. The parts
+/// of a session that run for a while only are boxed while they run: the
+/// hello, each stretch this task writes itself ([`active`]) and the closing
+/// frames. What stays is the block below; while a fan-out writer has the
+/// viewer (most of its life) that is the read side of the connection and
+/// [`direct::Handed`]. `-Zprint-type-sizes` measured the session's one
+/// unboxed future at 4,768 bytes before (a 6 KiB allocation per viewer).
+fn spawn_run<IO: Wire>(
     mut conn: Conn<IO>,
-    mut viewer: Viewer,
+    mut viewer: Box<Viewer>,
     app: AppState,
     meta: bool,
     span: tracing::Span,
 ) {
-    let _end = super::EndLog::in_span(span.clone());
-    let stream = viewer.stream().clone();
-    let hello = hello(
-        stream.name(),
-        stream.epoch(),
-        stream.is_live(),
-        viewer.resumed(),
-        viewer.cursor(),
-    );
-    let mut frames = Frames::default();
-    frames.push(0x1, hello.to_bytes());
-    // (Pongs for pings sent with the request go right after the hello.)
-    if !conn.answer_client(&mut frames).await || conn.send(&mut frames).await.is_err() {
-        return;
-    }
-    // Hand the viewer to a fan-out writer whenever it has caught up.
-    let mut direct = IO::DIRECT && app.config.egress.ws_direct_write;
-    // The client sent something while a writer had the viewer: read it
-    // before handing the viewer over again.
-    let mut client_first = false;
-    // Arrival times of the fragments in a batch, for the delivery-latency
-    // histogram (reused: no allocation per batch once it has grown to the
-    // largest batch; small at first, as most batches hold one fragment).
-    let mut arrived: Vec<std::time::Instant> = Vec::with_capacity(4);
-    // One wait for the relay's shutdown for the whole session: a fresh
-    // `cancelled()` per fragment registers in (and leaves) the token's one
-    // waiter list, a lock shared by every viewer, twice per fragment.
-    let shutdown = app.shutdown.cancelled();
-    tokio::pin!(shutdown);
-    // The session's end, once an `End` event was taken (here or by the
-    // fan-out writer): the frames before it are written first.
-    let mut end: Option<EndReason> = None;
-    let end = 'session: loop {
-        arrived.clear();
-        let mut ev = None;
-        if frames.is_empty() && end.is_none() {
-            ev = viewer.try_next();
-            if ev.is_none() && direct && !client_first && !app.shutdown.is_cancelled() {
-                // Caught up: the fan-out writer writes from here on, and
-                // gives the viewer back when it needs this task.
-                let Conn { io, client } = conn;
-                let (c, back) = match io.split() {
-                    Ok((rd, wr)) => {
-                        let Some((rd, back)) = direct::serve(
-                            rd,
-                            wr,
-                            viewer,
-                            meta,
-                            app.config.egress.ws_viewers_per_writer,
-                            app.config.egress.ws_uring,
-                            shutdown.as_mut(),
-                        )
-                        .await
-                        else {
-                            return;
-                        };
-                        let direct::Back {
-                            viewer,
-                            wr,
-                            frames,
-                            end,
-                            why,
-                        } = back;
-                        let Some(io) = IO::join(rd, wr) else {
-                            return;
-                        };
-                        (Conn { io, client }, (viewer, frames, end, why))
-                    }
-                    Err(io) => {
-                        conn = Conn { io, client };
-                        direct = false;
-                        continue;
-                    }
-                };
-                conn = c;
-                let why;
-                (viewer, frames, end, why) = back;
-                match why {
-                    // Read what the client sent before going back.
-                    direct::Why::Asked => client_first = true,
-                    direct::Why::Refused => direct = false,
-                    _ => {}
+    tokio::spawn(async move {
+        let end_log = super::EndLog::in_span(span);
+        let mut st = State {
+            frames: Frames::default(),
+            end: None,
+            direct: IO::DIRECT && app.config.egress.ws_direct_write,
+            client_first: false,
+            meta,
+            arrived: Vec::with_capacity(4),
+        };
+        let started = Box::pin(async {
+            let stream = viewer.stream();
+            let hello = hello(
+                stream.name(),
+                stream.epoch(),
+                stream.is_live(),
+                viewer.resumed(),
+                viewer.cursor(),
+            );
+            st.frames.push(0x1, hello.to_bytes());
+            // (Pongs for pings sent with the request go right after the hello.)
+            conn.answer_client(&mut st.frames).await && conn.send(&mut st.frames).await.is_ok()
+        })
+        .await;
+        if !started {
+            return;
+        }
+        // One wait for the relay's shutdown for the whole session: a fresh
+        // `cancelled()` per fragment registers in (and leaves) the token's one
+        // waiter list, a lock shared by every viewer, twice per fragment.
+        let shutdown = app.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
+        let end = loop {
+            let step = Box::pin(active(
+                &mut conn,
+                &mut viewer,
+                &mut st,
+                &app,
+                shutdown.as_mut(),
+            ))
+            .await;
+            match step {
+                Step::End(r) => break r,
+                Step::Gone => return,
+                Step::CaughtUp => {}
+            }
+            // Caught up: the fan-out writer writes from here on, and gives
+            // the viewer back when it needs this task.
+            let Conn { io, client } = conn;
+            let (rd, wr) = match io.split() {
+                Ok(halves) => halves,
+                Err(io) => {
+                    conn = Conn { io, client };
+                    st.direct = false;
+                    continue;
                 }
-                continue;
+            };
+            let per_writer = app.config.egress.ws_viewers_per_writer;
+            let uring = app.config.egress.ws_uring;
+            let (rd, back) = match direct::hand_over(rd, wr, viewer, st.meta, per_writer, uring) {
+                Ok(mut handed) => {
+                    let Some(back) = handed.wait(shutdown.as_mut()).await else {
+                        return;
+                    };
+                    (handed.into_read_half(), back)
+                }
+                Err(refused) => *refused,
+            };
+            let direct::Back {
+                viewer: v,
+                wr,
+                frames,
+                end,
+                why,
+            } = back;
+            let Some(io) = IO::join(rd, wr) else {
+                return;
+            };
+            conn = Conn { io, client };
+            viewer = v;
+            st.frames = frames;
+            st.end = end;
+            match why {
+                // Read what the client sent before going back.
+                direct::Why::Asked => st.client_first = true,
+                direct::Why::Refused => st.direct = false,
+                _ => {}
+            }
+        };
+        if end == EndReason::Lagging {
+            tracing::info!(parent: &end_log.span, skips = viewer.total_skips(), "viewer disconnected: lagging");
+        }
+        let (meta, _) = event_parts(&Event::End(end));
+        let code = match end {
+            EndReason::PublisherGone => 1000,
+            EndReason::Lagging => 4008,
+            EndReason::Shutdown => 1001,
+        };
+        let bye = async {
+            let mut f = Frames::default();
+            f.push(0x1, meta);
+            conn.send(&mut f).await?;
+            conn.close(code, end.message()).await
+        };
+        // At shutdown a viewer may be slow to read (the whole relay is
+        // draining): give it the shutdown deadline, not just a second.
+        let bye_time = match end {
+            EndReason::Shutdown => app.config.server.shutdown_timeout,
+            _ => Duration::from_secs(1),
+        };
+        // Boxed, like the other stretches that run once (see above).
+        let _ = Box::pin(tokio::time::timeout(bye_time, bye)).await;
+    });
+}
+
+/// Writes the viewer's events from this task until it has caught up (when
+/// a fan-out writer may take over), its session ends or its connection
+/// goes. Boxed by its caller while it runs: its state (a write in
+/// progress, the waits of `select!`) is not kept while a writer has the
+/// viewer.
+async fn active<IO: Wire, S: std::future::Future<Output = ()>>(
+    conn: &mut Conn<IO>,
+    viewer: &mut Viewer,
+    st: &mut State,
+    app: &AppState,
+    mut shutdown: std::pin::Pin<&mut S>,
+) -> Step {
+    loop {
+        st.arrived.clear();
+        let mut ev = None;
+        if st.frames.is_empty() && st.end.is_none() {
+            ev = viewer.try_next();
+            if ev.is_none() && st.direct && !st.client_first && !app.shutdown.is_cancelled() {
+                return Step::CaughtUp;
             }
         }
-        if ev.is_none() && frames.is_empty() && end.is_none() {
+        if ev.is_none() && st.frames.is_empty() && st.end.is_none() {
             ev = Some(tokio::select! {
                 ev = viewer.next() => ev,
                 n = conn.io.read(conn.client.space()) => {
-                    client_first = false;
+                    st.client_first = false;
                     match n {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => return Step::Gone,
                         Ok(n) => conn.client.filled(n),
                     }
-                    if !conn.answer_client(&mut frames).await {
-                        return;
+                    if !conn.answer_client(&mut st.frames).await {
+                        return Step::Gone;
                     }
                     continue;
                 },
-                _ = &mut shutdown => break EndReason::Shutdown,
+                _ = shutdown.as_mut() => return Step::End(EndReason::Shutdown),
             });
         }
         let mut n = 0;
         while let Some(e) = ev.take() {
             if let Event::End(r) = e {
-                end = Some(r);
+                st.end = Some(r);
                 break;
             }
             if let Event::Fragment(c) = &e {
-                arrived.push(c.arrived);
+                st.arrived.push(c.arrived);
             }
-            frames.push_event(&e, meta);
+            st.frames.push_event(&e, st.meta);
             n += 1;
             if n < BATCH {
                 ev = viewer.try_next();
             }
         }
-        if !frames.is_empty() {
-            let send = conn.send(&mut frames);
+        if !st.frames.is_empty() {
+            let send = conn.send(&mut st.frames);
             tokio::pin!(send);
             let ok = tokio::select! {
                 r = &mut send => r.is_ok(),
-                _ = &mut shutdown => {
+                _ = shutdown.as_mut() => {
                     // Never cut a frame mid-write: the `end` and the close
                     // must start on a frame boundary, or the viewer reads
                     // garbage (#12 item 25). Finish the batch within the
                     // shutdown deadline; if the viewer cannot take it by
                     // then, drop the connection without another byte.
                     let deadline = app.config.server.shutdown_timeout;
-                    match tokio::time::timeout(deadline, send).await {
-                        Ok(Ok(())) => break 'session EndReason::Shutdown,
-                        _ => return,
-                    }
+                    return match tokio::time::timeout(deadline, send).await {
+                        Ok(Ok(())) => Step::End(EndReason::Shutdown),
+                        _ => Step::Gone,
+                    };
                 }
             };
             if !ok {
-                return;
+                return Step::Gone;
             }
         }
         let now = std::time::Instant::now();
-        for &a in &arrived {
+        for &a in &st.arrived {
             viewer.wrote(a, now);
         }
-        if let Some(r) = end {
-            break r;
+        if let Some(r) = st.end {
+            return Step::End(r);
         }
-    };
-    if end == EndReason::Lagging {
-        tracing::info!(parent: &span, skips = viewer.total_skips(), "viewer disconnected: lagging");
     }
-    let (meta, _) = event_parts(&Event::End(end));
-    let code = match end {
-        EndReason::PublisherGone => 1000,
-        EndReason::Lagging => 4008,
-        EndReason::Shutdown => 1001,
-    };
-    let bye = async {
-        let mut f = Frames::default();
-        f.push(0x1, meta);
-        conn.send(&mut f).await?;
-        conn.close(code, end.message()).await
-    };
-    // At shutdown a viewer may be slow to read (the whole relay is
-    // draining): give it the shutdown deadline, not just a second.
-    let bye_time = match end {
-        EndReason::Shutdown => app.config.server.shutdown_timeout,
-        _ => Duration::from_secs(1),
-    };
-    // Boxed, like the other once-per-session states (see `session`).
-    let _ = Box::pin(tokio::time::timeout(bye_time, bye)).await;
 }
 
 #[cfg(test)]
