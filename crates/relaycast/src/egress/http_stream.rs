@@ -32,14 +32,7 @@ pub async fn serve(
     let stream = viewer.stream().clone();
     let mut queue = VecDeque::new();
     if meta {
-        let hello = hello(
-            stream.name(),
-            stream.epoch(),
-            stream.is_live(),
-            viewer.resumed(),
-            viewer.cursor(),
-        );
-        queue.push_back((meta_box(hello.to_json().as_bytes()), None));
+        queue.push_back((meta_box(hello(&viewer).to_json().as_bytes()), None));
     }
     let first_seq = viewer.cursor();
     // hyper polls the body outside the handler: the session span travels

@@ -149,14 +149,15 @@ pub fn resume_after(
     }
 }
 
-/// The `hello` that opens every viewer session.
-pub fn hello(stream: &str, epoch: u64, live: bool, resumed: bool, next_seq: u64) -> Control {
+/// The `hello` that opens `viewer`'s session.
+pub fn hello(viewer: &Viewer) -> Control {
+    let stream = viewer.stream();
     Control::Hello {
-        stream: stream.to_string(),
-        epoch,
-        live,
-        resumed,
-        next_seq,
+        stream: stream.name().to_string(),
+        epoch: stream.epoch(),
+        live: stream.is_live(),
+        resumed: viewer.resumed(),
+        next_seq: viewer.cursor(),
         server_time: crate::fanout::unix_ms(),
     }
 }

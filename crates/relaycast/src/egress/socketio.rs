@@ -285,15 +285,7 @@ async fn watch(socket: SocketRef, req: WatchReq, app: AppState, token: Cancellat
             return;
         }
     };
-    let stream = viewer.stream().clone();
-    let hello = super::hello(
-        stream.name(),
-        stream.epoch(),
-        stream.is_live(),
-        viewer.resumed(),
-        viewer.cursor(),
-    );
-    if socket.emit("hello", &hello).is_err() {
+    if socket.emit("hello", &super::hello(&viewer)).is_err() {
         return;
     }
     run(socket, viewer, app, token).await;

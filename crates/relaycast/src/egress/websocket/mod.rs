@@ -542,15 +542,7 @@ fn spawn_run<IO: Wire>(
             arrived: Vec::with_capacity(4),
         };
         let started = Box::pin(async {
-            let stream = viewer.stream();
-            let hello = hello(
-                stream.name(),
-                stream.epoch(),
-                stream.is_live(),
-                viewer.resumed(),
-                viewer.cursor(),
-            );
-            st.frames.push(0x1, hello.to_bytes());
+            st.frames.push(0x1, hello(&viewer).to_bytes());
             // (Pongs for pings sent with the request go right after the hello.)
             conn.answer_client(&mut st.frames).await && conn.send(&mut st.frames).await.is_ok()
         })
