@@ -47,7 +47,23 @@ pub async fn authorize(
 
 /// [`authorize`], then subscribe (waiting up to `wait` for the stream) and
 /// hold the viewer to the viewer limits (503 / close 1013 when full).
-pub async fn admit(
+///
+/// Boxed: admission is the largest state of a viewer session (4.5 KB with
+/// the key callback over HTTP, `-Zprint-type-sizes`) and lives only until
+/// the viewer is in; awaited inline it would stay part of every long-lived
+/// session's state (#15).
+pub fn admit<'a>(
+    app: &'a AppState,
+    name: &'a str,
+    q: &'a WatchQuery,
+    start: ViewerStart,
+    wait: std::time::Duration,
+    peer: Option<SocketAddr>,
+) -> futures_util::future::BoxFuture<'a, Result<Viewer, Error>> {
+    Box::pin(admit_now(app, name, q, start, wait, peer))
+}
+
+async fn admit_now(
     app: &AppState,
     name: &str,
     q: &WatchQuery,

@@ -79,11 +79,8 @@ pub async fn serve(
     };
     let peer = Some(conn.remote_address());
     let wait = app.wait_for(req.wait);
-    // Boxed: admission (4.5 KB, `-Zprint-type-sizes`) lives only until the
-    // viewer is in; inline it would be part of the session's state for as
-    // long as the viewer watches (#15).
     let viewer = tokio::select! {
-        v = Box::pin(super::admit(app, &req.name, &q, start, wait, peer)) => v?,
+        v = super::admit(app, &req.name, &q, start, wait, peer) => v?,
         _ = conn.closed() => return Ok(()),
     };
     let stream = viewer.stream().clone();

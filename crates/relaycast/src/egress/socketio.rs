@@ -258,19 +258,8 @@ async fn watch(socket: SocketRef, req: WatchReq, app: AppState, token: Cancellat
         sig: req.sig.clone(),
         ..Default::default()
     };
-    // Boxed: admission is the largest state of the session (4.5 KB,
-    // `-Zprint-type-sizes`) and lives only until the viewer is in; inline it
-    // would be part of this task for the whole session (#15).
-    let admitted = Box::pin(super::admit(
-        &app,
-        &req.name,
-        &q,
-        start,
-        app.wait_for(req.wait),
-        peer,
-    ))
-    .await;
-    let viewer = match admitted {
+    let viewer = match super::admit(&app, &req.name, &q, start, app.wait_for(req.wait), peer).await
+    {
         Ok(v) => v,
         Err(e) => {
             let _ = socket.emit(

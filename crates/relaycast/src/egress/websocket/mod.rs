@@ -94,12 +94,10 @@ async fn session<IO: Wire>(
         after: q.resume_after(&app.registry, &name),
         transport: Transport::WebSocket,
     };
-    // Boxed: admission (a stream that has not started, a key callback over
-    // HTTP) is the largest state of the session by far, and only lives
-    // until the viewer is in; inline it would be part of every viewer's
-    // task for the whole session (1.75 KB more per viewer, #15).
-    let admitted =
-        Box::pin(super::admit(&app, &name, &q, start, wait, peer).instrument(span.clone())).await;
+    // (`admit` is boxed: its state does not stay in the session's.)
+    let admitted = super::admit(&app, &name, &q, start, wait, peer)
+        .instrument(span.clone())
+        .await;
     match admitted {
         Ok(viewer) => spawn_run(conn, Box::new(viewer), app, q.meta.unwrap_or(1) != 0, span),
         Err(e) => {
