@@ -384,16 +384,12 @@ async fn gauge(addr: std::net::SocketAddr, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} on /metrics"))
 }
 
-/// What a WebSocket viewer costs the relay while a fan-out writer has it
-/// (most of its life), from jemalloc's figure on /metrics (#15): 300
-/// viewers of a stream that has caught them all up. The bound is well under
-/// what a viewer cost when its task held one unboxed future of the whole
-/// session (8.3–8.5 KiB of heap per viewer in this test's build, against
-/// 1.5–1.9 KiB since the session's long wait holds only its own state).
-#[tokio::test]
-async fn websocket_viewers_in_the_writers_cost_little_heap_each() {
+/// Heap per viewer of a stream that has caught all its viewers up and
+/// handed them to the fan-out writers, from jemalloc's figure on /metrics:
+/// 300 WebSocket viewers, or 300 HTTP streaming viewers (`GET
+/// /live/p.mp4` over plain HTTP/1.1, read by a socket that drops the bytes).
+async fn heap_per_viewer_in_the_writers(http: bool) -> u64 {
     const VIEWERS: u64 = 300;
-    const BOUND: u64 = 4 << 10;
     let mut child = binary(
         &["serve", "--listen", "127.0.0.1:0", "--no-demo"],
         &[("RELAYCAST_LIMITS__MAX_CONNECTIONS_PER_IP", "0")],
@@ -404,11 +400,21 @@ async fn websocket_viewers_in_the_writers_cost_little_heap_each() {
     let before = gauge(addr, "relaycast_heap_allocated_bytes").await;
     let mut readers = Vec::new();
     for _ in 0..VIEWERS {
-        let mut ws = ws_connect(&format!("ws://{addr}/live/p")).await;
-        readers.push(tokio::spawn(async move {
-            use futures_util::StreamExt;
-            while let Some(Ok(_)) = ws.next().await {}
-        }));
+        readers.push(if http {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            let req = format!("GET /live/p.mp4 HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+            c.write_all(req.as_bytes()).await.expect("request");
+            tokio::spawn(async move {
+                let mut sink = vec![0u8; 64 << 10];
+                while let Ok(1..) = c.read(&mut sink).await {}
+            })
+        } else {
+            let mut ws = ws_connect(&format!("ws://{addr}/live/p")).await;
+            tokio::spawn(async move {
+                use futures_util::StreamExt;
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+        });
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut in_writers = 0;
@@ -421,19 +427,46 @@ async fn websocket_viewers_in_the_writers_cost_little_heap_each() {
     }
     assert_eq!(
         in_writers, VIEWERS,
-        "every viewer caught up and in a writer"
+        "every viewer caught up and in a writer (http: {http})"
     );
     let after = gauge(addr, "relaycast_heap_allocated_bytes").await;
-    let each = after.saturating_sub(before) / VIEWERS;
-    assert!(
-        each < BOUND,
-        "{each} bytes of heap per WebSocket viewer (bound {BOUND})"
-    );
     for r in &readers {
         r.abort();
     }
     let _ = child.kill();
     let _ = child.wait();
+    let each = after.saturating_sub(before) / VIEWERS;
+    eprintln!("heap per viewer in the writers (http: {http}): {each} B");
+    each
+}
+
+/// What a WebSocket viewer costs the relay while a fan-out writer has it
+/// (most of its life) (#15). The bound is well under what a viewer cost
+/// when its task held one unboxed future of the whole session (8.3–8.5 KiB
+/// of heap per viewer in this test's build, against 1.5–1.9 KiB since the
+/// session's long wait holds only its own state).
+#[tokio::test]
+async fn websocket_viewers_in_the_writers_cost_little_heap_each() {
+    const BOUND: u64 = 4 << 10;
+    let each = heap_per_viewer_in_the_writers(false).await;
+    assert!(
+        each < BOUND,
+        "{each} bytes of heap per WebSocket viewer (bound {BOUND})"
+    );
+}
+
+/// The same for HTTP streaming viewers over plain HTTP/1.1, which the
+/// server takes before hyper and the writers serve like WebSocket viewers
+/// (#15). Served by hyper (one connection task and body per viewer,
+/// `egress.ws_direct_write = false`), none of them is ever in a writer.
+#[tokio::test]
+async fn http_streaming_viewers_in_the_writers_cost_little_heap_each() {
+    const BOUND: u64 = 4 << 10;
+    let each = heap_per_viewer_in_the_writers(true).await;
+    assert!(
+        each < BOUND,
+        "{each} bytes of heap per HTTP streaming viewer (bound {BOUND})"
+    );
 }
 
 /// Stalled long polls from the oldest `after` hold no copies: the relay's

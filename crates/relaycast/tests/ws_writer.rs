@@ -241,3 +241,79 @@ async fn with_direct_writes_off_every_viewer_stays_on_its_own_task() {
     assert_eq!(after.viewers, 0, "no viewer reached a writer");
     relay.shutdown().await;
 }
+
+/// The top-level boxes of an fMP4 byte stream: (type, bytes).
+fn boxes(mut b: &[u8]) -> Vec<([u8; 4], &[u8])> {
+    let mut out = Vec::new();
+    while b.len() >= 8 {
+        let size = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        assert!(size >= 8 && size <= b.len(), "a whole box of {size} bytes");
+        out.push(([b[4], b[5], b[6], b[7]], &b[..size]));
+        b = &b[size..];
+    }
+    assert!(b.is_empty(), "nothing after the last box");
+    out
+}
+
+/// HTTP streaming viewers over plain HTTP/1.1 (`GET /live/{name}.mp4`)
+/// are taken before hyper and served by the writers like WebSocket viewers
+/// (#15). hyper's client (strict about chunked framing) reads each body to
+/// its end: the stream byte for byte, without and with `?meta=1` (then
+/// with a `free` box of JSON before the init, each fragment and the end),
+/// and the last chunk once the stream is over. Most of it went out as the
+/// writers' shared frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_streaming_viewers_are_written_by_the_writers_and_get_every_byte() {
+    let _turn = TURN.lock().await;
+    let relay = relay(config()).await;
+    let base = relay.addr.to_string();
+    let (body, fragments) = demo_stream(3);
+    let before = writer_counts();
+    let mut readers = Vec::new();
+    for i in 0..20 {
+        let meta = i % 2 == 1;
+        let q = if meta { "&meta=1" } else { "" };
+        let url = format!("http://{base}/live/h.mp4?wait=10{q}");
+        readers.push(tokio::spawn(async move { (meta, get(&url).await) }));
+    }
+    // Every request is in (and waiting for the stream) before it starts.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while relay.state.limits.connections_from([127, 0, 0, 1].into()) < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "20 viewers connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publish(&base, "h", body.clone()).await;
+    for r in readers {
+        let (meta, (status, headers, got)) = r.await.expect("viewer");
+        assert_eq!(status, 200);
+        assert_eq!(headers["content-type"], "video/mp4");
+        assert_eq!(headers["transfer-encoding"], "chunked");
+        let mut media = Vec::new();
+        let mut notes = Vec::new();
+        for (kind, b) in boxes(&got) {
+            if &kind == b"free" && b[8..].starts_with(b"relaycast") {
+                let json: serde_json::Value = serde_json::from_slice(&b[17..]).expect("JSON");
+                notes.push(json["type"].as_str().unwrap_or_default().to_string());
+            } else {
+                media.extend_from_slice(b);
+            }
+        }
+        assert!(media == body, "byte for byte (meta: {meta})");
+        if meta {
+            assert_eq!(notes.first().map(String::as_str), Some("hello"));
+            assert_eq!(notes.last().map(String::as_str), Some("end"));
+            let n = notes.iter().filter(|t| *t == "fragment").count();
+            assert_eq!(n, fragments, "a free box per fragment");
+        } else {
+            assert!(notes.is_empty(), "no free boxes without meta=1");
+        }
+    }
+    let after = writer_counts();
+    let shared = after.shared - before.shared;
+    assert!(
+        shared >= fragments as u64,
+        "shared batches: {shared} for 20 viewers × {fragments} fragments ({before:?} → {after:?})"
+    );
+    relay.shutdown().await;
+}

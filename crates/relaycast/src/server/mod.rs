@@ -4,6 +4,7 @@
 //! shutdown with a deadline.
 
 pub mod quic;
+mod stream_h1;
 
 use crate::config::Config;
 use crate::egress::hls::Manifest;
@@ -127,7 +128,11 @@ async fn live(
     req: Request,
 ) -> Response {
     if let Some(base) = name.strip_suffix(".mp4") {
-        return egress::http_stream::serve(app, base.to_string(), q, peer).await;
+        let take_over = req
+            .extensions()
+            .get::<egress::http_stream::TakeOver>()
+            .cloned();
+        return egress::http_stream::serve(app, base.to_string(), q, peer, take_over).await;
     }
     let (mut parts, _) = req.into_parts();
     match egress::websocket::upgrade(&mut parts) {
@@ -630,19 +635,35 @@ async fn connection(
     };
     let Some(tls) = tls else {
         // h2c with prior knowledge: the client's first bytes are the HTTP/2
-        // preface. Waiting for them is under the header timeout too.
-        let h2 = tokio::select! {
-            h = tokio::time::timeout(timeout, h2_preface(&tcp)) => match h {
-                Ok(h2) => h2,
+        // preface; an HTTP streaming viewer's `GET /live/{name}.mp4` is
+        // served without hyper (`stream_h1`). Waiting for either is under
+        // the header timeout too.
+        let direct = state.config.egress.ws_direct_write;
+        let first = async {
+            if h2_preface(&tcp).await {
+                First::H2
+            } else if let Some(req) = stream_h1::peek(&tcp).await.filter(|_| direct) {
+                First::Stream(req)
+            } else {
+                First::Http1
+            }
+        };
+        let first = tokio::select! {
+            h = tokio::time::timeout(timeout, first) => match h {
+                Ok(f) => f,
                 Err(_) => {
                     limits.refused.count(crate::limits::Reason::HeaderTimeout);
-                    tracing::debug!(%peer, "closed: nothing sent within the header timeout");
+                    tracing::debug!(%peer, "closed: no request within the header timeout");
                     return;
                 }
             },
             _ = state.shutdown.cancelled() => return,
         };
-        return serve_io(tcp, h2, guard, peer, app, state).await;
+        return match first {
+            First::H2 => serve_io(tcp, true, guard, peer, app, state).await,
+            First::Http1 => serve_io(tcp, false, guard, peer, app, state).await,
+            First::Stream(req) => stream_h1::serve(tcp, req, guard, peer, app, state).await,
+        };
     };
     let handshake = tokio::select! {
         h = tokio::time::timeout(timeout, tls.acceptor().accept(tcp)) => h,
@@ -731,6 +752,16 @@ where
         conn.as_mut().await
     };
     let _ = tokio::time::timeout(REFUSE_DRAIN.1, work).await;
+}
+
+/// What a plain connection's first bytes are.
+enum First {
+    /// The HTTP/2 preface (h2c with prior knowledge).
+    H2,
+    /// An HTTP streaming viewer's request (see [`stream_h1`]).
+    Stream(stream_h1::Head),
+    /// Anything else: HTTP/1 for hyper.
+    Http1,
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).

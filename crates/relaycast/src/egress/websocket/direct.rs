@@ -25,7 +25,7 @@
 //! Why by hand: this is the product's fan-out itself; a crate would be a
 //! runtime (an io_uring executor, a reactor) rather than this loop.
 
-use super::{BATCH, Frames};
+use super::{BATCH, Frames, Framing};
 use crate::fanout::{EndReason, Event, OutTally, Run, Stream, Viewer};
 use crate::limits::Counted;
 use dashmap::DashMap;
@@ -212,7 +212,7 @@ struct Slot {
     id: u64,
     viewer: Box<Viewer>,
     wr: WriteHalf,
-    meta: bool,
+    framing: Framing,
     back: oneshot::Sender<Back>,
 }
 
@@ -263,9 +263,10 @@ fn writers() -> usize {
 /// fragment, which cost more than it saved below 10,000 viewers (measured,
 /// benches/results/NOTES.md).
 fn key(stream: &Stream, id: u64, per_writer: usize) -> Key {
-    let viewers = stream
-        .stats()
-        .viewers_of(crate::fanout::Transport::WebSocket) as usize;
+    use crate::fanout::Transport;
+    let stats = stream.stats();
+    let viewers =
+        (stats.viewers_of(Transport::WebSocket) + stats.viewers_of(Transport::HttpStream)) as usize;
     let shards = viewers.div_ceil(per_writer.max(1)).clamp(1, writers());
     (stream.key(), (id % shards as u64) as usize)
 }
@@ -326,7 +327,7 @@ pub(super) fn hand_over(
     rd: OwnedReadHalf,
     wr: WriteHalf,
     viewer: Box<Viewer>,
-    meta: bool,
+    framing: Framing,
     per_writer: usize,
     uring: bool,
 ) -> Result<Handed, Box<(OwnedReadHalf, Back)>> {
@@ -337,7 +338,7 @@ pub(super) fn hand_over(
         id,
         viewer,
         wr,
-        meta,
+        framing,
         back: tx,
     };
     match join(slot, key, uring) {
@@ -444,7 +445,7 @@ fn pass(slot: &mut Slot, scratch: &mut Scratch) -> Next {
                 if let Event::Fragment(c) = &e {
                     arrived.push(c.arrived);
                 }
-                frames.push_event(&e, slot.meta);
+                frames.push_event(&e, slot.framing);
                 n += 1;
             }
         }
@@ -472,22 +473,23 @@ fn pass(slot: &mut Slot, scratch: &mut Scratch) -> Next {
 }
 
 /// The events of one [`Run`] as frames, built once per pass for every
-/// viewer at the run's start: with the JSON message per fragment
-/// (`[true]`) and without (`[false]`, `?meta=0`), each when first needed.
+/// viewer at the run's start, once per [`Framing`] (WebSocket with and
+/// without the JSON message per fragment, HTTP streaming with and without
+/// `free` boxes), each when first needed.
 #[derive(Default)]
 struct Shared {
-    frames: [Frames; 2],
-    built: [bool; 2],
+    frames: [Frames; Framing::ALL.len()],
+    built: [bool; Framing::ALL.len()],
 }
 
 impl Shared {
-    fn frames(&mut self, run: &Run, meta: bool) -> &Frames {
-        let i = usize::from(meta);
+    fn frames(&mut self, run: &Run, framing: Framing) -> &Frames {
+        let i = framing as usize;
         if !self.built[i] {
             let f = &mut self.frames[i];
             f.clear();
             for c in &run.chunks {
-                f.push_event(&Event::Fragment(c.clone()), meta);
+                f.push_event(&Event::Fragment(c.clone()), framing);
             }
             self.built[i] = true;
         }
@@ -495,7 +497,7 @@ impl Shared {
     }
 
     fn reset(&mut self) {
-        self.built = [false; 2];
+        self.built = [false; Framing::ALL.len()];
     }
 }
 
@@ -620,7 +622,7 @@ impl Ring {
 struct Batch {
     /// Per slot index: it took the run (and was sent it in the batch).
     taken: Vec<bool>,
-    /// Slot indices of one send (viewers with the same `meta`).
+    /// Slot indices of one send (viewers with the same framing).
     idx: Vec<usize>,
     /// (slot index, bytes written or error) as the sends complete.
     sent: Vec<(usize, std::io::Result<usize>)>,
@@ -637,7 +639,7 @@ impl Batch {
     }
 
     /// Every viewer in `range` that took `run` is sent its frames in one
-    /// io_uring submission per `meta` kind; each one's outcome is then the
+    /// io_uring submission per framing; each one's outcome is then the
     /// same as [`write_run`]'s (what a socket did not take, the viewer
     /// writes itself or takes back to its task).
     fn send(
@@ -650,17 +652,17 @@ impl Batch {
         newest: &mut Option<u64>,
     ) {
         use std::os::fd::AsFd;
-        for meta in [true, false] {
+        for framing in Framing::ALL {
             self.idx.clear();
             self.idx.extend(
                 range
                     .clone()
-                    .filter(|&i| self.taken[i] && slots[i].meta == meta),
+                    .filter(|&i| self.taken[i] && slots[i].framing == framing),
             );
             if self.idx.is_empty() {
                 continue;
             }
-            let frames = shared.frames(run, meta);
+            let frames = shared.frames(run, framing);
             let mut io = [std::io::IoSlice::new(&[]); super::IOV];
             let k = frames.gather(&mut io);
             let socks: Vec<_> = self
@@ -798,7 +800,7 @@ async fn writer(stream: Stream, key: Key, uring: bool, mut inbox: mpsc::Unbounde
                     }
                     let slot = &mut slots[i];
                     let next = if slot.viewer.take_run(&run, &mut scratch.out) {
-                        let frames = shared.frames(&run, slot.meta);
+                        let frames = shared.frames(&run, slot.framing);
                         write_run(slot, frames, &run, &mut scratch)
                     } else {
                         pass(slot, &mut scratch)
@@ -870,10 +872,10 @@ mod tests {
             transport: Transport::WebSocket,
         };
         let mut viewers: Vec<Viewer> = (0..25).map(|_| stream.subscribe(start)).collect();
-        // Other transports do not count.
+        // Other transports than WebSocket and HTTP streaming do not count.
         let _poll = stream.subscribe(ViewerStart {
             after: None,
-            transport: Transport::HttpStream,
+            transport: Transport::LongPoll,
         });
         assert_eq!(writers_used(&stream, 10_000), BTreeSet::from([0]));
         assert_eq!(writers_used(&stream, 10), BTreeSet::from([0, 1, 2]));

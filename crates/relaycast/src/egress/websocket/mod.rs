@@ -99,13 +99,34 @@ async fn session<IO: Wire>(
         .instrument(span.clone())
         .await;
     match admitted {
-        Ok(viewer) => spawn_run(conn, Box::new(viewer), app, q.meta.unwrap_or(1) != 0, span),
+        Ok(viewer) => {
+            let framing = Framing::ws(q.meta.unwrap_or(1) != 0);
+            spawn_run(conn, Box::new(viewer), app, framing, None, span)
+        }
         Err(e) => {
             let reason = e.to_string();
             let bye = conn.close(e.ws_close_code(), &reason);
             let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
         }
     }
+}
+
+/// Serves an admitted HTTP streaming viewer (`GET /live/{name}.mp4`) on a
+/// plain HTTP/1.1 connection the server took before hyper saw it
+/// (`server::stream_h1`): `head` is the response head, then the body is
+/// chunked and written like a WebSocket viewer's messages, by the viewer's
+/// task until it has caught up and by a fan-out writer after that.
+pub(crate) fn spawn_http_stream(
+    tcp: Counted<TcpStream>,
+    viewer: Box<Viewer>,
+    app: AppState,
+    meta: bool,
+    head: Bytes,
+    span: tracing::Span,
+) {
+    let mut conn = Conn::new(tcp, MIN_READ_BUFFER);
+    conn.client.discard = true;
+    spawn_run(conn, viewer, app, Framing::chunked(meta), Some(head), span);
 }
 
 /// What the client's frames asked for.
@@ -134,6 +155,10 @@ struct ClientFrames {
     start: usize,
     end: usize,
     reader: ws::Reader,
+    /// Not a WebSocket (an HTTP streaming viewer): what the client sends is
+    /// read and dropped (it has nothing to say, and a request pipelined
+    /// behind a never-ending response is never answered).
+    discard: bool,
 }
 
 impl ClientFrames {
@@ -145,6 +170,7 @@ impl ClientFrames {
             start: 0,
             end: 0,
             reader: ws::Reader::new(MAX_CLIENT_MESSAGE),
+            discard: false,
         }
     }
 
@@ -190,6 +216,10 @@ impl ClientFrames {
 
     /// Takes one action out of the buffered bytes.
     fn next(&mut self) -> FromClient {
+        if self.discard {
+            self.start = self.end;
+            return FromClient::Nothing;
+        }
         loop {
             let s = self.reader.next(&mut self.buf[self.start..self.end]);
             let at = self.start;
@@ -226,6 +256,64 @@ struct Frames {
 /// Slices per `writev` (a batch of one fragment needs 4).
 const IOV: usize = 16;
 
+/// How a viewer's events are framed on its connection: the writers build a
+/// pass's frames once per framing in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Framing {
+    /// WebSocket, without the JSON message per fragment (`?meta=0`).
+    Ws = 0,
+    /// WebSocket, a JSON text message before each binary one (the default).
+    WsMeta = 1,
+    /// An HTTP/1.1 chunked `video/mp4` body (HTTP streaming): the payloads.
+    Chunked = 2,
+    /// The same with every control message in a `free` box (`?meta=1`).
+    ChunkedMeta = 3,
+}
+
+impl Framing {
+    const ALL: [Framing; 4] = [
+        Framing::Ws,
+        Framing::WsMeta,
+        Framing::Chunked,
+        Framing::ChunkedMeta,
+    ];
+
+    /// A WebSocket (`meta`: the JSON message per fragment too).
+    pub(crate) fn ws(meta: bool) -> Framing {
+        if meta { Framing::WsMeta } else { Framing::Ws }
+    }
+
+    /// An HTTP streaming body (`meta`: control messages in `free` boxes).
+    pub(crate) fn chunked(meta: bool) -> Framing {
+        if meta {
+            Framing::ChunkedMeta
+        } else {
+            Framing::Chunked
+        }
+    }
+
+    fn is_ws(self) -> bool {
+        matches!(self, Framing::Ws | Framing::WsMeta)
+    }
+
+    fn meta(self) -> bool {
+        matches!(self, Framing::WsMeta | Framing::ChunkedMeta)
+    }
+}
+
+/// The size, type and tag of the `free` box a control message travels in
+/// on an HTTP streaming body ([`super::meta_box`] with the JSON left out,
+/// so that the shared JSON is written next to it, not copied).
+fn meta_box_header(json_len: usize) -> [u8; 17] {
+    let mut h = [0u8; 17];
+    let size = u32::try_from(17 + json_len).unwrap_or(u32::MAX);
+    h[..4].copy_from_slice(&size.to_be_bytes());
+    h[4..8].copy_from_slice(b"free");
+    h[8..].copy_from_slice(b"relaycast");
+    h
+}
+
 impl Frames {
     fn push(&mut self, opcode: u8, payload: Bytes) {
         let a = self.headers.len();
@@ -233,15 +321,50 @@ impl Frames {
         self.parts.push((a, self.headers.len(), payload));
     }
 
-    /// Adds what a viewer is sent for `e`: the JSON message (a fragment's
-    /// only when `meta`, see `?meta=0`) and the binary payload, if any.
-    fn push_event(&mut self, e: &Event, meta: bool) {
+    /// Bytes written as they are (an HTTP response head, the last chunk).
+    fn push_raw(&mut self, raw: &[u8]) {
+        let a = self.headers.len();
+        self.headers.extend_from_slice(raw);
+        self.parts.push((a, self.headers.len(), Bytes::new()));
+    }
+
+    /// One HTTP/1.1 chunk (RFC 9112 §7.1) of `prefix` then `payload`; an
+    /// empty one is left out (a chunk of size 0 ends the body).
+    fn push_chunk(&mut self, prefix: &[u8], payload: Bytes) {
+        let len = prefix.len() + payload.len();
+        if len == 0 {
+            return;
+        }
+        let a = self.headers.len();
+        {
+            use std::fmt::Write;
+            let _ = write!(self.headers, "{len:x}\r\n");
+        }
+        self.headers.extend_from_slice(prefix);
+        self.parts.push((a, self.headers.len(), payload));
+        self.push_raw(b"\r\n");
+    }
+
+    /// Adds what a viewer is sent for `e`. A WebSocket: the JSON message (a
+    /// fragment's only when `meta`, see `?meta=0`) and the binary payload,
+    /// if any. An HTTP streaming body: the JSON in a `free` box when
+    /// `meta`, and the payload, if any.
+    fn push_event(&mut self, e: &Event, framing: Framing) {
         let (json, payload) = event_parts(e);
-        if meta || !matches!(e, Event::Fragment(_)) {
-            self.push(0x1, json);
+        if framing.is_ws() {
+            if framing.meta() || !matches!(e, Event::Fragment(_)) {
+                self.push(0x1, json);
+            }
+            if let Some(p) = payload {
+                self.push(0x2, p);
+            }
+            return;
+        }
+        if framing.meta() && !json.is_empty() {
+            self.push_chunk(&meta_box_header(json.len()), json);
         }
         if let Some(p) = payload {
-            self.push(0x2, p);
+            self.push_chunk(&[], p);
         }
     }
 
@@ -494,8 +617,9 @@ struct State {
     /// The client sent something while a writer had the viewer: read it
     /// before handing the viewer over again.
     client_first: bool,
-    /// Send the JSON message before each fragment (not with `?meta=0`).
-    meta: bool,
+    /// How events are framed (WebSocket or HTTP streaming, with or
+    /// without the control message per fragment).
+    framing: Framing,
     /// Arrival times of the fragments in a batch, for the delivery-latency
     /// histogram (reused: no allocation per batch once it has grown to the
     /// largest batch; small at first, as most batches hold one fragment).
@@ -522,11 +646,15 @@ enum Step {
 /// viewer (most of its life) that is the read side of the connection and
 /// [`direct::Handed`]. `-Zprint-type-sizes` measured the session's one
 /// unboxed future at 4,768 bytes before (a 6 KiB allocation per viewer).
+///
+/// An HTTP streaming viewer ([`spawn_http_stream`]) is served the same way:
+/// only the framing differs (`head`: its response head, written first).
 fn spawn_run<IO: Wire>(
     mut conn: Conn<IO>,
     mut viewer: Box<Viewer>,
     app: AppState,
-    meta: bool,
+    framing: Framing,
+    head: Option<Bytes>,
     span: tracing::Span,
 ) {
     tokio::spawn(async move {
@@ -536,11 +664,19 @@ fn spawn_run<IO: Wire>(
             end: None,
             direct: IO::DIRECT && app.config.egress.ws_direct_write,
             client_first: false,
-            meta,
+            framing,
             arrived: Vec::with_capacity(4),
         };
         let started = Box::pin(async {
-            st.frames.push(0x1, hello(&viewer).to_bytes());
+            if let Some(head) = head {
+                st.frames.push_raw(&head);
+            }
+            if framing.is_ws() {
+                st.frames.push(0x1, hello(&viewer).to_bytes());
+            } else if framing.meta() {
+                let json = hello(&viewer).to_bytes();
+                st.frames.push_chunk(&meta_box_header(json.len()), json);
+            }
             // (Pongs for pings sent with the request go right after the hello.)
             conn.answer_client(&mut st.frames).await && conn.send(&mut st.frames).await.is_ok()
         })
@@ -580,7 +716,8 @@ fn spawn_run<IO: Wire>(
             };
             let per_writer = app.config.egress.ws_viewers_per_writer;
             let uring = app.config.egress.ws_uring;
-            let (rd, back) = match direct::hand_over(rd, wr, viewer, st.meta, per_writer, uring) {
+            let (rd, back) = match direct::hand_over(rd, wr, viewer, st.framing, per_writer, uring)
+            {
                 Ok(mut handed) => {
                     let Some(back) = handed.wait(shutdown.as_mut()).await else {
                         return;
@@ -621,9 +758,19 @@ fn spawn_run<IO: Wire>(
         };
         let bye = async {
             let mut f = Frames::default();
-            f.push(0x1, meta);
+            if framing.is_ws() {
+                f.push(0x1, meta);
+                conn.send(&mut f).await?;
+                return conn.close(code, end.message()).await;
+            }
+            // HTTP streaming: the end in a `free` box (with `?meta=1`), the
+            // last chunk, and the connection closes (its head said so).
+            if framing.meta() {
+                f.push_chunk(&meta_box_header(meta.len()), meta);
+            }
+            f.push_raw(b"0\r\n\r\n");
             conn.send(&mut f).await?;
-            conn.close(code, end.message()).await
+            conn.io.shutdown().await
         };
         // At shutdown a viewer may be slow to read (the whole relay is
         // draining): give it the shutdown deadline, not just a second.
@@ -683,7 +830,7 @@ async fn active<IO: Wire, S: std::future::Future<Output = ()>>(
             if let Event::Fragment(c) = &e {
                 st.arrived.push(c.arrived);
             }
-            st.frames.push_event(&e, st.meta);
+            st.frames.push_event(&e, st.framing);
             n += 1;
             if n < BATCH {
                 ev = viewer.try_next();
