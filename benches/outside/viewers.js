@@ -8,9 +8,11 @@
 // times from SENT, and prints one JSON report: fragments per viewer,
 // closes, and a latency histogram (10 µs bins).
 // With STREAMS > 1, URL holds "{s}": viewer i watches stream live{i % STREAMS}.
+// An http:// URL: HTTP streaming viewers instead (Node's `http`, see connectHttp).
 // Usage: node viewers.js URL N SENT [STREAMS]
 'use strict';
 const fs = require('fs');
+const http = require('http');
 const WebSocket = require('ws');
 const { seqOf } = require('./fmp4');
 
@@ -22,7 +24,45 @@ const CONCURRENCY = 200;
 const got = [];   // per viewer: [seq, recv ns, seq, recv ns, ...]
 let open = 0, closed = 0, errors = 0, bytes = 0, texts = 0, started = 0;
 
+// HTTP streaming (URL http://…): one GET per viewer with Node's own `http`,
+// the body cut into top-level boxes as it comes (a newline between boxes,
+// nchan's http-raw-stream separator, is skipped); a fragment (moof + mdat)
+// is timed when its mdat is whole, matched by the moof's mfhd seq.
+function connectHttp(i) {
+  got[i] = [];
+  let wasOpen = false;
+  let buf = Buffer.alloc(0);
+  let seq = -1;
+  const req = http.get(urlOf(i), { agent: false }, (res) => {
+    if (res.statusCode !== 200) { errors++; res.resume(); next(); return; }
+    wasOpen = true; open++; next();
+    res.on('data', (chunk) => {
+      const t = Number(process.hrtime.bigint());
+      bytes += chunk.length;
+      buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+      let at = 0;
+      for (;;) {
+        while (at < buf.length && (buf[at] === 0x0a || buf[at] === 0x0d)) at++;
+        if (at + 8 > buf.length) break;
+        const size = buf.readUInt32BE(at);
+        if (size < 8) { errors++; req.destroy(); return; }
+        if (at + size > buf.length) break;
+        const type = buf.toString('latin1', at + 4, at + 8);
+        if (type === 'moof') seq = seqOf(buf.subarray(at, at + size));
+        else if (type === 'mdat' && seq >= 0) { got[i].push(seq, t); seq = -1; }
+        else if (type === 'free') texts++;
+        at += size;
+      }
+      buf = buf.subarray(at);
+    });
+    res.on('end', () => { closed++; });
+    res.on('error', () => { errors++; });
+  });
+  req.on('error', () => { errors++; if (!wasOpen) next(); });
+}
+
 function connect(i) {
+  if (urlOf(i).startsWith('http')) return connectHttp(i);
   const ws = new WebSocket(urlOf(i), { perMessageDeflate: false });
   got[i] = [];
   let wasOpen = false;

@@ -314,10 +314,14 @@ pub struct EgressConfig {
     /// directly by fan-out writers (see `ws_viewers_per_writer`) instead
     /// of waking one task per viewer per fragment; a viewer whose
     /// socket is full, that sends something or whose session ends goes back
-    /// to its own task. `false` keeps one task per viewer throughout.
+    /// to its own task. HTTP streaming viewers over plain HTTP/1.1 too: the
+    /// server takes their request before hyper (`server::stream_h1`).
+    /// `false` keeps one task per viewer throughout, and HTTP streaming
+    /// with hyper.
     pub ws_direct_write: bool,
-    /// A stream gets one fan-out writer per this many WebSocket viewers
-    /// (counted as each comes), up to one per worker thread. One writer
+    /// A stream gets one fan-out writer per this many WebSocket and HTTP
+    /// streaming viewers (counted as each comes), up to one per worker
+    /// thread. One writer
     /// goes through a stream's viewers once per fragment on one core; more
     /// share the stream across cores, which pays only for big audiences.
     pub ws_viewers_per_writer: usize,

@@ -7,7 +7,9 @@
 //! mid-stream is answered between whole messages with nothing lost, the
 //! shared frames go in io_uring batches by default and one `sendmsg` each
 //! with `egress.ws_uring = false`, and `egress.ws_direct_write = false`
-//! keeps every viewer on its own task.
+//! keeps every viewer on its own task. HTTP streaming viewers over plain
+//! HTTP/1.1 are served by the writers too (chunked), and by hyper with
+//! `egress.ws_direct_write = false`.
 //!
 //! The counters are process-wide, so the tests of this file take turns.
 
@@ -234,8 +236,31 @@ async fn with_direct_writes_off_every_viewer_stays_on_its_own_task() {
     let before = writer_counts();
     let mut a = ws_connect(&format!("ws://{base}/live/demo?wait=10")).await;
     let mut b = ws_connect(&format!("ws://{base}/live/demo?wait=10")).await;
-    let (ra, rb) = tokio::join!(ws_read(&mut a, 15, LIMIT), ws_read(&mut b, 15, LIMIT));
+    // And an HTTP streaming viewer, which hyper serves then (its head does
+    // not say `connection: close`, which the server's own path always does).
+    let http = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(&base)
+            .await
+            .expect("connect");
+        let req = format!("GET /live/demo.mp4 HTTP/1.1\r\nhost: {base}\r\n\r\n");
+        c.write_all(req.as_bytes()).await.expect("request");
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 16 << 10];
+        while got.len() < 200_000 {
+            match tokio::time::timeout(LIMIT, c.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        got
+    };
+    let (ra, rb, rh) = tokio::join!(ws_read(&mut a, 15, LIMIT), ws_read(&mut b, 15, LIMIT), http);
     assert!(ra.seqs.len() >= 15 && rb.seqs.len() >= 15);
+    assert!(rh.len() >= 200_000, "{} bytes of /live/demo.mp4", rh.len());
+    let head = String::from_utf8_lossy(&rh[..rh.len().min(1024)]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "hyper's head: {head}");
     let after = writer_counts();
     assert_eq!(after.writes, before.writes, "no writer wrote");
     assert_eq!(after.viewers, 0, "no viewer reached a writer");

@@ -1,5 +1,6 @@
-//! The fan-out writer: WebSocket viewers that have caught up are written to
-//! from the fan-out point, not from one task per viewer.
+//! The fan-out writer: WebSocket viewers (and HTTP streaming viewers over
+//! plain HTTP/1.1, chunked) that have caught up are written to from the
+//! fan-out point, not from one task per viewer.
 //!
 //! Each stream gets a writer task per `egress.ws_viewers_per_writer`
 //! viewers, up to one per runtime worker (made when the first viewer comes
@@ -145,14 +146,14 @@ impl crate::metrics::Collector for WriterMetrics {
             &mut e,
             "relaycast_ws_writers",
             Kind::Gauge,
-            "Fan-out writer tasks (one per egress.ws_viewers_per_writer WebSocket viewers of a stream, up to one per worker).",
+            "Fan-out writer tasks (one per egress.ws_viewers_per_writer WebSocket and HTTP streaming viewers of a stream, up to one per worker).",
             c.writers,
         )?;
         single(
             &mut e,
             "relaycast_ws_writer_viewers",
             Kind::Gauge,
-            "WebSocket viewers a fan-out writer writes to now (the others are served by their own task).",
+            "WebSocket and HTTP streaming viewers a fan-out writer writes to now (the others are served by their own task).",
             c.viewers,
         )?;
         single(
