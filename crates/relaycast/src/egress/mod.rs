@@ -210,13 +210,24 @@ pub fn event_parts(ev: &Event) -> (Bytes, Option<Bytes>) {
 /// A top-level `free` box carrying `relaycast` + a JSON control message:
 /// in-band metadata that MP4 readers skip.
 pub fn meta_box(json: &[u8]) -> Bytes {
-    let size = 8 + 9 + json.len();
-    let mut v = Vec::with_capacity(size);
-    v.extend_from_slice(&(size as u32).to_be_bytes());
-    v.extend_from_slice(b"free");
-    v.extend_from_slice(b"relaycast");
+    let mut v = Vec::with_capacity(META_BOX_HEADER + json.len());
+    v.extend_from_slice(&meta_box_header(json.len()));
     v.extend_from_slice(json);
     Bytes::from(v)
+}
+
+/// Bytes of a [`meta_box`] before its JSON.
+pub const META_BOX_HEADER: usize = 8 + 9;
+
+/// The start of a [`meta_box`] for `json_len` bytes of JSON: its size, type
+/// and tag (written next to shared JSON, the JSON is not copied).
+pub fn meta_box_header(json_len: usize) -> [u8; META_BOX_HEADER] {
+    let mut h = [0u8; META_BOX_HEADER];
+    let size = u32::try_from(META_BOX_HEADER + json_len).unwrap_or(u32::MAX);
+    h[..4].copy_from_slice(&size.to_be_bytes());
+    h[4..8].copy_from_slice(b"free");
+    h[8..].copy_from_slice(b"relaycast");
+    h
 }
 
 /// The init and fragment payload of an event, if it has one.

@@ -17,10 +17,11 @@
 //!
 //! Why by hand: hyper gives a connection back only after a 101 or a
 //! CONNECT; the body of a 200 is written by hyper's connection task, one
-//! task woken per viewer per fragment (33 % of the relay's CPU in user
-//! space at 4,000 HTTP streaming viewers, against 8 % for WebSocket viewers
-//! in the writers; benches/results/NOTES.md). What is by hand here is only
-//! the request line and headers out of `httparse` and the response head.
+//! task woken per viewer per fragment (a third of the relay's CPU was in
+//! user space at 4,000 HTTP streaming viewers that way, and the relay used
+//! 1.3 × nchan's CPU; benches/results/NOTES.md, "HTTP streaming viewers in
+//! the writers"). What is by hand here is only the request head out of
+//! `httparse` and the response head.
 
 use crate::app::AppState;
 use crate::egress::http_stream::TakeOver;

@@ -23,7 +23,7 @@ mod direct;
 
 pub use direct::{WriterCounts, WriterMetrics, writer_counts};
 
-use super::{Transport, WatchQuery, event_parts, hello};
+use super::{Transport, WatchQuery, event_parts, hello, meta_box_header};
 use crate::app::AppState;
 use crate::fanout::{EndReason, Event, Viewer, ViewerStart};
 use crate::limits::Counted;
@@ -302,18 +302,6 @@ impl Framing {
     }
 }
 
-/// The size, type and tag of the `free` box a control message travels in
-/// on an HTTP streaming body ([`super::meta_box`] with the JSON left out,
-/// so that the shared JSON is written next to it, not copied).
-fn meta_box_header(json_len: usize) -> [u8; 17] {
-    let mut h = [0u8; 17];
-    let size = u32::try_from(17 + json_len).unwrap_or(u32::MAX);
-    h[..4].copy_from_slice(&size.to_be_bytes());
-    h[4..8].copy_from_slice(b"free");
-    h[8..].copy_from_slice(b"relaycast");
-    h
-}
-
 impl Frames {
     fn push(&mut self, opcode: u8, payload: Bytes) {
         let a = self.headers.len();
@@ -321,11 +309,11 @@ impl Frames {
         self.parts.push((a, self.headers.len(), payload));
     }
 
-    /// Bytes written as they are (an HTTP response head, the last chunk).
-    fn push_raw(&mut self, raw: &[u8]) {
+    /// Bytes written as they are (an HTTP response head, the end of a
+    /// chunk, the last chunk), shared, not copied.
+    fn push_raw(&mut self, raw: Bytes) {
         let a = self.headers.len();
-        self.headers.extend_from_slice(raw);
-        self.parts.push((a, self.headers.len(), Bytes::new()));
+        self.parts.push((a, a, raw));
     }
 
     /// One HTTP/1.1 chunk (RFC 9112 §7.1) of `prefix` then `payload`; an
@@ -342,7 +330,7 @@ impl Frames {
         }
         self.headers.extend_from_slice(prefix);
         self.parts.push((a, self.headers.len(), payload));
-        self.push_raw(b"\r\n");
+        self.push_raw(Bytes::from_static(b"\r\n"));
     }
 
     /// Adds what a viewer is sent for `e`. A WebSocket: the JSON message (a
@@ -669,7 +657,7 @@ fn spawn_run<IO: Wire>(
         };
         let started = Box::pin(async {
             if let Some(head) = head {
-                st.frames.push_raw(&head);
+                st.frames.push_raw(head);
             }
             if framing.is_ws() {
                 st.frames.push(0x1, hello(&viewer).to_bytes());
@@ -768,7 +756,7 @@ fn spawn_run<IO: Wire>(
             if framing.meta() {
                 f.push_chunk(&meta_box_header(meta.len()), meta);
             }
-            f.push_raw(b"0\r\n\r\n");
+            f.push_raw(Bytes::from_static(b"0\r\n\r\n"));
             conn.send(&mut f).await?;
             conn.io.shutdown().await
         };
