@@ -691,11 +691,10 @@ const REFUSE_DRAIN: (usize, Duration) = (16 << 10, Duration::from_millis(500));
 /// Answer a refused HTTP/1 connection (plain or TLS) with the error (429 + JSON +
 /// `Retry-After` + `Connection: close`) without reading its request, then
 /// close it gracefully.
-async fn refuse_raw<IO>(mut tcp: IO, e: &Error)
+async fn refuse_raw<IO>(tcp: IO, e: &Error)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = serde_json::json!({ "error": e.to_string() }).to_string();
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
     let head = format!(
@@ -704,9 +703,21 @@ where
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
+    answer_and_close(tcp, head.as_bytes(), body.as_bytes()).await;
+}
+
+/// Writes a whole HTTP/1 answer (a refusal, an error), closes the writing
+/// side, and reads (and drops) what the client still sends for a moment,
+/// so that closing does not reset the answer away; all of it bounded by
+/// [`REFUSE_DRAIN`], so it holds nothing.
+async fn answer_and_close<IO>(mut tcp: IO, head: &[u8], body: &[u8])
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let bye = async {
-        tcp.write_all(head.as_bytes()).await?;
-        tcp.write_all(body.as_bytes()).await?;
+        tcp.write_all(head).await?;
+        tcp.write_all(body).await?;
         tcp.shutdown().await?;
         let mut sink = [0u8; 4096];
         let mut left = REFUSE_DRAIN.0;

@@ -31,7 +31,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// Largest request head taken here (a bigger one is hyper's to refuse).
@@ -156,7 +156,7 @@ pub(super) async fn serve(
     }
     drop(head);
     let limits = state.limits.clone();
-    let mut io = Counted::new(tcp, guard)
+    let io = Counted::new(tcp, guard)
         .with_write_deadline(limits.config().write_stall_timeout, limits.refused.clone());
     let take_over = TakeOver::default();
     let (mut parts, ()) = request.into_parts();
@@ -180,23 +180,7 @@ pub(super) async fn serve(
         return;
     };
     let head = encode_head(&Response::from_parts(parts, ()), Some(body.len()));
-    let answer = async {
-        io.write_all(&head).await?;
-        io.write_all(&body).await?;
-        io.shutdown().await?;
-        // Read (and drop) what the client still sends for a moment, so
-        // that closing does not reset the answer away.
-        let mut sink = [0u8; 1024];
-        let mut left = 16usize << 10;
-        while left > 0 {
-            match io.read(&mut sink).await? {
-                0 => break,
-                n => left = left.saturating_sub(n),
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    let _ = tokio::time::timeout(Duration::from_millis(500), answer).await;
+    super::answer_and_close(io, &head, &body).await;
 }
 
 /// A response head: the status line, the response's headers, `Date`, and
