@@ -642,7 +642,9 @@ async fn connection(
         let first = async {
             if h2_preface(&tcp).await {
                 First::H2
-            } else if let Some(req) = stream_h1::peek(&tcp).await.filter(|_| direct) {
+            } else if !direct {
+                First::Http1
+            } else if let Some(req) = stream_h1::peek(&tcp).await {
                 First::Stream(req)
             } else {
                 First::Http1
