@@ -135,6 +135,12 @@ pub struct LoadArgs {
     /// Connection attempts in flight at once.
     #[arg(long, default_value_t = 256)]
     pub connect_parallel: usize,
+    /// Seconds the viewers have to connect and be admitted, after the last
+    /// one is due (`--join-rate`); a viewer not in by then counts as failed
+    /// and the run goes on without it (a server that accepts slowly cannot
+    /// hold the run up).
+    #[arg(long, default_value_t = 60.0)]
+    pub join_timeout: f64,
     /// Read buffer per WebSocket viewer, bytes.
     #[arg(long, default_value_t = 16 << 10)]
     pub read_buffer: usize,
@@ -635,6 +641,9 @@ pub async fn run(mut args: LoadArgs) -> anyhow::Result<Report> {
         Duration::ZERO
     };
     let join_start = Instant::now();
+    let join_deadline =
+        (join_start + join_gap * args.viewers as u32 + Duration::from_secs_f64(args.join_timeout))
+            .min(deadline);
     let pending = Arc::new(AtomicU64::new(args.viewers as u64));
     for id in 0..args.viewers {
         if !join_gap.is_zero() {
@@ -644,14 +653,40 @@ pub async fn run(mut args: LoadArgs) -> anyhow::Result<Report> {
         let url = watch_url.replace("{stream}", name);
         let emit = sio_emit.replace("{stream}", name);
         let tally = tally.clone();
-        let permit = connect.clone().acquire_owned().await?;
+        // Waiting for a connection slot is bounded by the join deadline:
+        // viewers never tried count as failed.
+        let permit =
+            match tokio::time::timeout_at(join_deadline.into(), connect.clone().acquire_owned())
+                .await
+            {
+                Ok(p) => p?,
+                Err(_) => {
+                    let never = (args.viewers - id) as u64;
+                    tally.failed.fetch_add(never, Relaxed);
+                    pending.fetch_sub(never, Relaxed);
+                    tally.error(format!(
+                        "{never} viewers not tried: no connection slot within the join timeout"
+                    ));
+                    break;
+                }
+            };
         let pending = pending.clone();
         let (raw, transport, buf) = (args.raw, args.transport, args.read_buffer);
         tasks.spawn(async move {
-            view(id, url, emit, transport, raw, buf, tally, permit, pending).await;
+            let viewer = View {
+                id,
+                url,
+                sio_emit: emit,
+                transport,
+                raw,
+                buf,
+                join_deadline,
+            };
+            view(viewer, tally, permit, pending).await;
         });
     }
-    // Wait for every viewer to connect or fail (bounded).
+    // Wait for every viewer to connect or fail (bounded: each gives up at
+    // the join deadline).
     while pending.load(Relaxed) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -852,22 +887,40 @@ impl Drop for AbortOnDrop {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn view(
+/// What one viewer connects to, and how.
+struct View {
     id: usize,
     url: String,
     sio_emit: String,
     transport: Transport,
     raw: bool,
     buf: usize,
+    /// When a viewer not yet connected and admitted counts as failed.
+    join_deadline: Instant,
+}
+
+async fn view(
+    v: View,
     tally: Arc<Tally>,
     permit: tokio::sync::OwnedSemaphorePermit,
     pending: Arc<AtomicU64>,
 ) {
+    let View {
+        id,
+        url,
+        sio_emit,
+        transport,
+        raw,
+        buf,
+        join_deadline,
+    } = v;
     let started = Instant::now();
     let mut check = ViewerCheck::new(id, raw, tally.clone(), started);
     let mut permit = Some(permit);
     let mut was_connected = false;
+    let is_joined = std::sync::atomic::AtomicBool::new(false);
     let mut joined = |ok: bool| {
+        is_joined.store(true, Relaxed);
         if permit.take().is_some() {
             pending.fetch_sub(1, Relaxed);
             if ok {
@@ -878,14 +931,34 @@ async fn view(
             }
         }
     };
-    let result = match transport {
-        Transport::Ws => view_ws(&url, buf, None, &mut check, &mut joined).await,
-        Transport::Socketio => view_ws(&url, buf, Some(&sio_emit), &mut check, &mut joined).await,
-        Transport::Http => view_http(&url, &mut check, &mut joined).await,
-        Transport::Longpoll => view_longpoll(&url, &mut check, &mut joined).await,
-        Transport::Flv => flv::view(&url, &mut check, &mut joined).await,
-        Transport::Quic => quic::view(id, &url, &mut check, &mut joined).await,
-        Transport::Hls => hls::view(&url, &mut check, &mut joined).await,
+    let result = {
+        let work = async {
+            match transport {
+                Transport::Ws => view_ws(&url, buf, None, &mut check, &mut joined).await,
+                Transport::Socketio => {
+                    view_ws(&url, buf, Some(&sio_emit), &mut check, &mut joined).await
+                }
+                Transport::Http => view_http(&url, &mut check, &mut joined).await,
+                Transport::Longpoll => view_longpoll(&url, &mut check, &mut joined).await,
+                Transport::Flv => flv::view(&url, &mut check, &mut joined).await,
+                Transport::Quic => quic::view(id, &url, &mut check, &mut joined).await,
+                Transport::Hls => hls::view(&url, &mut check, &mut joined).await,
+            }
+        };
+        // A viewer not connected and admitted by the join deadline gives up.
+        let too_slow = async {
+            tokio::time::sleep_until(join_deadline.into()).await;
+            if is_joined.load(Relaxed) {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = work => r,
+            () = too_slow => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "not connected and admitted within the join timeout",
+            )),
+        }
     };
     if let Err(e) = &result {
         tally.error(format!("viewer {id}: {e}"));
