@@ -107,6 +107,13 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     feature = "tracing",
     tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
 )]
+/// Bytes tungstenite gathers before it writes to the socket (relaycast:
+/// 8 KiB instead of 128 KiB). A Socket.IO event's text packet and a small
+/// binary attachment still go out in one write; a large attachment is
+/// written at once, and a socket's buffer keeps about one message's
+/// capacity instead of 128 KiB and more.
+const WS_WRITE_BUFFER_SIZE: usize = 8 * 1024;
+
 pub async fn on_init<H: EngineIoHandler, S>(
     engine: Arc<EngineIo<H>>,
     conn: S,
@@ -117,7 +124,11 @@ pub async fn on_init<H: EngineIoHandler, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // relaycast: tungstenite's default write buffer (128 KiB) fills with
+    // `feed`s until it is flushed and keeps its capacity: with a live stream
+    // every socket held about 128 KiB plus a fragment. See RELAYCAST.md.
     let ws_config = WebSocketConfig::default()
+        .write_buffer_size(WS_WRITE_BUFFER_SIZE)
         .read_buffer_size(engine.config.ws_read_buffer_size)
         .max_message_size(Some(engine.config.ws_max_message_size))
         .max_frame_size(Some(engine.config.ws_max_frame_size));
