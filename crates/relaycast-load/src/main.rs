@@ -886,7 +886,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 /// What one viewer connects to, and how.
 struct View {
     id: usize,

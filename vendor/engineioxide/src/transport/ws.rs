@@ -98,6 +98,13 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     Ok(ws_response(&ws_key))
 }
 
+/// Bytes tungstenite gathers before it writes to the socket (relaycast:
+/// 8 KiB instead of 128 KiB). A Socket.IO event's text packet and a small
+/// binary attachment still go out in one write; a large attachment is
+/// written at once, and a socket's buffer keeps about one message's
+/// capacity instead of 128 KiB and more.
+const WS_WRITE_BUFFER_SIZE: usize = 8 * 1024;
+
 /// Handle a websocket connection upgrade
 ///
 /// Sends an open packet if it is not an upgrade from a polling request
@@ -107,13 +114,6 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     feature = "tracing",
     tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
 )]
-/// Bytes tungstenite gathers before it writes to the socket (relaycast:
-/// 8 KiB instead of 128 KiB). A Socket.IO event's text packet and a small
-/// binary attachment still go out in one write; a large attachment is
-/// written at once, and a socket's buffer keeps about one message's
-/// capacity instead of 128 KiB and more.
-const WS_WRITE_BUFFER_SIZE: usize = 8 * 1024;
-
 pub async fn on_init<H: EngineIoHandler, S>(
     engine: Arc<EngineIo<H>>,
     conn: S,
