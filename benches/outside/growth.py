@@ -11,7 +11,8 @@ import math
 import os
 import sys
 
-COLORS = {"relaycast": "#d62728", "nchan": "#1f77b4", "node-ws": "#2ca02c"}
+COLORS = {"relaycast": "#d62728", "nchan": "#1f77b4", "node-ws": "#2ca02c",
+          "relaycast-http": "#ff9896", "nchan-http": "#aec7e8"}
 
 
 def rows(path):
@@ -20,7 +21,10 @@ def rows(path):
         r = json.loads(line)
         if r.get("scenario") != "outside" or r.get("client") != "outside":
             continue
-        gbit = r["viewers"] * r["bitrate_k"] * 1e3 * r["seconds"] / 1e9
+        # Gbit delivered: what was asked × the share of the fragments that arrived (a system that drops
+        # fragments does less work).
+        share = r["delivered"] / r["expected"] if r.get("expected") else 1.0
+        gbit = r["viewers"] * r["bitrate_k"] * 1e3 * r["seconds"] / 1e9 * share
         r["cpu_s_per_gbit"] = r["cpu_pct"] / 100 * r["seconds"] / gbit
         r["rss_kib"] = r["rss_per_viewer_b"] / 1024
         out.append(r)
@@ -56,7 +60,8 @@ def svg(rs, key, title, unit):
         if not pts:
             continue
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-        s.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+        dash = ' stroke-dasharray="6 3"' if system.endswith("-http") else ""
+        s.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
         s += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>' for x, y in pts]
         s.append(f'<text x="{w - pad - 90}" y="{pad + 16 * n}" fill="{color}">{system}</text>')
     s.append("</svg>")
@@ -68,17 +73,19 @@ def main():
     rs = rows(os.path.join(run, "raw.jsonl"))
     if not rs:
         sys.exit("growth: no outside-client rows in " + run)
-    md = ["| cell | system | delivered | p50 / p99 ms | server CPU % of a core | CPU s/Gbit | ratio to nchan | RSS per viewer KiB |",
+    md = ["| cell | system | delivered | p50 / p99 ms | server CPU % of a core | CPU s/Gbit | ratio to nchan (same transport) | RSS per viewer KiB |",
           "|---|---|---|---|---|---|---|---|"]
     for x in sorted({r["x"] for r in rs}, key=lambda c: int(c.split("x")[0])):
         cell = [r for r in rs if r["x"] == x]
-        nchan = next((r for r in cell if r["system"] == "nchan"), None)
         for r in cell:
+            # HTTP streaming against nchan's http-raw-stream, WebSocket against nchan's WebSocket.
+            peer = "nchan-http" if r["system"].endswith("-http") else "nchan"
+            nchan = next((q for q in cell if q["system"] == peer), None)
             ratio = f'{r["cpu_s_per_gbit"] / nchan["cpu_s_per_gbit"]:.2f}' if nchan else "–"
             md.append(f'| {x} | {r["system"]} | {r["delivered"]:,}/{r["expected"]:,} | {r["p50_ms"]:.1f} / {r["p99_ms"]:.1f} '
                       f'| {r["cpu_pct"]:.1f} | {r["cpu_s_per_gbit"]:.4f} | {ratio} | {r["rss_kib"]:.1f} |')
     open(os.path.join(run, "growth.md"), "w").write("\n".join(md) + "\n")
-    open(os.path.join(run, "growth-cpu.svg"), "w").write(svg(rs, "cpu_s_per_gbit", "Server CPU per Gbit sent (viewers x bitrate)", "CPU s / Gbit"))
+    open(os.path.join(run, "growth-cpu.svg"), "w").write(svg(rs, "cpu_s_per_gbit", "Server CPU per Gbit delivered", "CPU s / Gbit"))
     open(os.path.join(run, "growth-rss.svg"), "w").write(svg(rs, "rss_kib", "Server RSS per viewer", "KiB"))
     print("\n".join(md))
 
